@@ -1,0 +1,154 @@
+"""`triton-repo`: build, check, serve and verify Triton model repositories from deploy.yaml.
+
+Every ToolkitError is caught here, printed as one line on stderr, and turned into exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from build_tools.errors import LintError, ToolkitError
+from build_tools.lint import lint_spec
+from build_tools.repository import build_repositories, check_drift
+from build_tools.server import ServerOptions, TritonServer
+from build_tools.spec import FLAVORS, load_spec
+
+logger = logging.getLogger("triton-repo")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    if args.check:
+        problems = check_drift(spec, "ngc")
+        if problems:
+            for p in problems:
+                logger.error("drift: %s", p)
+            raise ToolkitError(
+                f"{len(problems)} file(s) in {spec.flavors['ngc'].output} differ from what {args.spec} "
+                f"generates; run `make build-repo` and commit the result"
+            )
+        logger.info("ngc repository matches %s", args.spec)
+        return 0
+    plans = build_repositories(spec, args.flavor or None)
+    for flavor, plan in plans.items():
+        sys.stdout.write(f"{flavor}: {plan.output} ({', '.join(m.name for m in plan.models)})\n")
+        for note in plan.notes:
+            sys.stdout.write(f"  note: {note}\n")
+    return 0
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    findings, _ = lint_spec(spec)
+    if findings:
+        raise LintError(findings)
+    sys.stdout.write(f"{args.spec}: no findings\n")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    repos = [Path(r) for r in args.model_repository]
+    if not repos:
+        spec = load_spec(args.spec)
+        repos = [spec.resolve(spec.flavors["embedded"].output)]
+    options = ServerOptions(
+        model_repositories=repos,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        log_file=Path(args.log_file) if args.log_file else None,
+        workdir=Path(args.workdir) if args.workdir else None,
+        startup_timeout_s=args.timeout,
+    )
+    stop = threading.Event()
+    # Ctrl-C and `docker stop` both end the foreground server cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with TritonServer(options) as server:
+        models = ", ".join(f"{m['name']} v{m.get('version', '?')}" for m in server.model_index())
+        sys.stdout.write(
+            f"Triton is ready ({server.startup_seconds:.1f} s): {models}\n"
+            f"  HTTP    http://{server.http_url}\n"
+            f"  gRPC    {server.grpc_url}\n"
+            f"  metrics {server.metrics_url}\n"
+            f"  log     {server.log_path}\n"
+            "Press Ctrl-C to stop.\n"
+        )
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            if not server.is_alive():
+                raise ToolkitError(f"tritonserver exited unexpectedly; log tail:\n{server.log_tail()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triton-repo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-repo", help="lint the spec and write the model repositories")
+    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--flavor", action="append", choices=FLAVORS, help="only this flavor (repeatable)")
+    p.add_argument("--check", action="store_true", help="fail if the ngc repository on disk drifted from the spec")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("lint", help="lint the spec and its models without writing anything")
+    p.add_argument("--spec", default="deploy.yaml")
+    p.set_defaults(func=_cmd_lint)
+
+    p = sub.add_parser("serve", help="serve the embedded repository in the foreground until Ctrl-C")
+    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--model-repository", action="append", default=[], help="serve this folder instead")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-file", help="server log (default: in the work folder)")
+    p.add_argument("--workdir", help="folder for the prepared backends and the log")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.set_defaults(func=_cmd_serve)
+
+    _register_extensions(sub)
+    return parser
+
+
+def _register_extensions(sub: argparse._SubParsersAction) -> None:
+    """Subcommands owned by other modules (plan building, verification) register themselves here."""
+    try:
+        from build_tools import tensorrt  # noqa: F401  (registers its build hook and subcommands)
+    except ImportError:
+        return
+    register = getattr(tensorrt, "register_cli", None)
+    if register is not None:
+        register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ToolkitError as e:
+        first, *detail = str(e).splitlines() or [type(e).__name__]
+        if detail:  # e.g. a server log tail: useful, but kept apart from the one-line verdict
+            logger.error("details:\n%s", "\n".join(detail))
+        sys.stderr.write(f"triton-repo: error: {first}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

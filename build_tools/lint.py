@@ -1,0 +1,159 @@
+"""Repository linter: every check that needs the model files or several spec fields at once.
+
+`build-repo` runs `lint_spec` before it writes anything; each finding names the model and the field.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from build_tools.config import ModelIO, default_instance_groups, resolve_ensemble_io, resolve_model_io
+from build_tools.spec import FLAVORS, DeploySpec, FlavorName, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+# Which instance kinds each flavor can load, per model kind. The embedded server has no GPU backend
+# for ONNX (our runner is onnxruntime on the CPU); the ngc image serves both.
+ALLOWED_KINDS: dict[FlavorName, dict[str, set[str]]] = {
+    "ngc": {
+        "onnx": {"KIND_AUTO", "KIND_GPU", "KIND_CPU"},
+        "python": {"KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL"},
+    },
+    "embedded": {
+        "onnx": {"KIND_CPU"},
+        "python": {"KIND_CPU", "KIND_MODEL"},
+    },
+}
+
+
+def _lint_batching(name: str, model: ModelSpec, findings: list[str]) -> None:
+    where = f"models.{name}"
+    db = model.dynamic_batching
+    if db is not None:
+        if model.max_batch_size == 0:
+            findings.append(
+                f"{where}.dynamic_batching: needs max_batch_size > 0 (Triton rejects dynamic batching "
+                f"for a model that does not batch)"
+            )
+        for size in db.preferred_batch_size:
+            if model.max_batch_size and size > model.max_batch_size:
+                findings.append(
+                    f"{where}.dynamic_batching.preferred_batch_size: {size} is above max_batch_size "
+                    f"{model.max_batch_size}"
+                )
+        if sorted(set(db.preferred_batch_size)) != list(db.preferred_batch_size):
+            findings.append(
+                f"{where}.dynamic_batching.preferred_batch_size: {db.preferred_batch_size} must be "
+                f"distinct and ascending"
+            )
+    for i, w in enumerate(model.warmup):
+        limit = max(model.max_batch_size, 1)
+        if w.batch_size > limit:
+            findings.append(
+                f"{where}.warmup[{i}].batch_size: {w.batch_size} is above max_batch_size {model.max_batch_size}"
+                f"{' (a non-batching model warms up with batch_size 1)' if model.max_batch_size == 0 else ''}"
+            )
+
+
+def _lint_instances(name: str, model: ModelSpec, spec: DeploySpec, findings: list[str]) -> None:
+    for flavor in FLAVORS:
+        if flavor not in spec.flavors:
+            continue
+        allowed = ALLOWED_KINDS[flavor][model.kind]
+        for i, g in enumerate(default_instance_groups(model, flavor)):
+            if g.kind not in allowed:
+                findings.append(
+                    f"models.{name}.instance_groups.{flavor}[{i}].kind: {g.kind} cannot load in the "
+                    f"{flavor} flavor for a {model.kind} model; allowed: {', '.join(sorted(allowed))}"
+                )
+            if g.gpus and g.kind not in ("KIND_GPU", "KIND_AUTO"):
+                findings.append(f"models.{name}.instance_groups.{flavor}[{i}].gpus: only valid with KIND_GPU")
+
+
+def _lint_files(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, findings: list[str]) -> None:
+    for version, src in sorted(model.version_sources.items()):
+        path = spec.resolve(src)
+        field = "source" if model.versions is None else f"versions.{version}"
+        if not path.exists():
+            findings.append(f"models.{name}.{field}: {src!r} not found (resolved to {path})")
+        elif model.kind == "onnx" and path.suffix != ".onnx":
+            findings.append(f"models.{name}.{field}: {src!r} is not an .onnx file")
+        elif model.kind == "python" and path.is_file() and path.suffix != ".py":
+            findings.append(f"models.{name}.{field}: {src!r} must be a model.py file or a folder holding one")
+        elif model.kind == "python" and path.is_dir() and not (path / "model.py").is_file():
+            findings.append(f"models.{name}.{field}: folder {src!r} has no model.py")
+    by_name = {t.name: t for t in io.inputs}
+    for i, w in enumerate(model.warmup):
+        if w.data != "file":
+            strings = [t.name for t in io.inputs if t.data_type == "STRING" and not t.optional]
+            if strings:
+                findings.append(
+                    f"models.{name}.warmup[{i}].data: {w.data} data cannot fill BYTES input(s) {strings}; "
+                    f"use data: file with files: {{input: path}}"
+                )
+            continue
+        for input_name, file in w.files.items():
+            if input_name not in by_name:
+                findings.append(
+                    f"models.{name}.warmup[{i}].files.{input_name}: the model has no input {input_name!r}; "
+                    f"inputs: {sorted(by_name)}"
+                )
+            elif not spec.resolve(file).is_file():
+                findings.append(f"models.{name}.warmup[{i}].files.{input_name}: {file!r} not found")
+        missing = [t for t in by_name if t not in w.files and not by_name[t].optional]
+        if missing:
+            findings.append(f"models.{name}.warmup[{i}].files: no file for input(s) {missing}")
+
+
+def _lint_formats(name: str, model: ModelSpec, spec: DeploySpec, findings: list[str]) -> None:
+    if "tensorrt_plan" in model.formats:
+        trt_name = model.tensorrt.model_name or f"{name}_trt"
+        if trt_name in spec.models or trt_name in spec.ensembles:
+            findings.append(
+                f"models.{name}.tensorrt.model_name: {trt_name!r} clashes with a model of the spec"
+            )
+        if model.tensorrt.opt_batch_size and model.tensorrt.opt_batch_size > max(model.max_batch_size, 1):
+            findings.append(
+                f"models.{name}.tensorrt.opt_batch_size: {model.tensorrt.opt_batch_size} is above "
+                f"max_batch_size {model.max_batch_size}"
+            )
+        for key in ("calibration_data", "evaluation_data"):
+            value = getattr(model.tensorrt, key)
+            if value and not spec.resolve(value).is_file():
+                findings.append(f"models.{name}.tensorrt.{key}: {value!r} not found")
+        if model.tensorrt.precision == "int8" and not model.tensorrt.calibration_data:
+            findings.append(f"models.{name}.tensorrt.calibration_data: int8 precision needs calibration data")
+
+
+def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
+    """All findings for the spec, and the resolved interface of every model and ensemble."""
+    findings: list[str] = []
+    ios: dict[str, ModelIO] = {}
+    for name, model in spec.models.items():
+        io = resolve_model_io(spec, name)
+        ios[name] = io
+        findings.extend(io.findings)
+        _lint_batching(name, model, findings)
+        _lint_instances(name, model, spec, findings)
+        _lint_files(name, model, io, spec, findings)
+        _lint_formats(name, model, spec, findings)
+    for name, ens in spec.ensembles.items():
+        for flavor, subs in ens.substitutions.items():
+            for original, replacement in subs.items():
+                known = set(spec.models) | {
+                    m.tensorrt.model_name or f"{n}_trt" for n, m in spec.models.items()
+                    if "tensorrt_plan" in m.formats
+                }
+                if replacement not in known:
+                    findings.append(
+                        f"ensembles.{name}.substitutions.{flavor}.{original}: {replacement!r} is not a "
+                        f"model this spec builds; known: {sorted(known)}"
+                    )
+        io = resolve_ensemble_io(spec, name, ios)
+        ios[name] = io
+        findings.extend(io.findings)
+    # One message per problem, in spec order: findings from shared resolution can repeat.
+    unique = list(dict.fromkeys(findings))
+    for f in unique:
+        logger.debug("lint: %s", f)
+    return unique, ios

@@ -1,0 +1,356 @@
+"""The one harness that runs the embedded Triton server (CLI, tests and benchmarks all use it).
+
+It finds `tritonserver` in the installed nvidia-pytriton wheel, prepares a backend folder with the
+Python-backend stub for the running Python, picks free ports, writes the server log to a file, waits
+for server and model readiness against a deadline (failing fast, with the log tail, if the process
+dies), and stops with SIGINT, then SIGTERM, then SIGKILL. The server gets PR_SET_PDEATHSIG, so it
+dies with the process that started it even when that process is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from build_tools.errors import ServerError
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the wheel keeps the server, its bundled libraries and the per-Python stubs."""
+
+    root: Path  # .../site-packages/pytriton/tritonserver
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def libs(self) -> Path:
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    @property
+    def python_backend(self) -> Path:
+        return self.root / "backends" / "python"
+
+    @property
+    def caches(self) -> Path:
+        return self.root / "caches"
+
+    def stub(self, python_version: str) -> Path:
+        return self.root / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+
+
+def find_distribution() -> TritonDistribution:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(
+            "the nvidia-pytriton wheel is not installed in this Python; it ships the embedded tritonserver "
+            "(run `make install` or `pip install nvidia-pytriton==0.7.0`)"
+        )
+    dist = TritonDistribution(Path(next(iter(spec.submodule_search_locations))) / "tritonserver")
+    if not dist.binary.is_file():
+        raise ServerError(f"{dist.binary}: tritonserver binary missing from the nvidia-pytriton wheel")
+    return dist
+
+
+def prepare_backends(dest: Path, dist: TritonDistribution | None = None) -> Path:
+    """A backend folder whose python backend has the stub built for the running Python.
+
+    The wheel keeps stubs for several Pythons beside the backend; the backend only looks next to
+    itself. We copy instead of editing site-packages, which other environments may share.
+    """
+    dist = dist or find_distribution()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist.stub(version)
+    if not stub.is_file():
+        available = sorted(p.name for p in (dist.root / "python_backend_stubs").iterdir())
+        raise ServerError(f"no Python-backend stub for Python {version} in the wheel; available: {available}")
+    python_dir = dest / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for f in dist.python_backend.iterdir():
+        if f.is_file():
+            shutil.copy2(f, python_dir / f.name)
+    shutil.copy2(stub, python_dir / stub.name)
+    (python_dir / stub.name).chmod(0o755)
+    return dest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class ServerOptions:
+    model_repositories: Sequence[Path]
+    http_port: int = 0  # 0 = pick a free port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    host: str = "127.0.0.1"
+    log_file: Path | None = None
+    workdir: Path | None = None  # backends and default log live here; a temp folder when None
+    strict_readiness: bool = True
+    exit_on_error: bool = True
+    model_control_explicit: bool = False
+    startup_timeout_s: float = 180.0
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class TritonServer:
+    """A running embedded tritonserver. Use as a context manager, or call start()/stop()."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir_owned = False
+        self.workdir = options.workdir
+        self.http_port = options.http_port
+        self.grpc_port = options.grpc_port
+        self.metrics_port = options.metrics_port
+        self.log_path: Path | None = options.log_file
+        self.startup_seconds: float | None = None
+
+    # -- addresses -------------------------------------------------------------------------------
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _command(self, dist: TritonDistribution, backends: Path) -> list[str]:
+        o = self.options
+        cmd = [str(dist.binary)]
+        for repo in o.model_repositories:
+            cmd.append(f"--model-repository={Path(repo).resolve()}")
+        cmd += [
+            f"--backend-directory={backends}",
+            f"--cache-directory={dist.caches}",
+            f"--http-address={o.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={self.metrics_port}",
+            f"--strict-readiness={str(o.strict_readiness).lower()}",
+            f"--exit-on-error={str(o.exit_on_error).lower()}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false" if not _has_gpu() else "--allow-gpu-metrics=true",
+            f"--log-verbose={o.log_verbose}",
+        ]
+        if o.model_control_explicit:
+            cmd += ["--model-control-mode=explicit", "--load-model=*"]
+        return cmd + list(o.extra_args)
+
+    def _environment(self, dist: TritonDistribution) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub finds this Python's packages through `python3` first on PATH (it ignores PYTHONPATH).
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # The python backend library resolves its bundled dependencies relative to the wheel.
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH")) if p)
+        env.update(self.options.env)
+        return env
+
+    def _pick_ports(self) -> None:
+        taken: set[int] = set()
+        for attr in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, attr)
+            if port == 0:
+                while (port := free_port(self._client_host)) in taken:
+                    pass
+            elif not _port_free(port, self.options.host or "0.0.0.0"):
+                raise ServerError(f"{attr.replace('_', ' ')} {port} is already in use on {self.options.host}")
+            taken.add(port)
+            setattr(self, attr, port)
+
+    def start(self) -> TritonServer:
+        if self.process is not None:
+            raise ServerError("server already started")
+        for repo in self.options.model_repositories:
+            if not Path(repo).is_dir():
+                raise ServerError(f"model repository {repo} does not exist; run `make build-repo` first")
+        dist = find_distribution()
+        if self.workdir is None:
+            import tempfile
+
+            self.workdir = Path(tempfile.mkdtemp(prefix="triton-embedded."))
+            self._workdir_owned = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        backends = prepare_backends(self.workdir / "backends", dist)
+        self._pick_ports()
+        if self.log_path is None:
+            self.log_path = self.workdir / "tritonserver.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self._command(dist, backends)
+        logger.info("starting tritonserver (http %d, grpc %d, metrics %d), log: %s",
+                    self.http_port, self.grpc_port, self.metrics_port, self.log_path)
+        logger.debug("command: %s", " ".join(cmd))
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(dist),
+                # Own process group, so stop() reaches the Python-backend stubs too.
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
+        try:
+            self.wait_ready(self.options.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        logger.info("tritonserver ready in %.1f s", self.startup_seconds)
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "<no log>"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        url = f"http://{self.http_url}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def model_index(self) -> list[dict[str, str]]:
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return list(json.loads(r.read()))
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the server and every model in its repositories are ready, or raise."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {code} during startup; log {self.log_path} ends with:\n"
+                    f"{self.log_tail()}"
+                )
+            status, _ = self._get("/v2/health/ready")
+            if status == 200:
+                not_ready = [m for m in self.model_index() if m.get("state") != "READY"]
+                if not not_ready:
+                    return
+                failed = [m for m in not_ready if m.get("state") == "UNAVAILABLE" and m.get("reason")]
+                if failed:
+                    raise ServerError(
+                        "models failed to load: "
+                        + "; ".join(f"{m['name']} v{m.get('version', '?')}: {m['reason']}" for m in failed)
+                        + f"\nlog {self.log_path} ends with:\n{self.log_tail()}"
+                    )
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path} ends with:\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.25)
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGINT (Triton's graceful shutdown), then SIGTERM, then SIGKILL to the whole group."""
+        proc = self.process
+        if proc is None:
+            return None
+        try:
+            for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                if proc.poll() is not None:
+                    break
+                logger.debug("sending %s to tritonserver (pid %d)", sig.name, proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+                try:
+                    proc.wait(wait)
+                except subprocess.TimeoutExpired:
+                    logger.warning("tritonserver did not stop within %.0f s of %s", wait, sig.name)
+            # Stubs left behind by a killed server would hold shared memory: end the group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            self.process = None
+            if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        logger.info("tritonserver stopped (exit code %s)", proc.returncode)
+        return proc.returncode
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _has_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
+@contextlib.contextmanager
+def running_server(repositories: Sequence[Path], **kwargs: object) -> Iterator[TritonServer]:
+    """`with running_server([repo]) as server:` — the common case in one line."""
+    server = TritonServer(ServerOptions(model_repositories=list(repositories), **kwargs))  # type: ignore[arg-type]
+    with server:
+        yield server

@@ -1,0 +1,344 @@
+"""The deployment spec (deploy.yaml): typed, validated as it is read.
+
+Single-field rules (types, allowed values, unknown keys, ranges) live here; rules that need the model
+file or several fields at once (dims against the ONNX graph, preferred sizes against max_batch_size,
+ensemble wiring) live in `build_tools.lint`, which `build-repo` runs before it writes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from build_tools.errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+FLAVORS: tuple[str, ...] = ("ngc", "embedded")
+FlavorName = Literal["ngc", "embedded"]
+InstanceKind = Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL"]
+TensorFormat = Literal["FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC"]
+ModelFormat = Literal["onnx", "tensorrt_plan"]
+# Triton's data type names (model_config.proto DataType), without the TYPE_ prefix.
+DataTypeName = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "STRING", "BF16",
+]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in deploy.yaml must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DynamicBatchingSpec(_Strict):
+    preferred_batch_size: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
+    max_queue_size: Annotated[int, Field(ge=0)] | None = None
+    default_timeout_microseconds: Annotated[int, Field(ge=0)] | None = None
+    preserve_ordering: bool = False
+
+
+class InstanceGroupSpec(_Strict):
+    kind: InstanceKind = "KIND_AUTO"
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class VersionPolicySpec(_Strict):
+    latest: Annotated[int, Field(ge=1)] | None = None
+    all: bool | None = None
+    specific: list[Annotated[int, Field(ge=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicySpec:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) not in (None, False)]
+        if len(chosen) != 1:
+            raise ValueError(f"set exactly one of latest, all, specific (got {chosen or 'none'})")
+        return self
+
+
+class WarmupSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    # zero/random fill every input; file takes one raw file per input (needed for BYTES inputs).
+    data: Literal["zero", "random", "file"] = "zero"
+    files: dict[str, str] = Field(default_factory=dict)
+    count: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _files_iff_file(self) -> WarmupSpec:
+        if self.data == "file" and not self.files:
+            raise ValueError("data: file needs `files: {input_name: path}`")
+        if self.data != "file" and self.files:
+            raise ValueError(f"`files` is only allowed with data: file (got data: {self.data})")
+        return self
+
+
+class InputOverride(_Strict):
+    """What the spec may add to an input read from the model file."""
+
+    format: TensorFormat | None = None
+    optional: bool | None = None
+
+
+class OutputOverride(_Strict):
+    """What the spec may add to an output read from the model file."""
+
+    labels: str | None = None  # path to a labels file, one label per line; becomes label_filename
+
+
+class TensorSpec(_Strict):
+    """A tensor declared in the spec (Python-backend models have no graph to read it from)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    data_type: DataTypeName
+    dims: list[int]
+    format: TensorFormat | None = None
+    labels: str | None = None
+    optional: bool = False
+
+    @field_validator("data_type", mode="before")
+    @classmethod
+    def _strip_prefix(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.removeprefix("TYPE_")
+            return "STRING" if value == "BYTES" else value
+        return value
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_valid(cls, dims: list[int]) -> list[int]:
+        if any(d == 0 or d < -1 for d in dims):
+            raise ValueError(f"dims must be positive or -1 (variable), got {dims}")
+        return dims
+
+
+class RuntimeSpec(_Strict):
+    """ONNX Runtime session settings for the embedded flavor's Python-backend runner."""
+
+    intra_op_threads: Annotated[int, Field(ge=0)] = 1
+    inter_op_threads: Annotated[int, Field(ge=0)] = 1
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class OrtTensorRTSpec(_Strict):
+    """ONNX Runtime's TensorRT execution provider on the ngc flavor."""
+
+    enabled: bool = False
+    precision_mode: Literal["FP32", "FP16"] = "FP16"
+    max_workspace_size_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+
+
+class TensorRTPlanSpec(_Strict):
+    """How the tensorrt_plan variant of a model is built (ngc flavor only)."""
+
+    model_name: str | None = None  # default: <model>_trt
+    precision: Precision = "fp16"
+    optional: bool = True  # the ngc repository stays complete without the plan
+    calibration_data: str | None = None  # .npy with representative inputs (int8)
+    evaluation_data: str | None = None  # .npy used by the accuracy gate; default: random inputs
+    min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.999
+    workspace_mib: Annotated[int, Field(gt=0)] = 1024
+    opt_batch_size: Annotated[int, Field(ge=1)] | None = None
+
+
+class ModelSpec(_Strict):
+    """One served model: an ONNX file (onnx kind) or a Python-backend model.py (python kind)."""
+
+    kind: Literal["onnx", "python"] = "onnx"
+    source: str | None = None
+    versions: dict[Annotated[int, Field(ge=1)], str] | None = None
+    formats: list[ModelFormat] = Field(default_factory=lambda: ["onnx"])
+    max_batch_size: Annotated[int, Field(ge=0)] = 0
+    inputs: dict[str, InputOverride] | list[TensorSpec] = Field(default_factory=dict)
+    outputs: dict[str, OutputOverride] | list[TensorSpec] = Field(default_factory=dict)
+    dynamic_batching: DynamicBatchingSpec | None = None
+    instance_groups: dict[FlavorName, list[InstanceGroupSpec]] = Field(default_factory=dict)
+    warmup: list[WarmupSpec] = Field(default_factory=list)
+    version_policy: VersionPolicySpec | None = None
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    response_cache: bool = False
+    parameters: dict[str, str] = Field(default_factory=dict)
+    ort_tensorrt: OrtTensorRTSpec = Field(default_factory=OrtTensorRTSpec)
+    tensorrt: TensorRTPlanSpec = Field(default_factory=TensorRTPlanSpec)
+
+    @model_validator(mode="after")
+    def _source_or_versions(self) -> ModelSpec:
+        if (self.source is None) == (self.versions is None):
+            raise ValueError("set exactly one of `source` (version 1) or `versions: {N: path}`")
+        if self.kind == "python":
+            if not isinstance(self.inputs, list) or not isinstance(self.outputs, list):
+                raise ValueError(
+                    "python models declare `inputs` and `outputs` as lists of "
+                    "{name, data_type, dims} (there is no graph to read them from)"
+                )
+            if self.formats != ["onnx"]:
+                raise ValueError("`formats` applies to onnx models only")
+        elif isinstance(self.inputs, list) or isinstance(self.outputs, list):
+            raise ValueError(
+                "onnx models read inputs/outputs from the graph; `inputs`/`outputs` are maps of "
+                "overrides ({name: {format, optional}} / {name: {labels}})"
+            )
+        if not self.formats or len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"`formats` must list distinct formats, got {self.formats}")
+        return self
+
+    @property
+    def version_sources(self) -> dict[int, str]:
+        return dict(self.versions) if self.versions is not None else {1: str(self.source)}
+
+
+class EnsembleStepSpec(_Strict):
+    model: Annotated[str, Field(min_length=1)]
+    model_version: int = -1
+    # step model tensor name -> ensemble tensor name (Triton's input_map/output_map direction)
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+
+
+class EnsembleSpec(_Strict):
+    max_batch_size: Annotated[int, Field(ge=0)] = 0
+    steps: Annotated[list[EnsembleStepSpec], Field(min_length=1)]
+    # Ensemble outputs; their types/dims come from the step that produces them.
+    outputs: dict[str, OutputOverride]
+    inputs: dict[str, InputOverride] = Field(default_factory=dict)
+    # Which model each flavor uses for a step (e.g. the TensorRT variant on ngc).
+    substitutions: dict[FlavorName, dict[str, str]] = Field(default_factory=dict)
+
+
+class FlavorSpec(_Strict):
+    output: str
+    enabled: bool = True
+
+
+class TritonSpec(_Strict):
+    # The release the ngc repository targets; the embedded server is the same code (2.51.0 = 24.10).
+    release: str = "24.10"
+    server_version: str = "2.51.0"
+    tensorrt_version: str = "10.5.0"
+
+
+class DeploySpec(_Strict):
+    triton: TritonSpec = Field(default_factory=TritonSpec)
+    flavors: dict[FlavorName, FlavorSpec] = Field(
+        default_factory=lambda: {
+            "ngc": FlavorSpec(output="model_repository"),
+            "embedded": FlavorSpec(output="build/embedded/model_repository"),
+        }
+    )
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    ensembles: dict[str, EnsembleSpec] = Field(default_factory=dict)
+
+    # Filled in by load_spec: relative paths in the spec resolve against the spec's folder.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _names(self) -> DeploySpec:
+        clash = set(self.models) & set(self.ensembles)
+        if clash:
+            raise ValueError(f"names used by both a model and an ensemble: {sorted(clash)}")
+        for name in [*self.models, *self.ensembles]:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"model name {name!r} must be a plain folder name")
+        if not self.models and not self.ensembles:
+            raise ValueError("the spec declares no models and no ensembles")
+        return self
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<spec>"
+
+
+def _models_in(annotation: Any) -> set[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {annotation}
+    found: set[type[BaseModel]] = set()
+    for arg in typing.get_args(annotation):
+        found |= _models_in(arg)
+    return found
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names allowed at the mapping that holds loc[-1] (for 'unknown key' messages)."""
+    current: set[type[BaseModel]] = {DeploySpec}
+    for part in loc[:-1]:
+        owners = [c for c in current if isinstance(part, str) and part in c.model_fields]
+        if owners:
+            current = _models_in(owners[0].model_fields[part].annotation)
+        # else: a list index or a free-form dict key (a model name): stay on the element type
+    names = {n for c in current for n, f in c.model_fields.items() if not f.exclude}
+    return sorted(names)
+
+
+# pydantic reports union members and dict keys as extra path parts; users need neither.
+_NOISE = re.compile(r"^(function-|list\[|dict\[|Annotated\[|str$|int$)")
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and _NOISE.match(p)))
+    msg = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if loc and loc[-1] == "[key]":
+        # The key itself is wrong (e.g. an unknown flavor name).
+        loc = loc[:-1]
+        return _location(loc), f"key {value!r} is not allowed: {msg}"
+    field = _location(loc)
+    if error["type"] == "extra_forbidden":
+        return field, f"unknown key; allowed keys here: {', '.join(_allowed_keys(loc))}"
+    if error["type"] != "missing" and not isinstance(value, dict):
+        msg = f"{msg} (got {value!r})"
+    return field, msg
+
+
+# Errors that only say "the other member of a union did not match either" come last.
+_UNION_MISMATCH = {"dict_type", "list_type", "model_type", "model_attributes_type"}
+
+
+def parse_spec(data: Any, base_dir: Path | str = ".") -> DeploySpec:
+    """Validate a mapping (already parsed YAML) into a DeploySpec."""
+    if not isinstance(data, dict):
+        raise SpecError("<spec>", f"expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        spec = DeploySpec.model_validate(data)
+    except ValidationError as e:
+        errors = [err for err in e.errors() if err["type"] not in _UNION_MISMATCH] or e.errors()
+        problems = [_describe(err) for err in errors]
+        # Report the first problem with its field; mention how many more there are.
+        field, msg = problems[0]
+        extra = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise SpecError(field, msg + extra) from e
+    return spec.model_copy(update={"base_dir": Path(base_dir)})
+
+
+def load_spec(path: str | Path) -> DeploySpec:
+    """Read and validate deploy.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(str(path), f"cannot read the spec file: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(str(path), f"not valid YAML: {e}") from e
+    spec = parse_spec(data, base_dir=path.resolve().parent)
+    logger.debug("loaded spec %s: %d models, %d ensembles", path, len(spec.models), len(spec.ensembles))
+    return spec

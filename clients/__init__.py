@@ -1,0 +1,1 @@
+"""Clients and data helpers for models served by the toolkit."""
