@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_extensions(sub: argparse._SubParsersAction) -> None:
     """Subcommands owned by other modules (plan building, verification) register themselves here."""
     try:
-        from build_tools import tensorrt  # noqa: F401  (registers its build hook and subcommands)
+        from build_tools import tensorrt
     except ImportError:
         return
     register = getattr(tensorrt, "register_cli", None)

@@ -8,6 +8,7 @@ the config and the checks can never disagree about a tensor.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -346,6 +347,11 @@ def _version_policy(cfg: mc.ModelConfig, model: ModelSpec) -> None:
         cfg.version_policy.specific.versions.extend(vp.specific)
 
 
+def serialize_bytes_element(data: bytes) -> bytes:
+    """One BYTES tensor element in Triton's raw serialization (uint32 little-endian length + data)."""
+    return struct.pack("<I", len(data)) + data
+
+
 def warmup_filename(warmup_name: str, input_name: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{warmup_name}_{input_name}")
     return f"{safe}.bin"
@@ -421,6 +427,10 @@ def tensorrt_config(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
     for key in ("intra_op_thread_count", "inter_op_thread_count"):
         if key in cfg.parameters:
             del cfg.parameters[key]
+    # The tensorrt backend only runs on GPUs: a KIND_CPU/KIND_MODEL group copied from the ONNX model's
+    # instance groups would fail to load, so the plan keeps the counts and GPU lists but on KIND_GPU.
+    for group in cfg.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
     return cfg
 
 

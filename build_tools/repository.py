@@ -37,7 +37,7 @@ class ModelFolder:
 
     name: str
     config: mc.ModelConfig
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path | bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,11 +65,19 @@ def _labels_files(folder: ModelFolder, io: cfg.ModelIO) -> None:
             folder.files[t.labels.name] = t.labels
 
 
-def _warmup_files(spec: DeploySpec, name: str, folder: ModelFolder) -> None:
+def _warmup_files(spec: DeploySpec, name: str, folder: ModelFolder, io: cfg.ModelIO) -> None:
     model = spec.models[name]
+    types = {t.name: t.data_type for t in io.inputs}
     for w in model.warmup:
         for input_name, file in w.files.items():
-            folder.files[f"warmup/{cfg.warmup_filename(w.name, input_name)}"] = spec.resolve(file)
+            path = spec.resolve(file)
+            rel = f"warmup/{cfg.warmup_filename(w.name, input_name)}"
+            if types.get(input_name) == "STRING":
+                # Triton reads BYTES warmup data serialized: each element is a 4-byte little-endian
+                # length followed by its bytes (a raw file fails with "incomplete string data").
+                folder.files[rel] = cfg.serialize_bytes_element(path.read_bytes())
+            else:
+                folder.files[rel] = path
 
 
 def _python_sources(src: Path, version: int, folder: ModelFolder) -> None:
@@ -104,19 +112,19 @@ def plan_flavor(spec: DeploySpec, flavor: FlavorName, ios: dict[str, cfg.ModelIO
                 folder.files[f"{version}/{cfg.ONNX_FILENAME}"] = spec.resolve(src)
                 folder.files[f"{version}/model.py"] = RUNNER_SOURCE
         _labels_files(folder, io)
-        _warmup_files(spec, name, folder)
+        _warmup_files(spec, name, folder, io)
         folders.append(folder)
         if flavor == "ngc" and "tensorrt_plan" in model.formats:
             trt = ModelFolder(trt_model_name(name, spec), cfg.tensorrt_config(trt_model_name(name, spec), model, io))
             trt.config.name = trt.name
             _labels_files(trt, io)
-            _warmup_files(spec, name, trt)
+            _warmup_files(spec, name, trt, io)
             folders.append(trt)
     for name, ens in spec.ensembles.items():
         steps = [cfg.step_model_name(spec, ens, flavor, s.model) for s in ens.steps]
         folder = ModelFolder(name, cfg.ensemble_config(name, ens, ios[name], steps))
         # Ensembles need an (empty) version folder to load.
-        folder.files["1/.keep"] = Path("/dev/null")
+        folder.files["1/.keep"] = b""
         _labels_files(folder, ios[name])
         folders.append(folder)
     return FlavorPlan(flavor, spec.resolve(spec.flavors[flavor].output), folders)
@@ -133,8 +141,8 @@ def _write(plan: FlavorPlan, staging: Path) -> None:
         for rel, src in sorted(folder.files.items()):
             dest = root / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if src == Path("/dev/null"):
-                dest.write_bytes(b"")
+            if isinstance(src, bytes):
+                dest.write_bytes(src)
             else:
                 shutil.copyfile(src, dest)
 

@@ -148,6 +148,26 @@ class TensorRTPlanSpec(_Strict):
     min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.999
     workspace_mib: Annotated[int, Field(gt=0)] = 1024
     opt_batch_size: Annotated[int, Field(ge=1)] | None = None
+    # TensorRT needs a finite range for every dynamic axis other than the batch axis:
+    # {input: {axis: [min, opt, max]}}, axis counted in the ONNX shape (0 is the batch axis).
+    dynamic_dims: dict[str, dict[Annotated[int, Field(ge=0)], list[Annotated[int, Field(ge=1)]]]] = Field(
+        default_factory=dict
+    )
+    # [low, high) of the seeded random inputs the accuracy gate uses when evaluation_data is not set
+    # (default by data type: floats [0, 1), UINT8 [0, 256), other integers [0, 10)).
+    random_input_range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TensorRTPlanSpec:
+        for tensor, axes in self.dynamic_dims.items():
+            for axis, r in axes.items():
+                if len(r) != 3 or not r[0] <= r[1] <= r[2]:
+                    raise ValueError(
+                        f"dynamic_dims.{tensor}.{axis}: expected [min, opt, max] with min <= opt <= max, got {r}"
+                    )
+        if self.random_input_range is not None and not self.random_input_range[0] < self.random_input_range[1]:
+            raise ValueError(f"random_input_range: expected [low, high) with low < high, got {self.random_input_range}")
+        return self
 
 
 class ModelSpec(_Strict):

@@ -108,7 +108,9 @@ class TritonPythonModel:
             try:
                 arrays, batch = self._read(request)
             except ValueError as e:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)
+                )
                 continue
             if self.max_batch_size > 0:
                 key = tuple((n, a.shape[1:]) for n, a in sorted(arrays.items()))

@@ -1,0 +1,51 @@
+# The project's public interface: demo, test, build-repo, serve (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SPEC ?= deploy.yaml
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+PYTEST_ARGS ?=
+
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench up down clean
+
+# The venv is (re)made when missing or when the dependencies change.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+build-repo: install
+	$(VENV)/bin/triton-repo build-repo --spec $(SPEC)
+
+# Fails when the committed ngc repository differs from what the spec generates.
+check-repo: install
+	$(VENV)/bin/triton-repo build-repo --spec $(SPEC) --check
+
+serve: build-repo
+	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+demo: build-repo
+	$(PY) -m clients.demo --spec $(SPEC)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+# Retrain the showcase model (needs PyTorch: `pip install -e '.[train]'`).
+train: install
+	$(PY) -m pip install --quiet -e '.[train]'
+	$(PY) models/mnist/train.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

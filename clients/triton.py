@@ -1,0 +1,214 @@
+"""One small client over tritonclient's HTTP and gRPC APIs, so callers never branch on the protocol.
+
+Inputs and outputs are numpy arrays keyed by tensor name; data types come from the arrays. Every
+tritonclient error is wrapped in ClientError (`raise ... from e`) with the model and the server's
+message, so the CLI can print one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from build_tools.errors import ClientError
+
+logger = logging.getLogger(__name__)
+
+Protocol = Literal["http", "grpc"]
+PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One entry of Triton's classification extension: `score:index:label`."""
+
+    score: float
+    index: int
+    label: str
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Classification:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        score, index, *label = text.split(":", 2)
+        return cls(float(score), int(index), label[0] if label else "")
+
+
+def _triton_dtype(array: np.ndarray) -> str:
+    if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
+        return "BYTES"
+    return str(np_to_triton_dtype(array.dtype))
+
+
+class TritonClient:
+    """A connection to one server over one protocol. `url` is host:port (no scheme)."""
+
+    def __init__(self, url: str, protocol: Protocol = "http", timeout_s: float = 60.0, concurrency: int = 1) -> None:
+        if protocol not in PROTOCOLS:
+            raise ClientError(f"protocol {protocol!r} is not supported; expected one of {PROTOCOLS}")
+        self.url = url
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self._mod: Any = httpclient if protocol == "http" else grpcclient
+        try:
+            if protocol == "http":
+                self._client: Any = httpclient.InferenceServerClient(
+                    url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
+                )
+            else:
+                self._client = grpcclient.InferenceServerClient(url)
+        except InferenceServerException as e:
+            raise ClientError(f"cannot create a {protocol} client for {url}: {e.message()}") from e
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- server state ------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as e:
+            raise ClientError(f"{what} failed on {self.protocol}://{self.url}: {e.message()}") from e
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except (InferenceServerException, OSError):
+            return False
+
+    def server_metadata(self) -> dict[str, Any]:
+        meta = self._call("server metadata", self._client.get_server_metadata)
+        return meta if isinstance(meta, dict) else _message_to_dict(meta)
+
+    def model_config(self, model: str, version: str = "") -> dict[str, Any]:
+        cfg = self._call(f"config of {model!r}", self._client.get_model_config, model, version)
+        if isinstance(cfg, dict):
+            return cfg
+        return _message_to_dict(cfg.config)
+
+    def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        meta = self._call(f"metadata of {model!r}", self._client.get_model_metadata, model, version)
+        return meta if isinstance(meta, dict) else _message_to_dict(meta)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        index = self._call("repository index", self._client.get_model_repository_index)
+        if isinstance(index, list):
+            return index
+        return [_message_to_dict(m) for m in index.models]
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        built = []
+        for name, array in inputs.items():
+            inp = self._mod.InferInput(name, list(array.shape), _triton_dtype(array))
+            inp.set_data_from_numpy(array)
+            built.append(inp)
+        return built
+
+    def _outputs(self, outputs: Sequence[str] | None, class_count: int) -> list[Any] | None:
+        if not outputs:
+            return None
+        return [self._mod.InferRequestedOutput(name, class_count=class_count) for name in outputs]
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        class_count: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Run one request; returns every requested (or every) output as numpy."""
+        result = self._call(
+            f"inference on {model!r}" + (f" version {version}" if version else ""),
+            self._client.infer,
+            model,
+            self._inputs(inputs),
+            model_version=version,
+            outputs=self._outputs(outputs, class_count),
+            **({} if self.protocol == "http" else {"client_timeout": self.timeout_s}),
+        )
+        names = outputs or [o["name"] for o in _response_outputs(result)]
+        return {name: result.as_numpy(name) for name in names}
+
+    def classify(
+        self, model: str, inputs: Mapping[str, np.ndarray], output: str, top_k: int = 1, version: str = ""
+    ) -> list[list[Classification]]:
+        """Top-k classifications per batch element, through Triton's classification extension."""
+        raw = self.infer(model, inputs, [output], version=version, class_count=top_k)[output]
+        rows = raw.reshape(-1, top_k)
+        return [[Classification.parse(x) for x in row] for row in rows]
+
+
+def _response_outputs(result: Any) -> list[dict[str, Any]]:
+    response = result.get_response()
+    if isinstance(response, dict):
+        return list(response.get("outputs", []))
+    return [{"name": o.name} for o in response.outputs]
+
+
+def _message_to_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+class AsyncTritonClient:
+    """The asyncio twin of TritonClient (tritonclient's http.aio / grpc.aio), for concurrent clients."""
+
+    def __init__(self, url: str, protocol: Protocol = "http") -> None:
+        if protocol not in PROTOCOLS:
+            raise ClientError(f"protocol {protocol!r} is not supported; expected one of {PROTOCOLS}")
+        import tritonclient.grpc.aio as grpc_aio
+        import tritonclient.http.aio as http_aio
+
+        self.url = url
+        self.protocol = protocol
+        self._mod: Any = httpclient if protocol == "http" else grpcclient
+        self._client: Any = (http_aio if protocol == "http" else grpc_aio).InferenceServerClient(url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncTritonClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        try:
+            meta = await self._client.get_model_metadata(model, version)
+        except InferenceServerException as e:
+            raise ClientError(f"metadata of {model!r} failed on {self.protocol}://{self.url}: {e.message()}") from e
+        return meta if isinstance(meta, dict) else _message_to_dict(meta)
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], version: str = ""
+    ) -> dict[str, np.ndarray]:
+        built = []
+        for name, array in inputs.items():
+            inp = self._mod.InferInput(name, list(array.shape), _triton_dtype(array))
+            inp.set_data_from_numpy(array)
+            built.append(inp)
+        requested = [self._mod.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = await self._client.infer(model, built, model_version=version, outputs=requested)
+        except InferenceServerException as e:
+            raise ClientError(
+                f"inference on {model!r}{f' version {version}' if version else ''} failed on "
+                f"{self.protocol}://{self.url}: {e.message()}"
+            ) from e
+        return {name: result.as_numpy(name) for name in outputs}

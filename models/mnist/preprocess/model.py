@@ -1,0 +1,162 @@
+"""Triton Python-backend model: encoded PNG/JPEG bytes -> a 28x28 MNIST-style digit (raw 0-255 floats).
+
+First step of the `mnist` ensemble. Each batch element is one encoded image. The steps follow how
+MNIST was made: grayscale; white ink on black (inverted when the background is bright, as in photos
+of dark ink on paper); the digit's bounding box scaled into 20x20 keeping its aspect ratio; pasted
+into 28x28 so that its centre of mass sits at the centre. A 28x28 image that already has that layout
+(an MNIST digit saved as PNG) passes through bit-identical.
+
+A request whose image is unusable (empty, not PNG/JPEG, truncated, too large, too small, blank) gets
+its own error naming the problem; the other requests of the batch are answered normally.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image, UnidentifiedImageError
+
+SIDE = 28
+BOX = 20
+ALLOWED_FORMATS = ("PNG", "JPEG")
+
+
+class BadImageError(ValueError):
+    """One image cannot be turned into a digit; the message is sent back to the client."""
+
+
+def _param(config: dict[str, Any], key: str, default: int) -> int:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return int(value) if value not in (None, "") else default
+
+
+def decode(data: bytes, max_pixels: int, min_side: int) -> np.ndarray:
+    """Encoded bytes -> grayscale uint8 array, with every check done before pixels are decoded."""
+    if not data:
+        raise BadImageError("empty image bytes; expected an encoded PNG or JPEG image")
+    try:
+        # open() reads the header only: size and format are known before any pixel is decoded.
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise BadImageError(f"not an image ({len(data)} bytes, format not recognised); expected PNG or JPEG") from e
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"image too large: {e}") from e
+    if img.format not in ALLOWED_FORMATS:
+        raise BadImageError(f"image format {img.format} is not supported; expected PNG or JPEG")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} "
+            f"(decompression bomb protection)"
+        )
+    if min(width, height) < min_side:
+        raise BadImageError(f"image is {width}x{height} pixels; a digit needs at least {min_side}x{min_side}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(f"corrupt or truncated {img.format} image: {e}") from e
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent canvases are drawn on as if on white paper.
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _border_median(gray: np.ndarray) -> float:
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return float(np.median(border))
+
+
+def _centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    total = float(img.sum())
+    ys, xs = np.indices(img.shape)
+    return float((ys * img).sum() / total), float((xs * img).sum() / total)
+
+
+def _is_mnist_layout(img: np.ndarray) -> bool:
+    """28x28, digit within a 20x20 box, centre of mass within 2 px of the centre."""
+    if img.shape != (SIDE, SIDE) or not img.any():
+        return False
+    rows, cols = np.nonzero(img)
+    if rows.ptp() + 1 > BOX or cols.ptp() + 1 > BOX:
+        return False
+    cy, cx = _centre_of_mass(img.astype(np.float64))
+    return abs(cy - SIDE / 2) <= 2 and abs(cx - SIDE / 2) <= 2
+
+
+def to_mnist(gray: np.ndarray, ink_threshold: int) -> np.ndarray:
+    """Grayscale uint8 of any size -> float32 [1, 28, 28] in MNIST's layout (white on black)."""
+    if _border_median(gray) > 127:
+        gray = 255 - gray
+    if _is_mnist_layout(gray):
+        return gray.astype(np.float32)[None]
+    # Paper texture and JPEG noise would stretch the bounding box: drop faint pixels first.
+    ink = np.where(gray >= ink_threshold, gray, 0).astype(np.uint8)
+    if not ink.any():
+        raise BadImageError(f"no digit found: every pixel is below the ink threshold {ink_threshold} (blank image)")
+    rows, cols = np.nonzero(ink)
+    crop = ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    box = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64)
+    box = np.clip(box, 0, 255)
+    if box.sum() == 0:
+        raise BadImageError("no digit found after scaling (the ink is too thin)")
+    cy, cx = _centre_of_mass(box)
+    top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))
+    left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))
+    out = np.zeros((SIDE, SIDE), dtype=np.float32)
+    out[top: top + new_h, left: left + new_w] = np.round(box)
+    return out[None]
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        self.config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.max_pixels = _param(self.config, "max_pixels", 4096 * 4096)
+        self.min_side = _param(self.config, "min_side", 8)
+        self.ink_threshold = _param(self.config, "ink_threshold", 32)
+        inputs = {i["name"]: i for i in self.config["input"]}
+        outputs = {o["name"]: o for o in self.config["output"]}
+        if "image_bytes" not in inputs or inputs["image_bytes"]["data_type"] != "TYPE_STRING":
+            raise pb_utils.TritonModelException(f"{self.name}: needs a BYTES input named 'image_bytes'")
+        if "image" not in outputs or [int(d) for d in outputs["image"]["dims"]] != [1, SIDE, SIDE]:
+            raise pb_utils.TritonModelException(f"{self.name}: needs an output 'image' with dims [1, 28, 28]")
+        self.batching = int(self.config.get("max_batch_size", 0)) > 0
+        # Pillow's own bomb check would only warn below 2x its limit; ours runs on the header first.
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+
+    def _one(self, request: Any) -> Any:
+        data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy()
+        flat = data.reshape(-1)
+        images = []
+        for i, item in enumerate(flat):
+            raw = item if isinstance(item, bytes) else bytes(item)
+            try:
+                gray = decode(raw, self.max_pixels, self.min_side)
+                images.append(to_mnist(gray, self.ink_threshold))
+            except BadImageError as e:
+                where = f"image {i}" if flat.size > 1 else "image"
+                raise BadImageError(f"{where}: {e}") from e
+        batch = np.stack(images) if self.batching else images[0]
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", batch.astype(np.float32))])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except BadImageError as e:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)
+                ))
+        return responses

@@ -1,0 +1,58 @@
+"""The CLI prints one line on stderr and exits non-zero for every ToolkitError."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.onnx_models import fixed_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "build_tools.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("triton-repo: error:")]
+
+
+def test_cli_exits_nonzero_with_one_line_when_spec_has_unknown_key(tmp_path: Path) -> None:
+    (tmp_path / "deploy.yaml").write_text("models:\n  m: {source: m.onnx, max_batchsize: 8}\n")
+    result = _run("build-repo", cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = _error_lines(result.stderr)
+    assert "models.m.max_batchsize: unknown key" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_lint_findings_when_batch_fixed(tmp_path: Path) -> None:
+    fixed_batch(tmp_path / "fixed.onnx")
+    (tmp_path / "deploy.yaml").write_text(
+        "flavors: {embedded: {output: out}}\nmodels:\n  fixed: {source: fixed.onnx, max_batch_size: 8}\n")
+    result = _run("build-repo", cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = _error_lines(result.stderr)
+    assert "models.fixed.inputs.x" in line and "dynamic_axes" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_builds_both_flavors_when_spec_valid(tmp_path: Path) -> None:
+    fixed_batch(tmp_path / "fixed.onnx")
+    (tmp_path / "deploy.yaml").write_text(
+        "flavors: {embedded: {output: e}, ngc: {output: n}}\nmodels:\n  fixed: {source: fixed.onnx}\n")
+    result = _run("build-repo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "e" / "fixed" / "config.pbtxt").is_file()
+    assert (tmp_path / "n" / "fixed" / "config.pbtxt").is_file()
+    assert _run("build-repo", "--check", cwd=tmp_path).returncode == 0
+
+
+def test_cli_serve_fails_with_one_line_when_repository_missing(tmp_path: Path) -> None:
+    result = _run("serve", "--model-repository", str(tmp_path / "nothing"), "--http-port", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = _error_lines(result.stderr)
+    assert "does not exist" in line and "make build-repo" in line

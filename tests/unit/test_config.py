@@ -1,0 +1,160 @@
+"""Config generation through Triton's schema: every written config.pbtxt parses back and says what the
+spec and the graph say, for both flavors."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from build_tools.config import read_config
+from build_tools.repository import MARKER, build_repositories, check_drift
+from build_tools.spec import DeploySpec, load_spec, parse_spec
+from tests.support.onnx_models import models_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeploySpec, Path, Path]:
+    root = tmp_path_factory.mktemp("cfg")
+    data = models_spec(root / "models", root / "embedded")
+    data["flavors"]["ngc"] = {"output": str(root / "ngc")}
+    data["models"]["t_multi_input"]["dynamic_batching"].update(max_queue_size=100, default_timeout_microseconds=5000)
+    data["models"]["t_classifier"]["response_cache"] = True
+    spec = parse_spec(data, root)
+    build_repositories(spec)
+    return spec, root / "ngc", root / "embedded"
+
+
+def _cfg(repo: Path, model: str) -> mc.ModelConfig:
+    return read_config(repo / model / "config.pbtxt")
+
+
+def test_every_written_config_parses_when_repositories_built(built: tuple[DeploySpec, Path, Path]) -> None:
+    _, ngc, embedded = built
+    configs = list(ngc.glob("*/config.pbtxt")) + list(embedded.glob("*/config.pbtxt"))
+    assert len(configs) == 10
+    for path in configs:
+        cfg = read_config(path)
+        assert cfg.name == path.parent.name
+
+
+def test_dims_exclude_batch_when_model_batches(built: tuple[DeploySpec, Path, Path]) -> None:
+    _, _, embedded = built
+    cfg = _cfg(embedded, "t_multi_input")
+    assert cfg.max_batch_size == 16
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+        ("a", mc.TYPE_FP32, [4]), ("b", mc.TYPE_FP32, [4])]
+    assert [o.name for o in cfg.output] == ["sum:0", "diff"]
+    dyn = _cfg(embedded, "t_dynamic_dim")
+    assert list(dyn.input[0].dims) == [-1]
+    assert [list(o.dims) for o in dyn.output] == [[1], [-1]]
+    ints = _cfg(embedded, "t_int64")
+    assert ints.input[0].data_type == mc.TYPE_INT64 and ints.output[0].data_type == mc.TYPE_INT64
+
+
+def test_full_shape_kept_when_model_does_not_batch(built: tuple[DeploySpec, Path, Path]) -> None:
+    _, ngc, embedded = built
+    for repo in (ngc, embedded):
+        cfg = _cfg(repo, "t_fixed_batch")
+        assert cfg.max_batch_size == 0
+        assert list(cfg.input[0].dims) == [1, 3]
+        assert not cfg.HasField("dynamic_batching")
+
+
+def test_flavors_differ_only_in_runtime_when_built_from_one_spec(built: tuple[DeploySpec, Path, Path]) -> None:
+    _, ngc, embedded = built
+    n, e = _cfg(ngc, "t_classifier"), _cfg(embedded, "t_classifier")
+    assert n.platform == "onnxruntime_onnx" and not n.backend
+    assert e.backend == "python" and not e.platform
+    assert [g.kind for g in n.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert [g.kind for g in e.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert e.parameters["onnx_file"].string_value == "model.onnx"
+    assert list(n.input) == list(e.input) and list(n.output) == list(e.output)
+    assert (ngc / "t_classifier" / "1" / "model.onnx").is_file()
+    assert not (ngc / "t_classifier" / "1" / "model.py").exists()
+    assert (embedded / "t_classifier" / "1" / "model.py").is_file()
+    assert (embedded / "t_classifier" / "2" / "model.onnx").is_file()
+
+
+def test_spec_overrides_applied_when_given(built: tuple[DeploySpec, Path, Path]) -> None:
+    _, _, embedded = built
+    cfg = _cfg(embedded, "t_classifier")
+    assert cfg.input[0].format == mc.ModelInput.FORMAT_NCHW
+    assert cfg.output[0].label_filename == "classes.txt"
+    assert (embedded / "t_classifier" / "classes.txt").read_text().split() == ["cat", "dog", "bird", "fish"]
+    assert cfg.version_policy.HasField("all")
+    assert cfg.response_cache.enable
+    db = _cfg(embedded, "t_multi_input").dynamic_batching
+    assert list(db.preferred_batch_size) == [8, 16]
+    assert db.max_queue_delay_microseconds == 20000
+    assert db.default_queue_policy.max_queue_size == 100
+    assert db.default_queue_policy.default_timeout_microseconds == 5000
+    warm = _cfg(embedded, "t_int64").model_warmup[0]
+    assert warm.batch_size == 2 and warm.inputs["ids"].zero_data and list(warm.inputs["ids"].dims) == [3]
+
+
+def test_bytes_warmup_serialized_when_file_given() -> None:
+    """Triton reads BYTES warmup files as length-prefixed elements; a raw PNG would fail to load."""
+    spec = load_spec(ROOT / "deploy.yaml")
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    plan = plan_flavor(spec, "embedded", lint_or_raise(spec))
+    folder = next(f for f in plan.models if f.name == "mnist_preprocess")
+    (rel, data), = ((k, v) for k, v in folder.files.items() if k.startswith("warmup/"))
+    png = (ROOT / "models/mnist/examples/digit_7.png").read_bytes()
+    assert isinstance(data, bytes)
+    assert data == struct.pack("<I", len(png)) + png
+    assert folder.config.model_warmup[0].inputs["image_bytes"].input_data_file == rel.removeprefix("warmup/")
+
+
+def test_ensemble_wired_from_steps_when_built() -> None:
+    spec = load_spec(ROOT / "deploy.yaml")
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    plan = plan_flavor(spec, "ngc", lint_or_raise(spec))
+    ens = next(f.config for f in plan.models if f.name == "mnist")
+    assert ens.platform == "ensemble"
+    assert [(i.name, i.data_type, list(i.dims)) for i in ens.input] == [("image_bytes", mc.TYPE_STRING, [1])]
+    assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ens.output] == [
+        ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier"]
+    assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
+
+
+def test_drift_detected_when_committed_config_edited(tmp_path: Path) -> None:
+    root = tmp_path
+    data = models_spec(root / "models", root / "embedded")
+    data["flavors"] = {"ngc": {"output": str(root / "ngc")}}
+    spec = parse_spec(data, root)
+    build_repositories(spec)
+    assert check_drift(spec) == []
+    cfg = root / "ngc" / "t_int64" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("max_batch_size: 8", "max_batch_size: 4"))
+    (root / "ngc" / "stray").mkdir()
+    (root / "ngc" / "stray" / "config.pbtxt").write_text("")
+    assert sorted(check_drift(spec)) == [
+        "differs: t_int64/config.pbtxt",
+        "not generated by the spec: stray/config.pbtxt",
+    ]
+
+
+def test_build_refuses_to_replace_folder_when_not_written_by_build_repo(tmp_path: Path) -> None:
+    data = models_spec(tmp_path / "models", tmp_path / "embedded")
+    (tmp_path / "embedded").mkdir()
+    (tmp_path / "embedded" / "precious.txt").write_text("keep me")
+    from build_tools.errors import RepositoryError
+
+    with pytest.raises(RepositoryError, match="refusing to replace it"):
+        build_repositories(parse_spec(data, tmp_path))
+    assert (tmp_path / "embedded" / "precious.txt").read_text() == "keep me"
+    assert not (tmp_path / "embedded" / MARKER).exists()
+
+
+def test_committed_ngc_repository_matches_spec_when_checked_out() -> None:
+    """The same check CI runs: model_repository/ is exactly what deploy.yaml generates."""
+    assert check_drift(load_spec(ROOT / "deploy.yaml")) == []
