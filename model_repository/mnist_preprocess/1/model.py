@@ -26,7 +26,7 @@ BOX = 20
 ALLOWED_FORMATS = ("PNG", "JPEG")
 
 
-class BadImage(ValueError):
+class BadImageError(ValueError):
     """One image cannot be turned into a digit; the message is sent back to the client."""
 
 
@@ -38,30 +38,30 @@ def _param(config: dict[str, Any], key: str, default: int) -> int:
 def decode(data: bytes, max_pixels: int, min_side: int) -> np.ndarray:
     """Encoded bytes -> grayscale uint8 array, with every check done before pixels are decoded."""
     if not data:
-        raise BadImage("empty image bytes; expected an encoded PNG or JPEG image")
+        raise BadImageError("empty image bytes; expected an encoded PNG or JPEG image")
     try:
         # open() reads the header only: size and format are known before any pixel is decoded.
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
-        raise BadImage(f"not an image ({len(data)} bytes, format not recognised); expected PNG or JPEG") from e
+        raise BadImageError(f"not an image ({len(data)} bytes, format not recognised); expected PNG or JPEG") from e
     except Image.DecompressionBombError as e:
-        raise BadImage(f"image too large: {e}") from e
+        raise BadImageError(f"image too large: {e}") from e
     if img.format not in ALLOWED_FORMATS:
-        raise BadImage(f"image format {img.format} is not supported; expected PNG or JPEG")
+        raise BadImageError(f"image format {img.format} is not supported; expected PNG or JPEG")
     width, height = img.size
     if width * height > max_pixels:
-        raise BadImage(
+        raise BadImageError(
             f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} "
             f"(decompression bomb protection)"
         )
     if min(width, height) < min_side:
-        raise BadImage(f"image is {width}x{height} pixels; a digit needs at least {min_side}x{min_side}")
+        raise BadImageError(f"image is {width}x{height} pixels; a digit needs at least {min_side}x{min_side}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"corrupt or truncated {img.format} image: {e}") from e
+        raise BadImageError(f"corrupt or truncated {img.format} image: {e}") from e
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent canvases are drawn on as if on white paper.
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -100,7 +100,7 @@ def to_mnist(gray: np.ndarray, ink_threshold: int) -> np.ndarray:
     # Paper texture and JPEG noise would stretch the bounding box: drop faint pixels first.
     ink = np.where(gray >= ink_threshold, gray, 0).astype(np.uint8)
     if not ink.any():
-        raise BadImage(f"no digit found: every pixel is below the ink threshold {ink_threshold} (blank image)")
+        raise BadImageError(f"no digit found: every pixel is below the ink threshold {ink_threshold} (blank image)")
     rows, cols = np.nonzero(ink)
     crop = ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
     h, w = crop.shape
@@ -109,7 +109,7 @@ def to_mnist(gray: np.ndarray, ink_threshold: int) -> np.ndarray:
     box = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64)
     box = np.clip(box, 0, 255)
     if box.sum() == 0:
-        raise BadImage("no digit found after scaling (the ink is too thin)")
+        raise BadImageError("no digit found after scaling (the ink is too thin)")
     cy, cx = _centre_of_mass(box)
     top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))
     left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))
@@ -144,9 +144,9 @@ class TritonPythonModel:
             try:
                 gray = decode(raw, self.max_pixels, self.min_side)
                 images.append(to_mnist(gray, self.ink_threshold))
-            except BadImage as e:
+            except BadImageError as e:
                 where = f"image {i}" if flat.size > 1 else "image"
-                raise BadImage(f"{where}: {e}") from e
+                raise BadImageError(f"{where}: {e}") from e
         batch = np.stack(images) if self.batching else images[0]
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", batch.astype(np.float32))])
 
@@ -155,7 +155,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._one(request))
-            except BadImage as e:
+            except BadImageError as e:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)
                 ))
