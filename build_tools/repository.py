@@ -28,7 +28,7 @@ RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model
 # Marks a folder as written by build-repo, so a rebuild may replace it without touching anything else.
 MARKER = ".triton-repo"
 # Model binaries are build outputs: the ngc repository in git holds everything else.
-BINARY_SUFFIXES = (".onnx", ".plan")
+BINARY_SUFFIXES = (".onnx", ".plan", ".json.lock")
 
 
 @dataclass

@@ -49,7 +49,9 @@ def project_repository(project_spec: DeploySpec, served_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def test_models_spec(served_root: Path) -> DeploySpec:
-    data = models_spec(served_root / "test_models", served_root / "test_repository", ROOT / "models/mnist/mnist_cnn.onnx")
+    data = models_spec(
+        served_root / "test_models", served_root / "test_repository", ROOT / "models/mnist/mnist_cnn.onnx"
+    )
     return parse_spec(data, served_root)
 
 

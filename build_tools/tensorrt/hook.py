@@ -1,0 +1,108 @@
+"""The build-repo step that puts TensorRT plans (and their locks) into the ngc repository.
+
+For every version of every model whose formats include tensorrt_plan:
+1. a plan already in the repository is kept when its lock shows it was built from the same ONNX file,
+   precision and profile, for the same target TensorRT/release (and this GPU, when one is visible);
+2. otherwise it is built, lock-checked and gated (builder.build_plan) when a builder is available;
+3. otherwise, for `tensorrt.optional: true`, build-repo notes that the plan is missing and goes on
+   (the repository is complete without it); for `optional: false` it stops with PlanBuildError.
+It also notes the Python backend's shared-memory needs for the ngc flavor.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from build_tools.config import PLAN_FILENAME
+from build_tools.errors import PlanBuildError
+from build_tools.onnx_io import read_interface
+from build_tools.repository import FlavorPlan
+from build_tools.resources import shm_note
+from build_tools.spec import DeploySpec
+from build_tools.tensorrt.backend import NoBuilderError, PlanBackend
+from build_tools.tensorrt.builder import (
+    build_plan,
+    plan_targets,
+    reuse_problems,
+    select_backend,
+)
+from build_tools.tensorrt.lock import lock_path, read_lock, require_consistent_target
+from build_tools.tensorrt.profile import derive_profiles
+
+logger = logging.getLogger(__name__)
+
+
+def _place(plan: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plan, dest)
+    shutil.copyfile(lock_path(plan), lock_path(dest))
+
+
+def plan_build_hook(spec: DeploySpec, plan: FlavorPlan, staging: Path) -> list[str]:
+    """repository.PostBuildHook: add plans to the ngc staging folder; returns notes for build-repo."""
+    if plan.flavor != "ngc":
+        return []
+    notes: list[str] = []
+    note = shm_note(spec, "ngc")
+    if note:
+        notes.append(note)
+    names = [n for n, m in spec.models.items() if m.kind == "onnx" and "tensorrt_plan" in m.formats]
+    if not names:
+        return notes
+    require_consistent_target(spec.triton)
+    backend: PlanBackend | None = None
+    missing: NoBuilderError | None = None
+    gpu_cc: str | None = None
+    for name in names:
+        model = spec.models[name]
+        for target in plan_targets(spec, name):
+            # Spec problems (e.g. a dynamic axis without a range) stop the build on every machine.
+            profiles = derive_profiles(name, model, read_interface(target.onnx_path))
+            dest = staging / target.trt_model / str(target.version) / PLAN_FILENAME
+            previous = plan.output / target.trt_model / str(target.version) / PLAN_FILENAME
+            if backend is None and missing is None:
+                try:
+                    backend = select_backend()
+                except NoBuilderError as e:
+                    missing = e
+                else:
+                    from build_tools.tensorrt.api import current_compute_capability
+
+                    gpu_cc = current_compute_capability()
+            reasons = reuse_problems(previous, spec, target, profiles, gpu_cc)
+            if not reasons:
+                lock = read_lock(previous)
+                _place(previous, dest)
+                notes.append(
+                    f"{target.label}: kept the plan built {lock.built_at or 'earlier'} with TensorRT "
+                    f"{lock.tensorrt_version} on {lock.gpu_name} (sm {lock.compute_capability}); its inputs are "
+                    f"unchanged"
+                )
+                continue
+            if previous.is_file():
+                logger.info("%s: not keeping the previous plan: %s", target.label, "; ".join(reasons))
+            if backend is None:
+                why = f"{target.label} not built: {missing}"
+                if previous.is_file():
+                    why += f" (the previous plan was dropped: {'; '.join(reasons)})"
+                if not model.tensorrt.optional:
+                    raise PlanBuildError(
+                        f"{why}; models.{name}.tensorrt.optional is false, so build-repo stops. Build the "
+                        f"repository in the serving image on a GPU (docs/tensorrt.md)"
+                    ) from missing
+                notes.append(
+                    f"{why}. The repository is complete without it (tensorrt.optional), but Triton reports "
+                    f"{target.trt_model} UNAVAILABLE until the plan is built in the serving image (docs/tensorrt.md)"
+                )
+                continue
+            artifact = build_plan(spec, target, backend)
+            _place(artifact.plan_path, dest)
+            lock = artifact.lock
+            notes.append(
+                f"{target.label}: built a {lock.precision} plan with TensorRT {lock.tensorrt_version} "
+                f"({lock.builder}) on {lock.gpu_name} (sm {lock.compute_capability}) for tritonserver:"
+                f"{lock.triton_release}-py3; gate passed: {artifact.gate.summary()}"
+            )
+    return notes

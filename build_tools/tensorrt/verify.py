@@ -1,0 +1,202 @@
+"""`triton-repo verify`: does a running server match what the repository was built for?
+
+It asks the server for its version (server metadata) and every model's state (repository index), reads
+the lock files in the repository, and checks: server version against the spec (and the release table),
+every plan's TensorRT version and release against the target, every model of the repository READY.
+`compare_deployment` is the pure part; `fetch_server_state` talks to the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from build_tools.errors import ClientError, PlanBuildError, SpecError
+from build_tools.spec import TritonSpec, load_spec
+from build_tools.tensorrt.lock import (
+    TRITON_RELEASES,
+    PlanLock,
+    find_plans,
+    lock_problems,
+    parse_version,
+    read_lock,
+    spec_target_problems,
+)
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_S = 10.0
+
+
+@dataclass
+class VerifyReport:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fail(self, message: str) -> None:
+        self.problems.append(message)
+        self.lines.append(f"FAIL {message}")
+
+    def good(self, message: str) -> None:
+        self.lines.append(f"ok   {message}")
+
+    def info(self, message: str) -> None:
+        self.lines.append(f"info {message}")
+
+    def render(self) -> str:
+        verdict = "verify: OK" if self.ok else f"verify: FAILED ({len(self.problems)} problem(s))"
+        return "\n".join([*self.lines, verdict]) + "\n"
+
+
+def compare_deployment(
+    server_version: str,
+    index: list[dict[str, Any]],
+    triton: TritonSpec,
+    repository_models: list[str],
+    locks: dict[str, PlanLock | PlanBuildError],
+) -> VerifyReport:
+    """Compare what the server reports with the spec and the repository's lock files.
+
+    index: the repository index entries (name, version, state, reason); repository_models: the model
+    folders on disk; locks: plan path (relative) -> its lock, or the error reading it.
+    """
+    report = VerifyReport()
+    for problem in spec_target_problems(triton):
+        report.fail(f"spec: {problem}")
+    try:
+        same = parse_version(server_version) == parse_version(triton.server_version)
+    except PlanBuildError:
+        same = False
+    known = TRITON_RELEASES.get(triton.release)
+    release_note = f"tritonserver:{triton.release}-py3" + ("" if known else " (release not in the table)")
+    if same:
+        report.good(f"server: Triton {server_version}, as the spec expects for {release_note}")
+    else:
+        report.fail(
+            f"server: Triton {server_version or '<unknown>'} is running, the spec targets {triton.server_version} "
+            f"({release_note}); serve the repository with that image or update the spec's triton section"
+        )
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for entry in index:
+        by_name.setdefault(str(entry.get("name", "")), []).append(entry)
+    for name in repository_models:
+        entries = by_name.get(name)
+        if not entries:
+            report.fail(f"model {name}: in the repository but unknown to the server (is it serving this repository?)")
+            continue
+        for e in entries:
+            version = e.get("version") or "?"
+            state = e.get("state") or "<no state>"
+            if state == "READY":
+                report.good(f"model {name} v{version}: READY")
+            else:
+                reason = f" ({e['reason']})" if e.get("reason") else ""
+                report.fail(f"model {name} v{version}: {state}{reason}; expected READY")
+    extra = sorted(set(by_name) - set(repository_models))
+    if extra:
+        report.info(f"the server also serves {extra}, which are not in this repository")
+    for plan, lock in sorted(locks.items()):
+        if isinstance(lock, PlanBuildError):
+            report.fail(f"plan {plan}: {lock}")
+            continue
+        problems = lock_problems(lock, triton, f"plan {plan}")
+        for p in problems:
+            report.fail(p)
+        if not problems:
+            report.good(
+                f"plan {plan}: TensorRT {lock.tensorrt_version} for tritonserver:{lock.triton_release}-py3, built on "
+                f"{lock.gpu_name} (sm {lock.compute_capability}); serve it on a GPU of that compute capability"
+            )
+    if not locks:
+        report.info("no TensorRT plans in the repository")
+    return report
+
+
+def _json_index(raw: Any) -> list[dict[str, Any]]:
+    if isinstance(raw, dict):  # gRPC as_json: {"models": [...]}
+        raw = raw.get("models", [])
+    return [dict(e) for e in raw or []]
+
+
+def fetch_server_state(url: str, protocol: str) -> tuple[str, list[dict[str, Any]]]:
+    """(server version, repository index) from a running server; tritonclient errors become ClientError."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            client: Any = grpcclient.InferenceServerClient(url=url)
+            meta = client.get_server_metadata(as_json=True, client_timeout=TIMEOUT_S)
+            index = client.get_model_repository_index(as_json=True, client_timeout=TIMEOUT_S)
+        else:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(
+                url=url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
+            )
+            meta = client.get_server_metadata()
+            index = client.get_model_repository_index()
+        client.close()
+    except InferenceServerException as e:
+        raise ClientError(
+            f"{protocol} {url}: the server metadata / repository index request failed: {e.message()}; expected "
+            f"a running Triton there (with the model repository extension)"
+        ) from e
+    except (OSError, ConnectionError) as e:
+        raise ClientError(f"{protocol} {url}: cannot reach the server ({e}); expected Triton listening there") from e
+    return str(meta.get("version", "")), _json_index(index)
+
+
+def repository_models(repository: Path) -> list[str]:
+    return sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+
+
+def repository_locks(repository: Path) -> dict[str, PlanLock | PlanBuildError]:
+    locks: dict[str, PlanLock | PlanBuildError] = {}
+    for plan in find_plans(repository):
+        rel = plan.relative_to(repository).as_posix()
+        try:
+            locks[rel] = read_lock(plan)
+        except PlanBuildError as e:
+            locks[rel] = e
+    return locks
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    spec_path = Path(args.spec)
+    if not spec_path.is_file():
+        raise SpecError(str(spec_path), "spec file not found; verify compares the server with its triton section")
+    spec = load_spec(spec_path)
+    default_repo = spec.resolve(spec.flavors["ngc"].output) if "ngc" in spec.flavors else Path("model_repository")
+    repository = Path(args.repository) if args.repository else default_repo
+    if not repository.is_dir():
+        raise ClientError(f"repository {repository} does not exist; expected the model repository the server serves")
+    version, index = fetch_server_state(args.url, args.protocol)
+    report = compare_deployment(
+        version, index, spec.triton, repository_models(repository), repository_locks(repository)
+    )
+    sys.stdout.write(f"verify {args.protocol}://{args.url} against {repository} and {spec_path}\n")
+    sys.stdout.write(report.render())
+    return 0 if report.ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a running server: version, every model READY, plans locked to its TensorRT",
+    )
+    p.add_argument("--url", required=True, help="HOST:PORT of the server's HTTP (or gRPC) endpoint")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--repository", help="the model repository the server serves (default: the spec's ngc output)")
+    p.add_argument("--spec", default="deploy.yaml")
+    p.set_defaults(func=_cmd_verify)
+
