@@ -47,5 +47,12 @@ train: install
 	$(PY) -m pip install --quiet -e '.[train]'
 	$(PY) models/mnist/train.py
 
+# The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
+up: install
+	VENV=$(VENV) .ci/compose-check.sh --up
+
+down:
+	VENV=$(VENV) .ci/compose-check.sh --down
+
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -66,6 +68,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_file=Path(args.log_file) if args.log_file else None,
         workdir=Path(args.workdir) if args.workdir else None,
         startup_timeout_s=args.timeout,
+        extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
     )
     stop = threading.Event()
     # Ctrl-C and `docker stop` both end the foreground server cleanly.
@@ -113,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--server-arg", action="append", default=[], metavar="ARG",
+        help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable; also $TRITON_EXTRA_ARGS)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     _register_extensions(sub)

@@ -184,6 +184,8 @@ def build_repositories(
             cfg.parse_pbtxt(cfg.to_pbtxt(folder.config), f"{flavor}/{folder.name}")
         plan.output.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.", dir=plan.output.parent))
+        # mkdtemp makes 0700 folders; a server running as another user must be able to read the repository.
+        staging.chmod(0o755)
         try:
             _write(plan, staging)
             for hook in _post_build_hooks:

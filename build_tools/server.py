@@ -131,6 +131,8 @@ class ServerOptions:
     model_control_explicit: bool = False
     startup_timeout_s: float = 180.0
     log_verbose: int = 0
+    # p50/p99 need Triton's latency summaries (nv_inference_request_summary_us); they are off by default.
+    summary_latencies: bool = True
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -189,6 +191,8 @@ class TritonServer:
         ]
         if o.model_control_explicit:
             cmd += ["--model-control-mode=explicit", "--load-model=*"]
+        if o.summary_latencies and not any("summary_latencies" in a for a in o.extra_args):
+            cmd.append("--metrics-config=summary_latencies=true")
         return cmd + list(o.extra_args)
 
     def _environment(self, dist: TritonDistribution) -> dict[str, str]:

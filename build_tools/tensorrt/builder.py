@@ -254,7 +254,7 @@ def build_plan(spec: DeploySpec, target: PlanTarget, backend: PlanBackend) -> Pl
         onnx_sha256=sha256_file(target.onnx_path),
         plan_sha256=sha256_file(out),
         profile=profile_record(model, profiles),
-        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     # The lock comes before the gate: a plan the target image cannot load is not worth evaluating.
     problems = lock_problems(lock, spec.triton, target.label)

