@@ -47,6 +47,15 @@ train: install
 	$(PY) -m pip install --quiet -e '.[train]'
 	$(PY) models/mnist/train.py
 
+# A short headless Locust run (HTTP and gRPC users) against an embedded server it starts.
+loadtest: install
+	$(PY) -m loadtest.run
+
+# The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
+bench: install
+	bash loadtest/install_perf_analyzer.sh
+	$(PY) -m loadtest.bench
+
 # The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
 up: install
 	VENV=$(VENV) .ci/compose-check.sh --up

@@ -156,3 +156,26 @@ def perturbed_copy(src: Path, dst: Path, seed: int = 0, scale: float = 0.05) -> 
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     onnx.save(model, str(dst))
     return dst
+
+
+def tiny_classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> Path:
+    """image [N,1,size,size] -> probabilities [N,classes]: Flatten, MatMul, Add, Softmax (opset 13)."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(size=(size * size, classes)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "B")
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from build_tools.errors import PlanBuildError
 from build_tools.onnx_io import GraphTensor
@@ -22,29 +20,11 @@ from build_tools.tensorrt.gate import (
     run_gate,
     sample_shape,
 )
+from tests.support.onnx_models import tiny_classifier
 
 
-def _classifier(path: Path, classes: int = 3, size: int = 4) -> Path:
-    """image [N,1,size,size] -> probabilities [N,classes]: Flatten, MatMul, Add, Softmax."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(size * size, classes)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "B")
-    nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
-        helper.make_node("Add", ["logits0", "B"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+def _classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> Path:
+    return tiny_classifier(path, classes, size, seed)
 
 
 def _probs(rows: list[list[float]]) -> np.ndarray:

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from build_tools.errors import PlanBuildError
 from build_tools.repository import build_repositories
@@ -36,6 +34,7 @@ from build_tools.tensorrt.trtexec import (
     run_command,
     shapes_arg,
 )
+from tests.support.onnx_models import tiny_classifier
 
 FAKE_TRTEXEC = r'''#!{python}
 import json, os, sys
@@ -120,25 +119,7 @@ def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(size * size, classes)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "B")
-    nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
-        helper.make_node("Add", ["logits0", "B"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return tiny_classifier(path, classes, size, seed)
 
 
 def _request(tmp_path: Path, precision: str = "fp16", profiles: list[InputProfile] | None = None,

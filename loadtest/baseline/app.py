@@ -1,0 +1,109 @@
+"""The seed's way of serving the digit classifier, kept as the baseline the benchmark compares with.
+
+A Flask app that loads the same ONNX file with ONNX Runtime and answers one JSON request at a time:
+each request is parsed from JSON, run through its own ``session.run`` (no batching across requests)
+and answered in JSON.
+
+    POST /predict  {"image": [[...28 x 28 pixels 0..255...]]}           one digit
+                   {"images": [[[...]], ...]}  or  {"image": [N x 28 x 28]}  a batch ([N,1,28,28] too)
+    ->             {"labels": [7, ...], "probabilities": [[...10...], ...]}
+    GET  /health   {"status": "ok"}
+
+Started the way the seed started it (Flask's development server, ``app.run()``, threaded as Flask
+defaults)::
+
+    python -m loadtest.baseline.app --port 5000
+
+or, to be fair to it, under gunicorn with several worker processes::
+
+    gunicorn -w 3 -b 127.0.0.1:5000 'loadtest.baseline.app:create_app()'
+
+Environment: ``BASELINE_MODEL`` (default: the project's models/mnist/mnist_cnn.onnx) and
+``BASELINE_ORT_THREADS`` (ONNX Runtime intra-op threads per process; default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from flask import Flask, jsonify, request
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = ROOT / "models" / "mnist" / "mnist_cnn.onnx"
+SIDE = 28
+
+
+class BadInputError(ValueError):
+    """The request body is not a digit or a batch of digits; answered with 400 and the reason."""
+
+
+def load_session(model_path: Path | str, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def to_batch(payload: Any) -> np.ndarray:
+    """The JSON body as float32 [N, 1, 28, 28]; raises BadInputError naming what is wrong."""
+    if not isinstance(payload, dict):
+        raise BadInputError('expected a JSON object like {"image": [[...28x28...]]}')
+    key = "images" if "images" in payload else "image"
+    if key not in payload:
+        raise BadInputError('missing "image" (one 28x28 digit) or "images" (a batch)')
+    try:
+        arr = np.asarray(payload[key], dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise BadInputError(f'"{key}" is not a numeric array: {e}') from e
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1:] != (1, SIDE, SIDE) or arr.shape[0] == 0:
+        raise BadInputError(f'"{key}" has shape {list(arr.shape)}; expected [28, 28], [N, 28, 28] or [N, 1, 28, 28]')
+    if not np.isfinite(arr).all():
+        raise BadInputError(f'"{key}" holds NaN or infinite values')
+    return arr
+
+
+def create_app(model_path: Path | str | None = None, threads: int | None = None) -> Flask:
+    model_path = model_path or os.environ.get("BASELINE_MODEL") or DEFAULT_MODEL
+    threads = threads if threads is not None else int(os.environ.get("BASELINE_ORT_THREADS", "1"))
+    session = load_session(model_path, threads)
+    input_name = session.get_inputs()[0].name
+    app = Flask(__name__)
+
+    @app.get("/health")
+    def health() -> Any:
+        return jsonify(status="ok")
+
+    @app.post("/predict")
+    def predict() -> Any:
+        payload = request.get_json(silent=True)
+        try:
+            batch = to_batch(payload)
+        except BadInputError as e:
+            return jsonify(error=str(e)), 400
+        probabilities = session.run(None, {input_name: batch})[0]
+        return jsonify(labels=probabilities.argmax(axis=1).tolist(), probabilities=probabilities.tolist())
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The seed's Flask baseline (Flask development server).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--model", default=None, help=f"ONNX file (default {DEFAULT_MODEL})")
+    args = parser.parse_args(argv)
+    app = create_app(args.model)
+    app.run(host=args.host, port=args.port)  # the seed's call: development server, threaded
+
+
+if __name__ == "__main__":
+    main()

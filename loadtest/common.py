@@ -1,0 +1,100 @@
+"""What every load tool shares: the models' names, the sample digits, and the response checks.
+
+The sample is the project's canonical MNIST hold-out split (500 digits, 50 per class): raw tensors for
+the classifier, the same digits encoded as PNG for the ensemble (a 28x28 MNIST digit passes the
+ensemble's preprocessing bit-identical, so both see the same pixels). The model gets 98.6 % of these
+right, so a check against the dataset's label fails about 1.4 % of requests by design; the shape and
+label-range checks never should.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from loadtest.errors import ResponseCheckError
+
+CLASSIFIER = "mnist_classifier"
+CLASSIFIER_INPUT = "image"
+ENSEMBLE = "mnist"
+ENSEMBLE_INPUT = "image_bytes"
+OUTPUT = "probabilities"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (1, 28, 28)
+IMAGE_BYTES = 4 * 28 * 28  # one FP32 image
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Digits to send: ``images`` float32 [N,1,28,28] (raw 0..255), ``pngs`` the same digits as PNG."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    pngs: tuple[bytes, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices(self, start: int, batch_size: int) -> np.ndarray:
+        """``batch_size`` consecutive items from ``start``, wrapping around the sample."""
+        return (start + np.arange(batch_size)) % len(self)
+
+    def tensor_batch(self, start: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.indices(start, batch_size)
+        return np.ascontiguousarray(self.images[idx]), self.labels[idx]
+
+    def png_batch(self, start: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """An object array [batch, 1] of PNG bytes (the ensemble's BYTES input) and the labels."""
+        idx = self.indices(start, batch_size)
+        arr = np.empty((batch_size, 1), dtype=object)
+        for row, i in enumerate(idx):
+            arr[row, 0] = self.pngs[i]
+        return arr, self.labels[idx]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_sample() -> Sample:
+    """The 500 hold-out digits (loaded once per process)."""
+    from clients.datasets import mnist_holdout
+
+    data = mnist_holdout()
+    images = data.images.astype(np.float32)[:, None, :, :]
+    pngs = tuple(encode_png(img) for img in data.images)
+    return Sample(images=images, labels=data.labels, pngs=pngs)
+
+
+def check_probabilities(
+    probabilities: np.ndarray | None, batch_size: int, expected: np.ndarray | None = None
+) -> np.ndarray:
+    """The predicted labels; raises ResponseCheckError when the response is not a valid answer.
+
+    Valid: shape [batch_size, 10], finite values in [0, 1] whose argmax is a label 0..9; with
+    ``expected``, every predicted label must equal it.
+    """
+    if probabilities is None:
+        raise ResponseCheckError(f"response has no {OUTPUT!r} output")
+    if probabilities.shape != (batch_size, NUM_CLASSES):
+        raise ResponseCheckError(
+            f"{OUTPUT!r} has shape {list(probabilities.shape)}, expected [{batch_size}, {NUM_CLASSES}]"
+        )
+    if not np.isfinite(probabilities).all() or probabilities.min() < 0 or probabilities.max() > 1.0001:
+        raise ResponseCheckError(f"{OUTPUT!r} holds values outside [0, 1] (not probabilities)")
+    labels = probabilities.argmax(axis=1)
+    if expected is not None and not np.array_equal(labels, expected):
+        wrong = np.flatnonzero(labels != expected)
+        raise ResponseCheckError(
+            f"{len(wrong)} of {batch_size} predicted labels differ from the expected ones "
+            f"(first: predicted {int(labels[wrong[0]])}, expected {int(expected[wrong[0]])})"
+        )
+    return labels

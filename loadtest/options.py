@@ -1,0 +1,67 @@
+"""The load test's own Locust options, its pass/fail rule and address helpers.
+
+Free of Locust imports on purpose: importing Locust monkey-patches the standard library with gevent,
+which tests and tools that only need these functions must not pay for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+
+
+def add_options(parser: Any) -> None:
+    """Register our options on Locust's argument parser (also shown in its web UI)."""
+    group = parser.add_argument_group("triton load test")
+    group.add_argument("--batch-size", type=int, default=1, help="images per request (default 1)")
+    group.add_argument("--check-labels", action="store_true", default=False,
+                       help="count a prediction that differs from the sample's label as a failure")
+    group.add_argument("--grpc-host", type=str, default="",
+                       help="HOST:PORT of Triton's gRPC endpoint (default: --host's host, port 8001)")
+    group.add_argument("--max-fail-ratio", type=float, default=0.01,
+                       help="fail the run above this share of failed requests (default 0.01)")
+    group.add_argument("--max-p95-ms", type=float, default=500.0,
+                       help="fail the run when the 95th percentile latency is above this (ms; 0 = off)")
+    group.add_argument("--max-p99-ms", type=float, default=1000.0,
+                       help="fail the run when the 99th percentile latency is above this (ms; 0 = off)")
+
+
+def threshold_problems(stats: Any, options: Any) -> list[str]:
+    """What breaks the thresholds in ``stats`` (Locust's total StatsEntry); empty when the run passes."""
+    if stats.num_requests == 0:
+        return ["no request was made"]
+    problems = []
+    ratio = stats.num_failures / stats.num_requests
+    if ratio > options.max_fail_ratio:
+        problems.append(f"failure ratio {ratio:.4f} ({stats.num_failures} of {stats.num_requests}) "
+                        f"> {options.max_fail_ratio}")
+    for pct, limit in ((0.95, options.max_p95_ms), (0.99, options.max_p99_ms)):
+        value = stats.get_response_time_percentile(pct)
+        if limit and value > limit:
+            problems.append(f"p{round(pct * 100)} latency {value:.0f} ms > {limit:g} ms")
+    return problems
+
+
+def http_address(host: str | None) -> str:
+    """``http://h:p`` (or ``h:p``) -> ``h:p``, what tritonclient.http expects."""
+    if not host:
+        raise ValueError("no host: pass --host http://HOST:PORT")
+    parsed = urlparse(host if "://" in host else f"http://{host}")
+    if not parsed.hostname:
+        raise ValueError(f"cannot read a host name from --host {host!r}")
+    return f"{parsed.hostname}:{parsed.port or DEFAULT_HTTP_PORT}"
+
+
+def grpc_address(host: str | None, grpc_host: str | None) -> str:
+    """``--grpc-host`` if given; else ``--host`` when it is grpc://; else --host's host name, port 8001."""
+    if grpc_host:
+        return grpc_host.split("://", 1)[-1]
+    if not host:
+        raise ValueError("no gRPC address: pass --grpc-host HOST:PORT (or --host grpc://HOST:PORT)")
+    parsed = urlparse(host if "://" in host else f"grpc://{host}")
+    if parsed.scheme == "grpc":
+        return f"{parsed.hostname}:{parsed.port or DEFAULT_GRPC_PORT}"
+    return f"{parsed.hostname}:{DEFAULT_GRPC_PORT}"

@@ -1,0 +1,56 @@
+"""The closed-loop load generator against the real server, and the response checks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from build_tools.server import TritonServer
+from loadtest import loadgen, procstat
+from loadtest.common import check_probabilities, mnist_sample
+from loadtest.errors import ResponseCheckError
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("protocol", "ensemble", "batch"), [("http", False, 4), ("grpc", True, 1)])
+def test_run_load_counts_only_successes_when_server_answers_correctly(
+    embedded_server: TritonServer, protocol: str, ensemble: bool, batch: int
+) -> None:
+    make = loadgen.triton_http_target if protocol == "http" else loadgen.triton_grpc_target
+    address = embedded_server.http_url if protocol == "http" else embedded_server.grpc_url
+    target = make(address, mnist_sample(), batch, ensemble=ensemble)
+    result = loadgen.run_load(target, concurrency=2, duration_s=0.6, warmup_s=0.2)
+    assert result.failures == 0, result.first_error
+    assert result.requests > 5
+    assert result.images_per_s == pytest.approx(result.throughput_rps * batch)
+    assert 0 < result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
+
+
+@pytest.mark.server
+def test_run_load_records_failures_when_the_model_does_not_exist(embedded_server: TritonServer) -> None:
+    target = loadgen.triton_http_target(embedded_server.http_url, mnist_sample(), 1)
+    target.requests = [r.replace(b"/models/mnist_classifier/", b"/models/no_such_model/") for r in target.requests]
+    result = loadgen.run_load(target, concurrency=1, duration_s=0.4, warmup_s=0.1)
+    assert result.throughput_rps == 0
+    assert result.failures > 0
+    assert "no_such_model" in (result.first_error or "")
+
+
+def test_check_probabilities_raises_when_shape_or_label_is_wrong() -> None:
+    probs = np.full((2, 10), 0.1, dtype=np.float32)
+    probs[:, 3] = 0.5
+    assert check_probabilities(probs, 2).tolist() == [3, 3]
+    with pytest.raises(ResponseCheckError, match=r"shape \[2, 10\], expected \[4, 10\]"):
+        check_probabilities(probs, 4)
+    with pytest.raises(ResponseCheckError, match="differ from the expected"):
+        check_probabilities(probs, 2, expected=np.array([3, 4]))
+    with pytest.raises(ResponseCheckError, match="outside"):
+        check_probabilities(probs * 10, 2)
+
+
+def test_tree_cpu_sees_this_process_when_asked_for_its_pid() -> None:
+    snapshot = procstat.tree_cpu(os.getpid())
+    assert os.getpid() in snapshot
+    assert snapshot[os.getpid()].cpu_s > 0
