@@ -115,7 +115,7 @@ async def _run_requests(
     outputs: dict[int, np.ndarray] = {}
     latencies: list[float] = []
     errors: list[str] = []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, mininterval=0.5)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=True, mininterval=0.5)
 
     async def one(start: int, batch: np.ndarray) -> None:
         async with semaphore:
