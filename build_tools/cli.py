@@ -66,7 +66,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         host=args.host,
         log_file=Path(args.log_file) if args.log_file else None,
-        workdir=Path(args.workdir) if args.workdir else None,
+        # The prepared backends and the log stay in the project's build folder, next to the repository.
+        workdir=Path(args.workdir) if args.workdir else Path("build") / "serve",
         startup_timeout_s=args.timeout,
         extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
     )
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-file", help="server log (default: in the work folder)")
-    p.add_argument("--workdir", help="folder for the prepared backends and the log")
+    p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     p.add_argument(
         "--server-arg", action="append", default=[], metavar="ARG",
