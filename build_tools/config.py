@@ -187,6 +187,11 @@ def _labels(
     return path
 
 
+def trt_model_name(name: str, model: ModelSpec) -> str:
+    """The name of the TensorRT plan variant of model `name` in the ngc repository."""
+    return model.tensorrt.model_name or f"{name}_trt"
+
+
 def step_model_name(spec: DeploySpec, ensemble: EnsembleSpec, flavor: FlavorName, model: str) -> str:
     return ensemble.substitutions.get(flavor, {}).get(model, model)
 

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from build_tools.config import ModelIO, default_instance_groups, resolve_ensemble_io, resolve_model_io
+from build_tools.config import (
+    ModelIO,
+    default_instance_groups,
+    resolve_ensemble_io,
+    resolve_model_io,
+    trt_model_name,
+)
 from build_tools.spec import FLAVORS, DeploySpec, FlavorName, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -107,7 +113,7 @@ def _lint_files(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, find
 
 def _lint_formats(name: str, model: ModelSpec, spec: DeploySpec, findings: list[str]) -> None:
     if "tensorrt_plan" in model.formats:
-        trt_name = model.tensorrt.model_name or f"{name}_trt"
+        trt_name = trt_model_name(name, model)
         if trt_name in spec.models or trt_name in spec.ensembles:
             findings.append(
                 f"models.{name}.tensorrt.model_name: {trt_name!r} clashes with a model of the spec"
@@ -137,13 +143,13 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
         _lint_instances(name, model, spec, findings)
         _lint_files(name, model, io, spec, findings)
         _lint_formats(name, model, spec, findings)
+    # Models a substitution may name: every model, and every plan variant the spec builds.
+    known = set(spec.models) | {
+        trt_model_name(n, m) for n, m in spec.models.items() if "tensorrt_plan" in m.formats
+    }
     for name, ens in spec.ensembles.items():
         for flavor, subs in ens.substitutions.items():
             for original, replacement in subs.items():
-                known = set(spec.models) | {
-                    m.tensorrt.model_name or f"{n}_trt" for n, m in spec.models.items()
-                    if "tensorrt_plan" in m.formats
-                }
                 if replacement not in known:
                     findings.append(
                         f"ensembles.{name}.substitutions.{flavor}.{original}: {replacement!r} is not a "

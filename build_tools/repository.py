@@ -89,10 +89,6 @@ def _python_sources(src: Path, version: int, folder: ModelFolder) -> None:
         folder.files[f"{version}/model.py"] = src
 
 
-def trt_model_name(name: str, spec: DeploySpec) -> str:
-    return spec.models[name].tensorrt.model_name or f"{name}_trt"
-
-
 def plan_flavor(spec: DeploySpec, flavor: FlavorName, ios: dict[str, cfg.ModelIO]) -> FlavorPlan:
     """Every model folder of one flavor, in memory."""
     folders: list[ModelFolder] = []
@@ -115,8 +111,8 @@ def plan_flavor(spec: DeploySpec, flavor: FlavorName, ios: dict[str, cfg.ModelIO
         _warmup_files(spec, name, folder, io)
         folders.append(folder)
         if flavor == "ngc" and "tensorrt_plan" in model.formats:
-            trt = ModelFolder(trt_model_name(name, spec), cfg.tensorrt_config(trt_model_name(name, spec), model, io))
-            trt.config.name = trt.name
+            trt_name = cfg.trt_model_name(name, model)
+            trt = ModelFolder(trt_name, cfg.tensorrt_config(trt_name, model, io))
             _labels_files(trt, io)
             _warmup_files(spec, name, trt, io)
             folders.append(trt)

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -224,8 +225,6 @@ class TritonServer:
                 raise ServerError(f"model repository {repo} does not exist; run `make build-repo` first")
         dist = find_distribution()
         if self.workdir is None:
-            import tempfile
-
             self.workdir = Path(tempfile.mkdtemp(prefix="triton-embedded."))
             self._workdir_owned = True
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,16 @@ def _triton_dtype(array: np.ndarray) -> str:
     return str(np_to_triton_dtype(array.dtype))
 
 
+def _infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+    """tritonclient InferInputs (of the http or grpc module `mod`) holding the arrays."""
+    built = []
+    for name, array in inputs.items():
+        inp = mod.InferInput(name, list(array.shape), _triton_dtype(array))
+        inp.set_data_from_numpy(array)
+        built.append(inp)
+    return built
+
+
 class TritonClient:
     """A connection to one server over one protocol. `url` is host:port (no scheme)."""
 
@@ -109,14 +119,6 @@ class TritonClient:
         return [_message_to_dict(m) for m in index.models]
 
     # -- inference ---------------------------------------------------------------------------------
-    def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
-        built = []
-        for name, array in inputs.items():
-            inp = self._mod.InferInput(name, list(array.shape), _triton_dtype(array))
-            inp.set_data_from_numpy(array)
-            built.append(inp)
-        return built
-
     def _outputs(self, outputs: Sequence[str] | None, class_count: int) -> list[Any] | None:
         if not outputs:
             return None
@@ -135,7 +137,7 @@ class TritonClient:
             f"inference on {model!r}" + (f" version {version}" if version else ""),
             self._client.infer,
             model,
-            self._inputs(inputs),
+            _infer_inputs(self._mod, inputs),
             model_version=version,
             outputs=self._outputs(outputs, class_count),
             **({} if self.protocol == "http" else {"client_timeout": self.timeout_s}),
@@ -198,14 +200,11 @@ class AsyncTritonClient:
     async def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], version: str = ""
     ) -> dict[str, np.ndarray]:
-        built = []
-        for name, array in inputs.items():
-            inp = self._mod.InferInput(name, list(array.shape), _triton_dtype(array))
-            inp.set_data_from_numpy(array)
-            built.append(inp)
         requested = [self._mod.InferRequestedOutput(name) for name in outputs]
         try:
-            result = await self._client.infer(model, built, model_version=version, outputs=requested)
+            result = await self._client.infer(
+                model, _infer_inputs(self._mod, inputs), model_version=version, outputs=requested
+            )
         except InferenceServerException as e:
             raise ClientError(
                 f"inference on {model!r}{f' version {version}' if version else ''} failed on "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from build_tools.config import PLAN_FILENAME
+from build_tools.config import PLAN_FILENAME, trt_model_name
 from build_tools.errors import PlanBuildError
 from build_tools.onnx_io import GraphInterface, read_interface
 from build_tools.spec import DeploySpec, ModelSpec
@@ -97,7 +97,7 @@ class PlanTarget:
 
 def plan_targets(spec: DeploySpec, name: str) -> list[PlanTarget]:
     model = spec.models[name]
-    trt_name = model.tensorrt.model_name or f"{name}_trt"
+    trt_name = trt_model_name(name, model)
     return [
         PlanTarget(name, trt_name, version, spec.resolve(src)) for version, src in sorted(model.version_sources.items())
     ]

@@ -6,10 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
 import build_tools.tensorrt  # noqa: F401  (registers the plan hook with build_repositories)
@@ -19,26 +16,11 @@ from build_tools.lint import lint_spec
 from build_tools.repository import build_repositories, plan_flavor
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt import builder as builder_mod
+from tests.support.onnx_models import tiny_classifier
 
 
 def _classifier(path: Path, classes: int = 3, size: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(size * size, classes)).astype(np.float32), "W")
-    nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
-        initializer=[w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return tiny_classifier(path, classes, size)
 
 
 def _spec(tmp_path: Path, tensorrt: dict[str, Any] | None = None, **model: Any) -> DeploySpec:

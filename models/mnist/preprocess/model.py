@@ -67,9 +67,6 @@ def decode(data: bytes, max_pixels: int, min_side: int) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-_ROWS = np.arange(SIDE, dtype=np.float64)
-
-
 def _bright_background(gray: np.ndarray) -> bool:
     """Most of the border is bright (median above mid-grey): dark ink on paper, to be inverted."""
     border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
@@ -95,9 +92,7 @@ def _is_mnist_layout(img: np.ndarray) -> bool:
     rows, cols = img.any(axis=1), img.any(axis=0)
     if not rows.any() or _extent(rows) > BOX or _extent(cols) > BOX:
         return False
-    f = img.astype(np.float64)
-    total = f.sum()
-    cy, cx = float(f.sum(axis=1) @ _ROWS) / total, float(f.sum(axis=0) @ _ROWS) / total
+    cy, cx = _centre_of_mass(img.astype(np.float64))
     return abs(cy - SIDE / 2) <= 2 and abs(cx - SIDE / 2) <= 2
 
 
