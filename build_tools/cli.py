@@ -15,17 +15,25 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from build_tools.batching import stall_warnings
 from build_tools.errors import LintError, ToolkitError
 from build_tools.lint import lint_spec
 from build_tools.repository import build_repositories, check_drift
 from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import FLAVORS, load_spec
+from build_tools.spec import FLAVORS, DeploySpec, load_spec
 
 logger = logging.getLogger("triton-repo")
 
 
+def _warn(spec: DeploySpec) -> None:
+    """Settings that build but serve badly: one line each on stderr, never a failure."""
+    for warning in stall_warnings(spec):
+        sys.stderr.write(f"triton-repo: warning: {warning}\n")
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    _warn(spec)
     if args.check:
         problems = check_drift(spec, "ngc")
         if problems:
@@ -47,6 +55,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_lint(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    _warn(spec)
     findings, _ = lint_spec(spec)
     if findings:
         raise LintError(findings)

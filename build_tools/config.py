@@ -316,13 +316,17 @@ def _dynamic_batching(cfg: mc.ModelConfig, model: ModelSpec) -> None:
     cfg.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
     if db.preserve_ordering:
         cfg.dynamic_batching.preserve_ordering = True
-    if db.max_queue_size is not None or db.default_timeout_microseconds is not None:
+    if (db.max_queue_size is not None or db.default_timeout_microseconds is not None
+            or db.allow_timeout_override):
+        # Load shedding: a full queue or an expired timeout is refused at once (REJECT), never delayed.
         policy = cfg.dynamic_batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
         if db.max_queue_size is not None:
             policy.max_queue_size = db.max_queue_size
         if db.default_timeout_microseconds is not None:
             policy.default_timeout_microseconds = db.default_timeout_microseconds
-            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        if db.allow_timeout_override:
+            policy.allow_timeout_override = True
 
 
 def default_instance_groups(model: ModelSpec, flavor: FlavorName) -> list[InstanceGroupSpec]:

@@ -43,6 +43,8 @@ class DynamicBatchingSpec(_Strict):
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
     max_queue_size: Annotated[int, Field(ge=0)] | None = None
     default_timeout_microseconds: Annotated[int, Field(ge=0)] | None = None
+    # Clients may set their own queue timeout per request (Triton's `timeout` request parameter).
+    allow_timeout_override: bool = False
     preserve_ordering: bool = False
 
 

@@ -34,7 +34,7 @@ from loadtest.common import (
     Sample,
     check_probabilities,
 )
-from loadtest.errors import LoadTestError, ResponseCheckError
+from loadtest.errors import LoadTestError, RefusedError, ResponseCheckError
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,20 @@ class LoadResult:
     batch_size: int
     concurrency: int
     duration_s: float  # the measurement window
-    requests: int  # completed in the window (ok and failed)
-    failures: int
+    requests: int  # completed in the window (ok, refused and failed)
+    failures: int  # errors: wrong answers, broken connections, server errors (never refusals)
     throughput_rps: float  # successful requests per second
     images_per_s: float
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p95 p99 mean max
     client_cpu: float = 0.0  # the load generator's CPU time / wall time (1.0 = one core)
     first_error: str | None = None
+    # Load shedding: requests the server refused on purpose (queue full, queue timeout), counted
+    # apart from failures, with how fast the refusals came back.
+    refusals: int = 0
+    refusal_latency_ms: dict[str, float] = field(default_factory=dict)
+    first_refusal: str | None = None
+    # Tail events: successful requests slower than each threshold (ms -> count).
+    slow: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +118,15 @@ def _serialize_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(len(b).to_bytes(4, "little") + b for b in items)
 
 
+# Triton answers a shed request (queue full: "Exceeds maximum queue size"; queue timeout: "Request
+# timeout expired") with UNAVAILABLE: HTTP 503, gRPC UNAVAILABLE.
+REFUSAL_HTTP_STATUS = 503
+REFUSAL_GRPC_CODE = "UNAVAILABLE"
+
+
 def decode_triton_http(status: int, headers: dict[bytes, bytes], body: bytes, batch: int) -> np.ndarray:
+    if status == REFUSAL_HTTP_STATUS:
+        raise RefusedError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
     if status != 200:
         raise ResponseCheckError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
     json_len = int(headers.get(b"inference-header-content-length", b"0"))
@@ -287,16 +302,22 @@ class _Window:
     start: float
     end: float
     latencies: list[float] = field(default_factory=list)
+    refusal_latencies: list[float] = field(default_factory=list)
     ok: int = 0
     failures: int = 0
     first_error: str | None = None
+    first_refusal: str | None = None
 
-    def record(self, t0: float, t1: float, error: str | None) -> None:
+    def record(self, t0: float, t1: float, error: str | None, refused: bool = False) -> None:
         if not (self.start <= t1 <= self.end):
             return
         if error is None:
             self.ok += 1
             self.latencies.append(t1 - t0)
+        elif refused:
+            self.refusal_latencies.append(t1 - t0)
+            if self.first_refusal is None:
+                self.first_refusal = error
         else:
             self.failures += 1
             if self.first_error is None:
@@ -313,7 +334,7 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
         while (t0 := time.perf_counter()) < window.end:
             j = i % n
             i += concurrency
-            error = None
+            error, refused = None, False
             try:
                 if conn is None or conn.closed:
                     _, conn = await loop.create_connection(_HttpConnection, target.host, target.port)
@@ -321,6 +342,8 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
                 if conn.close_after:
                     conn.close()
                 check_probabilities(decode(status, headers, body, batch), batch, labels[j] if check else None)
+            except RefusedError as e:
+                error, refused = str(e), True
             except (OSError, ValueError, KeyError, LoadTestError, ResponseCheckError) as e:
                 error = f"{type(e).__name__}: {e}"
                 if conn is not None:
@@ -328,7 +351,7 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
                     conn = None
                 if not isinstance(e, ResponseCheckError):
                     await asyncio.sleep(0.01)  # a refused connection must not spin
-            window.record(t0, time.perf_counter(), error)
+            window.record(t0, time.perf_counter(), error, refused)
     finally:
         if conn is not None:
             conn.close()
@@ -336,6 +359,8 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
 
 async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window, check: bool) -> None:
     import grpc
+
+    timeout_s = window.end - window.start + 120.0  # a lost request still ends, as an error
 
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
                ("grpc.use_local_subchannel_pool", 1)]  # one connection per client, as over HTTP
@@ -347,15 +372,16 @@ async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window
         while (t0 := time.perf_counter()) < window.end:
             j = i % n
             i += concurrency
-            error = None
+            error, refused = None, False
             try:
-                body = await infer(requests[j])
+                body = await infer(requests[j], timeout=timeout_s)
                 check_probabilities(decode(body, batch), batch, labels[j] if check else None)
             except grpc.aio.AioRpcError as e:
                 error = f"gRPC {e.code().name}: {e.details()}"
+                refused = e.code().name == REFUSAL_GRPC_CODE
             except (ValueError, ResponseCheckError) as e:
                 error = f"{type(e).__name__}: {e}"
-            window.record(t0, time.perf_counter(), error)
+            window.record(t0, time.perf_counter(), error, refused)
 
 
 async def _run(target: Target, concurrency: int, duration_s: float, warmup_s: float, check: bool) -> _Window:
@@ -373,6 +399,12 @@ async def _run(target: Target, concurrency: int, duration_s: float, warmup_s: fl
     return window
 
 
+def count_slow(latencies: Sequence[float], thresholds_ms: Sequence[float]) -> dict[str, int]:
+    """How many latencies (seconds) exceed each threshold (ms); keys are the thresholds as text."""
+    arr = np.asarray(latencies, dtype=np.float64) * 1000.0
+    return {f"{t:g}": int((arr > t).sum()) for t in thresholds_ms}
+
+
 def percentile_ms(latencies: Sequence[float]) -> dict[str, float]:
     if not latencies:
         return {}
@@ -382,10 +414,17 @@ def percentile_ms(latencies: Sequence[float]) -> dict[str, float]:
             "mean": float(arr.mean()), "max": float(arr.max())}
 
 
+DEFAULT_SLOW_MS = (250.0, 400.0)
+
+
 def run_load(
-    target: Target, concurrency: int, duration_s: float = 4.0, warmup_s: float = 1.0, check_labels: bool = False
+    target: Target, concurrency: int, duration_s: float = 4.0, warmup_s: float = 1.0, check_labels: bool = False,
+    slow_ms: Sequence[float] = DEFAULT_SLOW_MS,
 ) -> LoadResult:
-    """Run ``concurrency`` closed-loop clients against ``target`` and measure the window after warm-up."""
+    """Run ``concurrency`` closed-loop clients against ``target`` and measure the window after warm-up.
+
+    ``slow_ms``: thresholds for the tail count (``LoadResult.slow``: successful requests slower than
+    each). Refusals (the server shedding load) are counted apart from failures."""
     if concurrency < 1 or duration_s <= 0:
         raise LoadTestError(f"concurrency must be >= 1 and duration > 0 (got {concurrency}, {duration_s})")
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -398,13 +437,17 @@ def run_load(
         batch_size=target.batch_size,
         concurrency=concurrency,
         duration_s=duration_s,
-        requests=window.ok + window.failures,
+        requests=window.ok + window.failures + len(window.refusal_latencies),
         failures=window.failures,
         throughput_rps=rps,
         images_per_s=rps * target.batch_size,
         latency_ms=percentile_ms(window.latencies),
         client_cpu=cpu,
         first_error=window.first_error,
+        refusals=len(window.refusal_latencies),
+        refusal_latency_ms=percentile_ms(window.refusal_latencies),
+        first_refusal=window.first_refusal,
+        slow=count_slow(window.latencies, slow_ms),
     )
     logger.debug("%s b%d c%d: %.0f req/s, p99 %.2f ms, %d failures", target.name, target.batch_size,
                  concurrency, rps, result.latency_ms.get("p99", float("nan")), window.failures)
