@@ -83,8 +83,16 @@ class LoadResult:
     refusals: int = 0
     refusal_latency_ms: dict[str, float] = field(default_factory=dict)
     first_refusal: str | None = None
+    # Refusals by kind ("queue full", "queue timeout", "other"): count and latency percentiles.
+    refusals_by_kind: dict[str, int] = field(default_factory=dict)
+    refusal_latency_ms_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
     # Tail events: successful requests slower than each threshold (ms -> count).
     slow: dict[str, int] = field(default_factory=dict)
+    # The whole run, warm-up included: requests sent, answers (ok, refused or failed) received,
+    # refusals among them. sent == answered: no request was lost silently.
+    sent: int = 0
+    answered: int = 0
+    refused_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +130,16 @@ def _serialize_bytes(items: Sequence[bytes]) -> bytes:
 # timeout expired") with UNAVAILABLE: HTTP 503, gRPC UNAVAILABLE.
 REFUSAL_HTTP_STATUS = 503
 REFUSAL_GRPC_CODE = "UNAVAILABLE"
+
+
+def refusal_kind(message: str | None) -> str:
+    """Why Triton refused: its queue was full, or the request outlived its queue timeout."""
+    text = (message or "").lower()
+    if "maximum queue size" in text:
+        return "queue full"
+    if "timeout" in text:
+        return "queue timeout"
+    return "other"
 
 
 def decode_triton_http(status: int, headers: dict[bytes, bytes], body: bytes, batch: int) -> np.ndarray:
@@ -164,8 +182,11 @@ def _count(sample: Sample, batch_size: int) -> int:
     return max(64, -(-len(sample) // batch_size))
 
 
-def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
-    model = ENSEMBLE if ensemble else CLASSIFIER
+def triton_http_target(
+    address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
+) -> Target:
+    """``model``: another model with the classifier's (or the ensemble's) interface."""
+    model = model or (ENSEMBLE if ensemble else CLASSIFIER)
     path = f"/v2/models/{model}/infer"
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
@@ -182,10 +203,12 @@ def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemb
     return Target(f"triton-http/{model}", "http", address, requests, labels, batch_size, decode_triton_http)
 
 
-def triton_grpc_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
+def triton_grpc_target(
+    address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
+) -> Target:
     from tritonclient.grpc import service_pb2
 
-    model = ENSEMBLE if ensemble else CLASSIFIER
+    model = model or (ENSEMBLE if ensemble else CLASSIFIER)
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
         request = service_pb2.ModelInferRequest(model_name=model)
@@ -303,12 +326,19 @@ class _Window:
     end: float
     latencies: list[float] = field(default_factory=list)
     refusal_latencies: list[float] = field(default_factory=list)
+    refusal_kinds: dict[str, list[float]] = field(default_factory=dict)
     ok: int = 0
     failures: int = 0
     first_error: str | None = None
     first_refusal: str | None = None
+    # Over the whole run (warm-up and the last answers after the window too): nothing may be lost.
+    sent: int = 0
+    answered: int = 0
+    refused_total: int = 0
 
     def record(self, t0: float, t1: float, error: str | None, refused: bool = False) -> None:
+        self.answered += 1
+        self.refused_total += refused
         if not (self.start <= t1 <= self.end):
             return
         if error is None:
@@ -316,6 +346,7 @@ class _Window:
             self.latencies.append(t1 - t0)
         elif refused:
             self.refusal_latencies.append(t1 - t0)
+            self.refusal_kinds.setdefault(refusal_kind(error), []).append(t1 - t0)
             if self.first_refusal is None:
                 self.first_refusal = error
         else:
@@ -324,7 +355,9 @@ class _Window:
                 self.first_error = error
 
 
-async def _http_client(target: Target, k: int, concurrency: int, window: _Window, check: bool) -> None:
+async def _http_client(
+    target: Target, k: int, concurrency: int, window: _Window, check: bool, backoff_s: float
+) -> None:
     loop = asyncio.get_running_loop()
     conn: _HttpConnection | None = None
     requests, labels, batch, decode = target.requests, target.labels, target.batch_size, target.decode
@@ -335,6 +368,7 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
             j = i % n
             i += concurrency
             error, refused = None, False
+            window.sent += 1  # every attempt ends in record(): an answer, a refusal or an error
             try:
                 if conn is None or conn.closed:
                     _, conn = await loop.create_connection(_HttpConnection, target.host, target.port)
@@ -352,12 +386,16 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
                 if not isinstance(e, ResponseCheckError):
                     await asyncio.sleep(0.01)  # a refused connection must not spin
             window.record(t0, time.perf_counter(), error, refused)
+            if refused and backoff_s:
+                await asyncio.sleep(backoff_s)
     finally:
         if conn is not None:
             conn.close()
 
 
-async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window, check: bool) -> None:
+async def _grpc_client(
+    target: Target, k: int, concurrency: int, window: _Window, check: bool, backoff_s: float
+) -> None:
     import grpc
 
     timeout_s = window.end - window.start + 120.0  # a lost request still ends, as an error
@@ -373,6 +411,7 @@ async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window
             j = i % n
             i += concurrency
             error, refused = None, False
+            window.sent += 1  # every attempt ends in record(): an answer, a refusal or an error
             try:
                 body = await infer(requests[j], timeout=timeout_s)
                 check_probabilities(decode(body, batch), batch, labels[j] if check else None)
@@ -382,13 +421,18 @@ async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window
             except (ValueError, ResponseCheckError) as e:
                 error = f"{type(e).__name__}: {e}"
             window.record(t0, time.perf_counter(), error, refused)
+            if refused and backoff_s:
+                await asyncio.sleep(backoff_s)
 
 
-async def _run(target: Target, concurrency: int, duration_s: float, warmup_s: float, check: bool) -> _Window:
+async def _run(
+    target: Target, concurrency: int, duration_s: float, warmup_s: float, check: bool, backoff_s: float
+) -> _Window:
     now = time.perf_counter()
     window = _Window(start=now + warmup_s, end=now + warmup_s + duration_s)
     client = _grpc_client if target.protocol == "grpc" else _http_client
-    tasks = [asyncio.ensure_future(client(target, k, concurrency, window, check)) for k in range(concurrency)]
+    tasks = [asyncio.ensure_future(client(target, k, concurrency, window, check, backoff_s))
+             for k in range(concurrency)]
     # Clients stop starting requests at the window's end; give the last ones time to come back.
     done, pending = await asyncio.wait(tasks, timeout=warmup_s + duration_s + 60)
     for task in pending:
@@ -419,16 +463,18 @@ DEFAULT_SLOW_MS = (250.0, 400.0)
 
 def run_load(
     target: Target, concurrency: int, duration_s: float = 4.0, warmup_s: float = 1.0, check_labels: bool = False,
-    slow_ms: Sequence[float] = DEFAULT_SLOW_MS,
+    slow_ms: Sequence[float] = DEFAULT_SLOW_MS, refusal_backoff_s: float = 0.0,
 ) -> LoadResult:
     """Run ``concurrency`` closed-loop clients against ``target`` and measure the window after warm-up.
 
     ``slow_ms``: thresholds for the tail count (``LoadResult.slow``: successful requests slower than
-    each). Refusals (the server shedding load) are counted apart from failures."""
+    each). Refusals (the server shedding load) are counted apart from failures; a refused client waits
+    ``refusal_backoff_s`` before its next request, as a well-behaved client backs off."""
     if concurrency < 1 or duration_s <= 0:
         raise LoadTestError(f"concurrency must be >= 1 and duration > 0 (got {concurrency}, {duration_s})")
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    window = asyncio.run(_run(target, concurrency, duration_s, warmup_s, check_labels))
+    window = asyncio.run(_run(target, concurrency, duration_s, warmup_s, check_labels,
+                                 refusal_backoff_s))
     cpu = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
     rps = window.ok / duration_s
     result = LoadResult(
@@ -447,7 +493,12 @@ def run_load(
         refusals=len(window.refusal_latencies),
         refusal_latency_ms=percentile_ms(window.refusal_latencies),
         first_refusal=window.first_refusal,
+        refusals_by_kind={k: len(v) for k, v in window.refusal_kinds.items()},
+        refusal_latency_ms_by_kind={k: percentile_ms(v) for k, v in window.refusal_kinds.items()},
         slow=count_slow(window.latencies, slow_ms),
+        sent=window.sent,
+        answered=window.answered,
+        refused_total=window.refused_total,
     )
     logger.debug("%s b%d c%d: %.0f req/s, p99 %.2f ms, %d failures", target.name, target.batch_size,
                  concurrency, rps, result.latency_ms.get("p99", float("nan")), window.failures)

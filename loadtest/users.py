@@ -6,6 +6,10 @@ probabilities, a label 0..9, and with ``--check-labels`` the expected label) and
 through Locust's request event, so Locust's statistics, CSV/HTML reports and thresholds see them.
 Concrete users only say which protocol and which model.
 
+Refusals (the server shedding load: queue full or queue timeout, HTTP 503 / gRPC UNAVAILABLE) are not
+failures: they are reported under their own name, ``<model> b<batch> refused``, so Locust counts them
+apart from errors and shows how fast they came back.
+
 Addresses: HTTP users use Locust's ``--host`` (``http://HOST:PORT``); gRPC users use ``--grpc-host
 HOST:PORT``, or ``--host`` when it is ``grpc://HOST:PORT``, or else --host's host name with Triton's
 default gRPC port 8001.
@@ -36,11 +40,19 @@ from loadtest.common import (
     mnist_sample,
 )
 from loadtest.errors import ResponseCheckError
+from loadtest.loadgen import REFUSAL_GRPC_CODE, REFUSAL_HTTP_STATUS, refusal_kind
 from loadtest.options import grpc_address, http_address
 
 grpc_gevent.init_gevent()
 
 _user_numbers = itertools.count()
+
+
+def is_refusal(status: str | None, message: str | None) -> bool:
+    """A tritonclient error that is Triton shedding load (not a failure): HTTP 503 or gRPC UNAVAILABLE
+    with Triton's queue-full or queue-timeout message."""
+    code = (status or "").removeprefix("StatusCode.")
+    return code in (str(REFUSAL_HTTP_STATUS), REFUSAL_GRPC_CODE) and refusal_kind(message) != "other"
 
 
 def _client_error(message: str, cause: BaseException) -> ClientError:
@@ -113,6 +125,7 @@ class TritonUser(User):
         inputs, labels = self.requests[self.position]
         self.position = (self.position + 1) % len(self.requests)
         exception: Exception | None = None
+        refused = False
         length = 0
         start = time.perf_counter()
         try:
@@ -124,14 +137,16 @@ class TritonUser(User):
             length = 0 if probabilities is None else int(probabilities.nbytes)
             check_probabilities(probabilities, self.batch, labels if self.check_labels else None)
         except self.client_module.InferenceServerException as e:
-            exception = _client_error(f"{self.model}: {e.message() or e}", e)
+            refused = is_refusal(e.status(), e.message())
+            if not refused:
+                exception = _client_error(f"{self.model}: {e.message() or e}", e)
         except OSError as e:  # connection refused or reset (tritonclient.http lets these through)
             exception = _client_error(f"{self.model}: {type(e).__name__}: {e}", e)
         except ResponseCheckError as e:
             exception = e
         self.environment.events.request.fire(
             request_type=self.protocol.upper(),
-            name=self.request_name,
+            name=f"{self.request_name} refused" if refused else self.request_name,
             response_time=elapsed_ms,
             response_length=length,
             exception=exception,
