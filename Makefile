@@ -9,7 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -50,6 +50,15 @@ train: install
 # A short headless Locust run (HTTP and gRPC users) against an embedded server it starts.
 loadtest: install
 	$(PY) -m loadtest.run
+
+# CI's guard against the batcher's 500 ms stall (docs/stall.md): under a minute, fails on any request
+# over 400 ms or any failed request, never on throughput.
+load-check: install
+	$(PY) -m loadtest.stall --hog 0 --concurrency 4,16 --duration 3 --warmup 1 --fail-ms 400 --out build/load-check
+
+# The stall reproduction with a CPU hog beside the server: before (queue policy) and after (the spec).
+stall: install
+	$(PY) -m loadtest.stall --variant queue-policy --variant spec --duration 60
 
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
 bench: install
