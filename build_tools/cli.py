@@ -101,6 +101,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    # The tuner drives the load generator; imported here so the other commands do not need it.
+    from loadtest import tune
+
+    spec_path = Path(args.spec)
+    result = tune.tune(spec_path, args.model, args.concurrency, args.p99_ms, args.duration, Path(args.out),
+                       progress=tune.main_progress)
+    sys.stdout.write(f"chosen for {args.model}: {result.chosen.label()}\n  {result.reason}\n"
+                     f"  report: {Path(args.out) / f'tune_{args.model}.md'}\n")
+    if args.write:
+        tune.write_back(spec_path, args.model, result.chosen)
+        sys.stdout.write(f"  written to {spec_path} (comments kept); run `make build-repo`\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triton-repo", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -131,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable; also $TRITON_EXTRA_ARGS)",
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("tune", help="search a model's serving settings against a latency target on the real server")
+    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--model", required=True, help="a model of the spec (an ensemble's steps are tuned one by one)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (gRPC)")
+    p.add_argument("--p99-ms", type=float, help="target: highest throughput with p99 at most this (default: "
+                   "highest throughput with no request over 250 ms)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per setting")
+    p.add_argument("--out", default="build/tune", help="report folder (Markdown, JSON, PNG)")
+    p.add_argument("--write", action="store_true", help="write the chosen settings back into the spec")
+    p.set_defaults(func=_cmd_tune)
 
     _register_extensions(sub)
     return parser
