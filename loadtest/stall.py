@@ -89,7 +89,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fail-ms", type=float, default=None,
                    help="exit 1 when any successful request took longer (and on any failure)")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "stall")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="also write stall.md and stall.png (before/after counts) to DIR")
+    p.add_argument("--from-json", type=Path, metavar="FILE",
+                   help="only render --report from an earlier run's stall.json")
     return p.parse_args(argv)
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def run(args: argparse.Namespace) -> list[Point]:
@@ -112,6 +123,7 @@ def run(args: argparse.Namespace) -> list[Point]:
             raise ToolkitError(f"--targets: {t!r} unknown; allowed: classifier, ensemble")
     split = split_cpus()
     sample = mnist_sample()
+    load0 = _loadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     points: list[Point] = []
     total = len(chosen) * len(levels) * len(protocols) * len(targets)
@@ -139,6 +151,7 @@ def run(args: argparse.Namespace) -> list[Point]:
                                 _out(f"    first error: {result.first_error}")
     (args.out / "stall.json").write_text(json.dumps(
         {"split": split.describe(), "hog_per_cpu": args.hog, "duration_s": args.duration,
+         "load": f"{load0} / {_loadavg()}",
          "points": [{"variant": p.variant, **p.result.to_dict()} for p in points]}, indent=1))
     return points
 
@@ -154,15 +167,73 @@ def summary(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
+def write_report(data: dict[str, Any], out: Path, command: str) -> None:
+    """stall.md (a table per variant) and stall.png (requests over 250 ms per point, per variant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    points = data["points"]
+    variants = list(dict.fromkeys(p["variant"] for p in points))
+    labels = list(dict.fromkeys(f"{p['target'].split('/', 1)[1]} {p['protocol']} c{p['concurrency']}"
+                                for p in points))
+    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.55), 4.5))
+    width = 0.8 / max(len(variants), 1)
+    for i, v in enumerate(variants):
+        by_label = {f"{p['target'].split('/', 1)[1]} {p['protocol']} c{p['concurrency']}": p
+                    for p in points if p["variant"] == v}
+        ax.bar([x + i * width for x in range(len(labels))],
+               [by_label[lbl]["slow"].get("250", 0) if lbl in by_label else 0 for lbl in labels], width, label=v)
+    ax.set_xticks([x + width * (len(variants) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("requests over 250 ms")
+    ax.set_yscale("symlog")
+    ax.set_title(f"Requests over 250 ms per {data['duration_s']:g} s point, "
+                 f"CPU hog {data['hog_per_cpu']} per server CPU")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "stall.png", dpi=110)
+    plt.close(fig)
+    lines = [f"# Stall reproduction\n\nCommand: `{command}`\n\n{data['split']}; CPU hog: "
+             f"{data['hog_per_cpu']} spinning process(es) per server CPU; {data['duration_s']:g} s per point.\n"]
+    if data.get("load"):
+        lines.append(f"Load average at start / end: {data['load']}\n")
+    lines.append("| variant | target | protocol | c | req/s | p50 ms | p99 ms | max ms | >250 ms | >400 ms | "
+                 "failures |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in points:
+        lat = p["latency_ms"]
+        lines.append(f"| {p['variant']} | {p['target'].split('/', 1)[1]} | {p['protocol']} | {p['concurrency']} | "
+                     f"{p['throughput_rps']:,.0f} | {lat.get('p50', 0):.2f} | {lat.get('p99', 0):.2f} | "
+                     f"{lat.get('max', 0):.1f} | {p['slow'].get('250', 0)} | {p['slow'].get('400', 0)} | "
+                     f"{p['failures']} |")
+    lines.append("\n| variant | requests | over 250 ms | over 400 ms | failures | max ms |\n|---|---|---|---|---|---|")
+    for v in variants:
+        mine = [p for p in points if p["variant"] == v]
+        lines.append(f"| {v} | {sum(p['requests'] for p in mine):,} | {sum(p['slow'].get('250', 0) for p in mine)} "
+                     f"| {sum(p['slow'].get('400', 0) for p in mine)} | {sum(p['failures'] for p in mine)} | "
+                     f"{max(p['latency_ms'].get('max', 0) for p in mine):.0f} |")
+    lines.append("\n![requests over 250 ms](stall.png)\n")
+    (out / "stall.md").write_text("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
+    command = "python -m loadtest.stall " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.from_json:
+        write_report(json.loads(args.from_json.read_text()), args.report or args.from_json.parent, command)
+        return 0
     try:
         points = run(args)
     except ToolkitError as e:
         _out(f"loadtest.stall: error: {e}", sys.stderr)
         return 2
     _out(summary(points))
+    if args.report:
+        write_report(json.loads((args.out / "stall.json").read_text()), args.report, command)
     if args.fail_ms is not None:
         bad = [p.result for p in points
                if p.result.failures or p.result.latency_ms.get("max", 0.0) > args.fail_ms]

@@ -180,14 +180,25 @@ def better(a: Trial, b: Trial | None, p99_target_ms: float | None) -> bool:
     return key(a) > key(b)
 
 
-def candidates(start: Settings, max_batch_limit: int, cpus: int) -> list[tuple[str, list[Settings]]]:
+def min_max_batch_size(spec: DeploySpec, model: str) -> int:
+    """The smallest max_batch_size the spec allows: its warmups and every ensemble that runs the model."""
+    m = spec.models[model]
+    needs = [w.batch_size for w in m.warmup]
+    needs += [e.max_batch_size for e in spec.ensembles.values() if any(st.model == model for st in e.steps)]
+    return max(needs, default=1)
+
+
+def candidates(
+    start: Settings, max_batch_limit: int, cpus: int, min_batch: int = 1
+) -> list[tuple[str, list[Settings]]]:
     def vary(**kw: int) -> Settings:
         return Settings(**{**asdict(start), **kw})
 
     instances = sorted({1, 2, 3, 4, start.instances})
     threads = sorted({1, 2, start.intra_op_threads} & set(range(1, max(cpus, 1) + 1)) | {start.intra_op_threads})
     delays = sorted({0, 100, 500, 2000, start.max_queue_delay_us})
-    batches = sorted({b for b in (16, 64, max_batch_limit) if b <= max_batch_limit} | {start.max_batch_size})
+    batches = sorted({b for b in (16, 64, max_batch_limit) if min_batch <= b <= max_batch_limit}
+                     | {start.max_batch_size})
     return [
         ("instances", [vary(instances=n) for n in instances]),
         ("intra_op_threads", [vary(intra_op_threads=n) for n in threads]),
@@ -237,7 +248,8 @@ def tune(
         return trial
 
     best = measure(start)
-    for dimension, options in candidates(start, max(m.max_batch_size, 64), len(split.server)):
+    for dimension, options in candidates(start, max(m.max_batch_size, 64), len(split.server),
+                                         min_max_batch_size(spec, model)):
         progress(f"-- {dimension}")
         base = best.settings
         for option in options:

@@ -50,3 +50,15 @@ def test_write_back_keeps_comments_and_changes_only_tuned_fields_when_spec_is_th
         load_spec(ROOT / "deploy.yaml"), "mnist_preprocess")
     changed = [(x, y) for x, y in zip(before.splitlines(), after.splitlines(), strict=True) if x != y]
     assert len(changed) == 4, changed
+
+
+def test_candidates_keep_max_batch_size_at_least_what_warmups_and_ensembles_need_when_searching() -> None:
+    from loadtest.tune import candidates, min_max_batch_size
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    need = min_max_batch_size(spec, "mnist_classifier")
+    assert need == 256  # the mnist ensemble batches up to 256
+    start = current_settings(spec, "mnist_classifier")
+    dims = dict(candidates(start, 256, cpus=1, min_batch=need))
+    assert {s.max_batch_size for s in dims["max_batch_size"]} == {256}
+    assert {s.instances for s in dims["instances"]} == {1, 2, 3, 4}
