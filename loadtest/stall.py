@@ -201,12 +201,16 @@ def write_report(data: dict[str, Any], out: Path, command: str) -> None:
              f"{data['hog_per_cpu']} spinning process(es) per server CPU; {data['duration_s']:g} s per point.\n"]
     if data.get("load"):
         lines.append(f"Load average at start / end: {data['load']}\n")
-    lines.append("| variant | target | protocol | c | req/s | p50 ms | p99 ms | max ms | >250 ms | >400 ms | "
-                 "failures |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("`c/req/s` is the mean latency any closed loop of c clients must see at that throughput "
+                 "(Little's law): where it nears 250 ms the point is bound by the CPU left to the server, "
+                 "not by a stall. A stall shows as requests over 400 ms with a low `c/req/s`.\n")
+    lines.append("| variant | target | protocol | c | req/s | c/req/s ms | p50 ms | p99 ms | max ms | >250 ms | "
+                 ">400 ms | failures |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in points:
         lat = p["latency_ms"]
         lines.append(f"| {p['variant']} | {p['target'].split('/', 1)[1]} | {p['protocol']} | {p['concurrency']} | "
-                     f"{p['throughput_rps']:,.0f} | {lat.get('p50', 0):.2f} | {lat.get('p99', 0):.2f} | "
+                     f"{p['throughput_rps']:,.0f} | {1000 * p['concurrency'] / max(p['throughput_rps'], 1e-9):.0f} | "
+                     f"{lat.get('p50', 0):.2f} | {lat.get('p99', 0):.2f} | "
                      f"{lat.get('max', 0):.1f} | {p['slow'].get('250', 0)} | {p['slow'].get('400', 0)} | "
                      f"{p['failures']} |")
     lines.append("\n| variant | requests | over 250 ms | over 400 ms | failures | max ms |\n|---|---|---|---|---|---|")
