@@ -12,6 +12,8 @@ Variants (``--variant``) are the spec as committed (``spec``) and named changes 
   4096``), the setting that turns Triton's payload prefetching off and exposes the lost wake-up: the
   classifier as committed before the fix (the rest of the spec unchanged).
 * ``one-instance-queue-policy``: the same with one classifier instance, where the stall is frequent.
+* ``one-instance``: the spec with one classifier instance (with the fix, the instance count no longer
+  matters for the stall).
 
 ``--override NAME='{"model": {...}}'`` adds a variant from JSON model overrides (as in
 ``loadtest.servers.build_repository``). Results go to ``build/stall/stall.json``; the exit status is 1
@@ -44,6 +46,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "max_queue_delay_microseconds": 0, "max_queue_size": 4096}}},
     "one-instance-queue-policy": {"mnist_classifier": {
         "dynamic_batching": {"max_queue_delay_microseconds": 0, "max_queue_size": 4096},
+        "instance_groups": {"ngc": [{"kind": "KIND_GPU", "count": 1}],
+                            "embedded": [{"kind": "KIND_CPU", "count": 1}]}}},
+    "one-instance": {"mnist_classifier": {
+        "dynamic_batching": {"max_queue_delay_microseconds": 0},
         "instance_groups": {"ngc": [{"kind": "KIND_GPU", "count": 1}],
                             "embedded": [{"kind": "KIND_CPU", "count": 1}]}}},
 }
@@ -151,7 +157,7 @@ def run(args: argparse.Namespace) -> list[Point]:
                                 _out(f"    first error: {result.first_error}")
     (args.out / "stall.json").write_text(json.dumps(
         {"split": split.describe(), "hog_per_cpu": args.hog, "duration_s": args.duration,
-         "load": f"{load0} / {_loadavg()}",
+         "load": f"{load0} / {_loadavg()}", "command": args.command,
          "points": [{"variant": p.variant, **p.result.to_dict()} for p in points]}, indent=1))
     return points
 
@@ -175,6 +181,7 @@ def write_report(data: dict[str, Any], out: Path, command: str) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
+    command = data.get("command") or command  # the run's own command line, when it recorded one
     points = data["points"]
     variants = list(dict.fromkeys(p["variant"] for p in points))
     labels = list(dict.fromkeys(f"{p['target'].split('/', 1)[1]} {p['protocol']} c{p['concurrency']}"
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
     command = "python -m loadtest.stall " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = command
     if args.from_json:
         write_report(json.loads(args.from_json.read_text()), args.report or args.from_json.parent, command)
         return 0
