@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from build_tools.server import TritonServer
-from clients.triton import TritonClient
+from triton_api import TritonClient
 
 pytestmark = pytest.mark.server
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from build_tools.build import build_repositories
 from build_tools.config import read_config
-from build_tools.repository import MARKER, build_repositories, check_drift
+from build_tools.repository import MARKER, check_drift
 from build_tools.spec import DeploySpec, load_spec, parse_spec
 from tests.support.onnx_models import models_spec
 

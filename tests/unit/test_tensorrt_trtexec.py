@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from build_tools.build import build_repositories
 from build_tools.errors import PlanBuildError
-from build_tools.repository import build_repositories
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt import builder as builder_mod
 from build_tools.tensorrt.backend import BuildRequest, CalibrationSet
