@@ -15,9 +15,10 @@ from pathlib import Path
 
 from build_tools.build import build_repositories
 from build_tools.errors import ToolkitError
+from build_tools.repository import FlavorPlan
 from build_tools.served import classifier_names
 from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import load_spec
+from build_tools.spec import DeploySpec, FlavorName, load_spec
 from clients.classify import classify_files, format_results
 from clients.evaluate import EvalSettings, load_dataset, run, summary_lines
 from triton_api import TritonClient
@@ -30,6 +31,11 @@ def _say(text: str = "") -> None:
     sys.stdout.flush()
 
 
+def build(spec: DeploySpec) -> dict[FlavorName, FlavorPlan]:
+    """Step 1: the same build as `triton-repo build-repo` (every standard step, plans included)."""
+    return build_repositories(spec)
+
+
 def demo(
     spec_path: Path, report_dir: Path, concurrency: int, batch_size: int, examples_dir: Path | None = None
 ) -> bool:
@@ -37,7 +43,7 @@ def demo(
     names = classifier_names(spec)
     root = spec.base_dir
     _say(f"1. Building the repositories from {spec_path}")
-    plans = build_repositories(spec)
+    plans = build(spec)
     for flavor, plan in plans.items():
         _say(f"   {flavor:<9} {plan.output.relative_to(root) if plan.output.is_relative_to(root) else plan.output}: "
              f"{', '.join(m.name for m in plan.models)}")

@@ -114,8 +114,8 @@ class TritonClient:
             raise ClientError(f"{what} failed on {self.protocol}://{self.url}: {e.message()}") from e
         except OSError as e:  # refused or reset connections (tritonclient.http lets these through)
             raise ClientError(
-                f"{what}: cannot reach {self.protocol}://{self.url} ({type(e).__name__}: {e}); expected Triton "
-                f"listening there"
+                f"{what}: cannot reach the server at {self.protocol}://{self.url} ({type(e).__name__}: {e}); "
+                f"expected Triton listening there"
             ) from e
 
     def is_ready(self) -> bool:

@@ -45,7 +45,8 @@ def test_served_predictions_equal_offline_when_holdout_evaluated(
 ) -> None:
     settings = EvalSettings(
         urls={"http": embedded_server.http_url, "grpc": embedded_server.grpc_url},
-        onnx=ONNX, classifier_model="mnist_classifier", ensemble_model="mnist", protocols=[protocol], batch_size=32, concurrency=4, progress=False,
+        onnx=ONNX, classifier_model="mnist_classifier", ensemble_model="mnist",
+        protocols=[protocol], batch_size=32, concurrency=4, progress=False,
     )
     ev = evaluate(settings, holdout)
     assert ev.ok, ev.failures
