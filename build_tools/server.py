@@ -270,7 +270,7 @@ class TritonServer:
         """Wait until the server and every model in its repositories are ready, or raise."""
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        with TritonClient(self.http_url, "http", timeout_s=2.0) as client:
+        with TritonClient(self.http_url, "http", timeout_s=5.0) as client:
             self._wait_ready(client, deadline, timeout_s)
 
     def _wait_ready(self, client: TritonClient, deadline: float, timeout_s: float) -> None:
