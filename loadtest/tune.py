@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from build_tools.config import resolve_model_io
 from build_tools.errors import ToolkitError
+from build_tools.interfaces import resolve_model_io
 from build_tools.spec import DeploySpec, load_spec
 from loadtest import loadgen
 from loadtest.servers import affinity, build_repository, split_cpus, triton

@@ -9,7 +9,6 @@ speed. Counts come from the clients and from the server's own metrics endpoint.
 
 from __future__ import annotations
 
-import re
 import urllib.request
 
 import numpy as np
@@ -19,6 +18,7 @@ from build_tools.server import TritonServer
 from loadtest import loadgen
 from loadtest.common import mnist_sample
 from tests.support.onnx_models import SHEDDING_POLICY
+from triton_api.metrics import metric_value, scrape
 
 pytestmark = pytest.mark.server
 
@@ -32,20 +32,14 @@ BACKOFF_S = 0.005  # a refused client waits 5 ms before its next request
 
 
 def _scrape(server: TritonServer) -> str:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        return r.read().decode()
+    return scrape(server.metrics_url)
 
 
 def _counter(text: str, name: str, model: str, **labels: str) -> float:
     """The sum of a counter over the model's series (optionally only those with ``labels``)."""
-    total, found = 0.0, False
-    for raw_labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, flags=re.MULTILINE):
-        have = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
-        if have.get("model") == model and all(have.get(k) == v for k, v in labels.items()):
-            total += float(value)
-            found = True
-    assert found, f"{name}{{model={model!r}, {labels}}} missing from the metrics endpoint"
-    return total
+    value = metric_value(text, name, model=model, **labels)
+    assert value is not None, f"{name}{{model={model!r}, {labels}}} missing from the metrics endpoint"
+    return value
 
 
 def _ready(server: TritonServer) -> bool:
