@@ -124,6 +124,13 @@ REFUSAL_HTTP_STATUS = 503
 REFUSAL_GRPC_CODE = "UNAVAILABLE"
 
 
+def is_refusal(status: str | None, message: str | None) -> bool:
+    """A tritonclient error that is Triton shedding load (not a failure): HTTP 503 or gRPC UNAVAILABLE
+    with Triton's queue-full or queue-timeout message."""
+    code = (status or "").removeprefix("StatusCode.")
+    return code in (str(REFUSAL_HTTP_STATUS), REFUSAL_GRPC_CODE) and refusal_kind(message) != "other"
+
+
 def refusal_kind(message: str | None) -> str:
     """Why Triton refused: its queue was full, or the request outlived its queue timeout."""
     text = (message or "").lower()

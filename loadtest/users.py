@@ -32,20 +32,13 @@ from locust import User, task
 
 from build_tools.errors import ClientError
 from loadtest.common import check_probabilities, mnist_sample, served_names
-from loadtest.loadgen import REFUSAL_GRPC_CODE, REFUSAL_HTTP_STATUS, refusal_kind
+from loadtest.loadgen import is_refusal
 from loadtest.options import grpc_address, http_address
 from triton_api import PreparedRequest, TritonClient
 
 grpc_gevent.init_gevent()
 
 _user_numbers = itertools.count()
-
-
-def is_refusal(status: str | None, message: str | None) -> bool:
-    """A tritonclient error that is Triton shedding load (not a failure): HTTP 503 or gRPC UNAVAILABLE
-    with Triton's queue-full or queue-timeout message."""
-    code = (status or "").removeprefix("StatusCode.")
-    return code in (str(REFUSAL_HTTP_STATUS), REFUSAL_GRPC_CODE) and refusal_kind(message) != "other"
 
 
 def _refused(error: ClientError) -> bool:

@@ -57,8 +57,7 @@ def test_tree_cpu_sees_this_process_when_asked_for_its_pid() -> None:
 
 
 def test_refusal_classified_apart_from_errors_when_triton_sheds_load() -> None:
-    from loadtest.users import is_refusal
-
+    is_refusal = loadgen.is_refusal  # shared with the Locust users (importing them would import Locust)
     assert loadgen.refusal_kind("Exceeds maximum queue size") == "queue full"
     assert loadgen.refusal_kind("Request timeout expired") == "queue timeout"
     assert loadgen.refusal_kind("unexpected shape") == "other"
