@@ -34,21 +34,23 @@ from typing import Any
 
 from build_tools.errors import ToolkitError
 from loadtest import loadgen
-from loadtest.common import mnist_sample
+from loadtest.common import mnist_sample, served_names
 from loadtest.hog import cpu_hog
 from loadtest.servers import DEFAULT_SPEC, ROOT, affinity, build_repository, split_cpus, triton
 
 logger = logging.getLogger("loadtest.stall")
 
+# Variants name the spec's classifier through this placeholder, replaced by its served name at run time.
+CLASSIFIER = "{classifier}"
 VARIANTS: dict[str, dict[str, Any]] = {
     "spec": {},
-    "queue-policy": {"mnist_classifier": {"dynamic_batching": {
+    "queue-policy": {CLASSIFIER: {"dynamic_batching": {
         "max_queue_delay_microseconds": 0, "max_queue_size": 4096}}},
-    "one-instance-queue-policy": {"mnist_classifier": {
+    "one-instance-queue-policy": {CLASSIFIER: {
         "dynamic_batching": {"max_queue_delay_microseconds": 0, "max_queue_size": 4096},
         "instance_groups": {"ngc": [{"kind": "KIND_GPU", "count": 1}],
                             "embedded": [{"kind": "KIND_CPU", "count": 1}]}}},
-    "one-instance": {"mnist_classifier": {
+    "one-instance": {CLASSIFIER: {
         "dynamic_batching": {"max_queue_delay_microseconds": 0},
         "instance_groups": {"ngc": [{"kind": "KIND_GPU", "count": 1}],
                             "embedded": [{"kind": "KIND_CPU", "count": 1}]}}},
@@ -110,7 +112,9 @@ def _loadavg() -> str:
 
 
 def run(args: argparse.Namespace) -> list[Point]:
-    variants = dict(VARIANTS)
+    classifier = served_names().classifier
+    variants = {name: {(classifier if k == CLASSIFIER else k): v for k, v in models.items()}
+                for name, models in VARIANTS.items()}
     for item in args.override:
         name, _, raw = item.partition("=")
         try:
