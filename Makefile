@@ -54,7 +54,7 @@ loadtest: install
 # CI's guard against the batcher's 500 ms stall (docs/stall.md): under a minute, fails on any request
 # over 400 ms or any failed request, never on throughput.
 load-check: install
-	$(PY) -m loadtest.stall --hog 0 --concurrency 4,16 --duration 3 --warmup 1 --fail-ms 400 --out build/load-check
+	$(PY) -m loadtest.stall --hog 0 --concurrency 4,8 --duration 3 --warmup 1 --fail-ms 400 --out build/load-check
 
 # The stall reproduction with a CPU hog beside the server: before (queue policy) and after (the spec).
 stall: install
