@@ -339,7 +339,7 @@ def test_build_repositories_places_a_locked_plan_when_trtexec_builds_and_the_gat
     assert lock.profile["inputs"] == {"image": {"min": [1, 1, 4, 4], "opt": [8, 1, 4, 4], "max": [8, 1, 4, 4]}}
     assert lock.gate["passed"] is True and lock.gate["samples"] == 24
     notes = "\n".join(plans["ngc"].notes)
-    assert "tiny_trt/1/model.plan: built a fp16 plan with TensorRT 10.5.0 (trtexec)" in notes
+    assert "plan tiny_trt/1/model.plan: built, fp16 with TensorRT 10.5.0 (trtexec)" in notes
 
 
 def test_build_repositories_refuses_the_plan_when_trtexec_is_another_tensorrt_version(
@@ -376,7 +376,7 @@ def test_build_repositories_keeps_the_previous_plan_when_its_inputs_are_unchange
     calls = len(argv_log.read_text().splitlines())
     plans = build_repositories(_spec(tmp_path), ["ngc"])
     assert len(argv_log.read_text().splitlines()) == calls  # no second build
-    assert any("kept the plan built" in n for n in plans["ngc"].notes)
+    assert any(n.startswith("plan tiny_trt/1/model.plan: reused, built ") for n in plans["ngc"].notes)
     assert (tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan.json.lock").is_file()
 
 
@@ -389,7 +389,7 @@ def test_build_repositories_rebuilds_the_plan_when_the_onnx_model_changed(tmp_pa
     plans = build_repositories(_spec(tmp_path), ["ngc"])
     after = read_lock(tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan")
     assert before.onnx_sha256 != after.onnx_sha256
-    assert any("built a fp16 plan" in n for n in plans["ngc"].notes)
+    assert any(n.startswith("plan tiny_trt/1/model.plan: built, fp16") for n in plans["ngc"].notes)
 
 
 def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_path: Path, fake_trtexec: Path) -> None:
