@@ -89,7 +89,11 @@ else:
         f.write("[\n")
         for i, (info, o) in enumerate(zip(sess.get_outputs(), outs)):
             sep = "  " if i == 0 else ", "
-            vals = ", ".join("nan" if np.isnan(v) else repr(float(v)) for v in o.ravel())
+            if o.dtype == np.uint8:
+                # Like trtexec: UINT8 values go to the stream as characters (only INT8 is widened).
+                vals = ", ".join(chr(int(v)) for v in o.ravel())
+            else:
+                vals = ", ".join("nan" if np.isnan(v) else repr(float(v)) for v in o.ravel())
             f.write(sep + '{ "name" : "' + info.name + '"\n')
             f.write('  , "dimensions" : "' + "x".join(str(d) for d in o.shape) + '"\n')
             f.write('  , "values" : [ ' + vals + " ]\n  }\n")
@@ -118,8 +122,8 @@ def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> Path:
-    return tiny_classifier(path, classes, size, seed)
+def _classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0, **kwargs: Any) -> Path:
+    return tiny_classifier(path, classes, size, seed, **kwargs)
 
 
 def _request(tmp_path: Path, precision: str = "fp16", profiles: list[InputProfile] | None = None,
@@ -402,3 +406,79 @@ def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_p
     assert lock.gate["samples"] == 1000
     assert "seeded random samples in [0.0, 2.0)" in str(lock.gate["source"])
     assert json.loads(lock.to_json())["gate"]["passed"] is True
+
+
+# --------------------------------------------------------------------------------------------------
+# What trtexec cannot serve, and how many processes the gate starts (issue 18)
+
+
+def _runs(argv_log: Path) -> int:
+    """trtexec invocations that ran a plan (the gate), from the fake's argv log."""
+    lines = argv_log.read_text().splitlines()
+    return sum(any(a.startswith("--loadEngine=") for a in json.loads(line)) for line in lines)
+
+
+def test_build_repositories_gates_in_one_trtexec_run_per_profile_max_batch_when_the_model_batches(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import build_tools.tensorrt  # noqa: F401
+
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    build_repositories(_spec(tmp_path), ["ngc"])  # 24 samples, profile max batch 8
+    assert _runs(argv_log) == 3
+
+
+def test_build_repositories_caps_the_trtexec_gate_processes_when_the_profile_takes_one_sample_per_run(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import build_tools.tensorrt  # noqa: F401
+
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    monkeypatch.setattr(TrtexecBackend, "max_gate_runs", 4)
+    plans = build_repositories(_spec(tmp_path, max_batch_size=1, dynamic_batching=None), ["ngc"])
+    assert _runs(argv_log) == 4  # not one process for each of the 24 samples
+    lock = read_lock(tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan")
+    assert lock.gate["samples"] == 4
+    assert "first 4 of 24 samples" in lock.gate["source"]
+    assert any("gate passed" in n and "first 4 of 24 samples" in n for n in plans["ngc"].notes)
+
+
+def test_trtexec_gate_run_limit_is_bounded_by_default() -> None:
+    assert TrtexecBackend.max_gate_runs == 32
+
+
+def test_build_repositories_refuses_uint8_outputs_before_building_when_the_builder_is_trtexec(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import build_tools.tensorrt  # noqa: F401
+
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    _classifier(tmp_path / "tiny.onnx", uint8_output=True)
+    with pytest.raises(PlanBuildError, match=r"output 'top' is UINT8: trtexec --exportOutput writes UINT8 values as "
+                                             r"raw characters.*TensorRT Python API instead \(pip install "
+                                             r"tensorrt-cu12-bindings"):
+        build_repositories(_spec(tmp_path), ["ngc"])
+    assert not argv_log.exists()  # refused before any trtexec process
+    assert not (tmp_path / "model_repository").exists()
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's"])
+def test_shapes_arg_raises_when_a_name_cannot_be_quoted_for_trtexec(name: str) -> None:
+    with pytest.raises(PlanBuildError, match=r"trtexec cannot take a tensor name containing ','.*TensorRT Python API"):
+        shapes_arg("shapes", {name: (1, 4)})
+
+
+def test_build_repositories_refuses_an_unquotable_input_name_before_building_when_the_builder_is_trtexec(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import build_tools.tensorrt  # noqa: F401
+
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    _classifier(tmp_path / "tiny.onnx", input_name="pixels,raw")
+    with pytest.raises(PlanBuildError, match=r"input 'pixels,raw': trtexec cannot take a tensor name"):
+        build_repositories(_spec(tmp_path), ["ngc"])
+    assert not argv_log.exists()
