@@ -30,7 +30,7 @@ from build_tools.tensorrt import builder as builder_mod
 from build_tools.tensorrt import hook as hook_mod
 from build_tools.tensorrt import trtexec as trtexec_mod
 from build_tools.tensorrt.backend import NoBuilderError
-from build_tools.tensorrt.trtexec import TrtexecBackend, locate_trtexec
+from build_tools.tensorrt.trtexec import TrtexecBackend
 from tests.support.onnx_models import tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,10 @@ NEW_IN_311: set[tuple[str, str | None]] = {
 
 
 def _pyproject() -> dict:
-    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs tomllib (Python 3.11+)")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest itself depends on tomli there
+        tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs tomllib or tomli")
     with open(ROOT / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["project"]
 
@@ -147,7 +150,7 @@ def test_locate_trtexec_finds_the_images_copy_when_it_is_not_on_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     binary = _fake_image_trtexec(tmp_path, monkeypatch)
-    found = locate_trtexec()
+    found = trtexec_mod.locate_trtexec()
     assert found is not None and found.path == str(binary)
     assert "not on PATH" in found.reason
 
@@ -230,3 +233,20 @@ def test_serve_binds_loopback_unless_configured_when_parsing_arguments(monkeypat
     monkeypatch.setenv(cli.HOST_ENV, "0.0.0.0")
     assert cli.build_parser().parse_args(["serve"]).host == "0.0.0.0"
     assert cli.build_parser().parse_args(["serve", "--host", "10.1.2.3"]).host == "10.1.2.3"
+
+
+def test_bindings_mismatch_names_the_wheel_to_install_when_module_and_libraries_differ() -> None:
+    from build_tools.tensorrt import api
+
+    assert api.bindings_mismatch("10.5.0", "10.5.0") is None
+    assert api.bindings_mismatch("10.5.0", None) is None  # library version unknown: nothing to compare
+    message = api.bindings_mismatch("10.6.0", "10.5.0")
+    assert message is not None and "pip install tensorrt-cu12-bindings==10.5.0" in message
+
+
+def test_library_version_is_none_when_no_tensorrt_library_is_loaded() -> None:
+    from build_tools.tensorrt import api
+
+    if any(builder_mod.importlib.util.find_spec(m) for m in builder_mod.TENSORRT_MODULES):
+        pytest.skip("a TensorRT Python module is installed here")
+    assert api.library_version() is None

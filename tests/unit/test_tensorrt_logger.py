@@ -13,26 +13,26 @@ import types
 
 import pytest
 
-from build_tools.tensorrt.api import KEEP_MESSAGES, MessageLog, shared_logger
+from build_tools.tensorrt import api
 
 
 def test_message_log_keeps_only_the_latest_errors_and_warnings_when_tensorrt_is_chatty() -> None:
-    log = MessageLog()
+    log = api.MessageLog()
     for i in range(50_000):
         log.add("verbose", f"tactic {i}")
         if i % 10 == 0:
             log.add("info", f"layer {i}")
-    for i in range(KEEP_MESSAGES + 50):
+    for i in range(api.KEEP_MESSAGES + 50):
         log.add("warning", f"w{i}")
     log.add("error", "the last error")
-    assert len(log) == KEEP_MESSAGES
-    kept = log.since(0, last=KEEP_MESSAGES)
+    assert len(log) == api.KEEP_MESSAGES
+    kept = log.since(0, last=api.KEEP_MESSAGES)
     assert kept[-1] == "[ERROR] the last error"
     assert not any("tactic" in line or "layer" in line for line in kept)
 
 
 def test_message_log_returns_what_came_after_a_mark_when_asked_since_it() -> None:
-    log = MessageLog()
+    log = api.MessageLog()
     log.add("error", "from the build")
     mark = log.mark()
     log.add("verbose", "dropped")
@@ -44,7 +44,7 @@ def test_message_log_forwards_warnings_to_logging_and_info_to_debug_when_added(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="build_tools.tensorrt.api")
-    log = MessageLog()
+    log = api.MessageLog()
     log.add("warning", "fp16 not fast here")
     log.add("info", "parsing")
     log.add("verbose", "tactic 7")
@@ -72,8 +72,8 @@ def _tensorrt_namespace(name: str) -> types.SimpleNamespace:
 
 def test_shared_logger_returns_one_logger_per_process_when_asked_twice() -> None:
     trt = _tensorrt_namespace("tensorrt_for_test_shared")
-    first = shared_logger(trt)
-    second = shared_logger(trt)
+    first = api.shared_logger(trt)
+    second = api.shared_logger(trt)
     assert first is second
     # What the runtime reports reaches the logger the builder created.
     mark = first.messages.mark()
