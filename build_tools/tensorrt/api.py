@@ -298,9 +298,6 @@ class TensorRTApiBackend:
     name = "python"
     max_gate_runs: int | None = None  # in-process: any number of batches costs no process start
 
-    def check_supported(self, graph: GraphInterface) -> None:
-        """The Python API builds and runs every input name and output type the gate compares."""
-
     def __init__(self, module: str = "tensorrt") -> None:
         trt = importlib.import_module(module)
         self.trt = trt
@@ -312,6 +309,9 @@ class TensorRTApiBackend:
     @property
     def version(self) -> str:
         return str(self.trt.__version__)
+
+    def check_supported(self, graph: GraphInterface) -> None:
+        """The Python API builds and runs every input name and output type the gate compares."""
 
     def build(self, request: BuildRequest) -> BuildInfo:
         trt = self.trt
