@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from build_tools.build import build_repositories
 from build_tools.errors import PlanBuildError
-from build_tools.repository import build_repositories
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt import builder as builder_mod
 from build_tools.tensorrt.backend import BuildRequest, CalibrationSet
@@ -332,8 +332,6 @@ def _spec(tmp_path: Path, tensorrt: dict[str, Any] | None = None, **model: Any) 
 def test_build_repositories_places_a_locked_plan_when_trtexec_builds_and_the_gate_passes(
     tmp_path: Path, fake_trtexec: Path
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401  (registers the plan hook)
-
     plans = build_repositories(_spec(tmp_path), ["ngc"])
     plan = tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan"
     assert plan.is_file()
@@ -349,8 +347,6 @@ def test_build_repositories_places_a_locked_plan_when_trtexec_builds_and_the_gat
 def test_build_repositories_refuses_the_plan_when_trtexec_is_another_tensorrt_version(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     monkeypatch.setenv("FAKE_TRT_VERSION", "10.4.0")
     with pytest.raises(PlanBuildError, match=r"refusing to place the plan: .*built with TensorRT 10\.4\.0 but the "
                                              r"target image tritonserver:24\.10-py3 has TensorRT 10\.5\.0"):
@@ -361,8 +357,6 @@ def test_build_repositories_refuses_the_plan_when_trtexec_is_another_tensorrt_ve
 def test_build_repositories_refuses_the_plan_when_the_gate_fails(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     monkeypatch.setenv("FAKE_TRT_PERTURB", "reverse")
     with pytest.raises(PlanBuildError, match=r"tiny_trt/1/model\.plan: accuracy gate failed, the plan is not written"):
         build_repositories(_spec(tmp_path), ["ngc"])
@@ -372,8 +366,6 @@ def test_build_repositories_refuses_the_plan_when_the_gate_fails(
 def test_build_repositories_keeps_the_previous_plan_when_its_inputs_are_unchanged(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     argv_log = tmp_path / "argv.log"
     monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
     build_repositories(_spec(tmp_path), ["ngc"])
@@ -385,8 +377,6 @@ def test_build_repositories_keeps_the_previous_plan_when_its_inputs_are_unchange
 
 
 def test_build_repositories_rebuilds_the_plan_when_the_onnx_model_changed(tmp_path: Path, fake_trtexec: Path) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     build_repositories(_spec(tmp_path), ["ngc"])
     before = read_lock(tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan")
     _classifier(tmp_path / "tiny.onnx", seed=7)
@@ -397,8 +387,6 @@ def test_build_repositories_rebuilds_the_plan_when_the_onnx_model_changed(tmp_pa
 
 
 def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_path: Path, fake_trtexec: Path) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     spec = _spec(tmp_path, {"evaluation_data": None, "random_input_range": [0, 2]}, max_batch_size=256,
                  dynamic_batching={"preferred_batch_size": [256]})
     build_repositories(spec, ["ngc"])
@@ -421,8 +409,6 @@ def _runs(argv_log: Path) -> int:
 def test_build_repositories_gates_in_one_trtexec_run_per_profile_max_batch_when_the_model_batches(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     argv_log = tmp_path / "argv.log"
     monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
     build_repositories(_spec(tmp_path), ["ngc"])  # 24 samples, profile max batch 8
@@ -432,8 +418,6 @@ def test_build_repositories_gates_in_one_trtexec_run_per_profile_max_batch_when_
 def test_build_repositories_caps_the_trtexec_gate_processes_when_the_profile_takes_one_sample_per_run(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     argv_log = tmp_path / "argv.log"
     monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
     monkeypatch.setattr(TrtexecBackend, "max_gate_runs", 4)
@@ -452,8 +436,6 @@ def test_trtexec_gate_run_limit_is_bounded_by_default() -> None:
 def test_build_repositories_refuses_uint8_outputs_before_building_when_the_builder_is_trtexec(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     argv_log = tmp_path / "argv.log"
     monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
     _classifier(tmp_path / "tiny.onnx", uint8_output=True)
@@ -474,11 +456,53 @@ def test_shapes_arg_raises_when_a_name_cannot_be_quoted_for_trtexec(name: str) -
 def test_build_repositories_refuses_an_unquotable_input_name_before_building_when_the_builder_is_trtexec(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     argv_log = tmp_path / "argv.log"
     monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
     _classifier(tmp_path / "tiny.onnx", input_name="pixels,raw")
     with pytest.raises(PlanBuildError, match=r"input 'pixels,raw': trtexec cannot take a tensor name"):
         build_repositories(_spec(tmp_path), ["ngc"])
     assert not argv_log.exists()
+
+
+def test_demo_build_keeps_the_plan_and_its_lock_when_build_repo_built_them_first(
+    tmp_path: Path, fake_trtexec: Path
+) -> None:
+    """`make demo` after a plan build: build-repo (the CLI) places a plan, then the demo's build step, run
+    in a fresh interpreter as `make demo` runs it, must keep the plan and its lock (it used to drop both:
+    the plan step was only registered when the CLI imported build_tools.tensorrt)."""
+    import subprocess
+
+    import yaml
+
+    _spec(tmp_path)  # writes the ONNX model and the evaluation data
+    data = {
+        "flavors": {"ngc": {"output": "model_repository"}},
+        "models": {"tiny": {
+            "source": "tiny.onnx", "formats": ["onnx", "tensorrt_plan"], "max_batch_size": 8,
+            "dynamic_batching": {"preferred_batch_size": [4, 8]},
+            "tensorrt": {"precision": "fp16", "evaluation_data": "eval.npy"},
+        }, "pre": {
+            "kind": "python", "source": "pre.py", "max_batch_size": 8,
+            "inputs": [{"name": "x", "data_type": "FP32", "dims": [4]}],
+            "outputs": [{"name": "y", "data_type": "FP32", "dims": [4]}],
+        }},
+    }
+    (tmp_path / "pre.py").write_text("class TritonPythonModel:\n    pass\n")
+    spec_file = tmp_path / "deploy.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    root = Path(__file__).resolve().parents[2]
+    build = subprocess.run([sys.executable, "-m", "build_tools.cli", "build-repo", "--spec", str(spec_file)],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    plan = tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan"
+    lock = plan.with_name("model.plan.json.lock")
+    before = (plan.read_bytes(), lock.read_bytes())
+
+    demo_step = ("import sys\nfrom build_tools.spec import load_spec\nfrom clients.demo import build\n"
+                 "print('\\n'.join(build(load_spec(sys.argv[1]))['ngc'].notes))")
+    demo = subprocess.run([sys.executable, "-c", demo_step, str(spec_file)], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    assert (plan.read_bytes(), lock.read_bytes()) == before
+    assert "plan tiny_trt/1/model.plan: reused, built" in demo.stdout
+    assert "python backend shared memory: 1 instance(s)" in demo.stdout
