@@ -21,22 +21,20 @@ Each step is its own function so that it can be tested (and switched off, to mea
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 SIDE = 28
 BOX = 20
 ALLOWED_FORMATS = ("PNG", "JPEG")
 # Captures are worked on at no more than this many pixels on the long side: the digit ends up 20 px
 # high, so more resolution only costs time (a 4000 px phone photo is decoded at 1/8 by libjpeg).
-WORK_SIDE = 160
+WORK_SIDE = 64
 # Background estimation runs on a copy this small; the closing window must be wider than a stroke.
-BG_SIDE = 40
-BG_WINDOW = 9
-POLARITY_WINDOW = 5  # about one stroke wide at BG_SIDE
+BG_SIDE = 32
+BG_WINDOW = 5  # wider than a stroke at BG_SIDE
 # Channels differing by less than this everywhere are grey: read as luminance, like Pillow's "L".
 GREY_TOLERANCE = 12
 # Mask rows/columns in the outer band of the image that are mostly ink are page borders, not digit.
@@ -170,27 +168,28 @@ def bright_background(gray: np.ndarray) -> bool:
 
 
 def shrink(gray: np.ndarray) -> np.ndarray:
-    """Reduce by an integer factor (box filter) so the long side is at most about WORK_SIDE."""
-    factor = max(gray.shape) // WORK_SIDE
-    if factor < 2:
+    """Box-filter down so the long side is WORK_SIDE (a quarter more is left alone)."""
+    h, w = gray.shape
+    if max(h, w) <= WORK_SIDE * 5 // 4:
         return gray
-    return np.asarray(Image.fromarray(gray).reduce(factor), dtype=np.uint8)
+    scale = WORK_SIDE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.uint8)
 
 
-def _rank(a: np.ndarray, size: int, pick: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Square max/min filter (np.maximum/np.minimum), edges extended, as shifted 1-D passes.
+def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
+    """Square max filter over the last two axes, windows clipped at the edges, as shifted 1-D passes.
 
-    Pillow's rank filters sort every window, which costs milliseconds even on a small image.
+    Pillow's rank filters sort every window, which costs far more even on a small image.
     """
-    r = size // 2
-    a = np.pad(a, r, mode="edge")
-    h, w = a.shape[0] - 2 * r, a.shape[1] - 2 * r
-    rows = a[0:h]
-    for k in range(1, size):
-        rows = pick(rows, a[k:k + h])
-    out = rows[:, 0:w]
-    for k in range(1, size):
-        out = pick(out, rows[:, k:k + w])
+    out = a.copy()
+    for axis in (-2, -1):
+        src = out.copy()
+        for k in range(1, size // 2 + 1):
+            head = (slice(None),) * (a.ndim + axis)
+            lo, hi = (*head, slice(None, -k)), (*head, slice(k, None))
+            np.maximum(out[lo], src[hi], out=out[lo])
+            np.maximum(out[hi], src[lo], out=out[hi])
     return out
 
 
@@ -205,31 +204,26 @@ class Page:
 def look(gray: np.ndarray, ink_threshold: int) -> Page:
     """Polarity and paper level from a small copy (about BG_SIDE px), by grey-level morphology.
 
-    Polarity: a closing (max then min) removes dark strokes, an opening (min then max) light ones;
-    the ink is whichever the narrow (POLARITY_WINDOW) filters remove more of. Shading wider than the
-    window (a shadow over most of the page, a gradient, grey paper) and a dark table around the sheet
-    do not flip it, nor do bold glyphs or dark specks. A blank page (nothing removed by the ink
-    threshold) is judged by its border, as before.
-    Paper level: a wider closing (BG_WINDOW, wider than a stroke) keeps the paper with its gradient or
-    shadow and drops the ink.
+    Polarity: a closing (max then min over BG_WINDOW, wider than a stroke at this size) removes dark
+    strokes, an opening (min then max) light ones; the ink is whichever they remove more of. Shading
+    wider than the window (a shadow over most of the page, a gradient, grey paper) and a dark table
+    around the sheet do not flip it, nor do bold glyphs or dark specks. A blank page (nothing removed
+    by the ink threshold) is judged by its border, as before.
+    Paper level: the closing itself, the paper with its gradient or shadow and without the ink.
     """
     h, w = gray.shape
     scale = min(1.0, BG_SIDE / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.int16)
-    k = POLARITY_WINDOW
-    dilated = _rank(small, k, np.maximum)
-    dark = _rank(dilated, k, np.minimum) - small
-    light = small - _rank(_rank(small, k, np.minimum), k, np.maximum)
+    # Closing and opening in two max-filter passes over [x, -x]: erosion is -max(-x).
+    twice = _max_filter(-_max_filter(np.stack([small, -small]), BG_WINDOW), BG_WINDOW)
+    closed, opened = -twice[0], twice[1]
+    dark, light = closed - small, small - opened
     if max(int(dark.max()), int(light.max())) < ink_threshold:
         dark_ink = bright_background(gray)
     else:
         dark_ink = int(dark.sum()) > int(light.sum())
-    if not dark_ink:
-        return Page(False, None)
-    # max over BG_WINDOW = max over k twice (2k - 1 = BG_WINDOW): the narrow dilation is reused.
-    wide = _rank(dilated, k, np.maximum)
-    return Page(True, _rank(_rank(wide, k, np.minimum), k, np.minimum))
+    return Page(dark_ink, closed if dark_ink else None)
 
 
 def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.ndarray:
@@ -242,9 +236,11 @@ def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.n
     if not steps.background or page.paper is None:
         return 255.0 - g
     h, w = gray.shape
-    small = Image.fromarray(page.paper.astype(np.uint8)).filter(ImageFilter.BoxBlur(1))
-    paper = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
-    return np.clip(255.0 - g * (255.0 / np.maximum(paper, 1.0)), 0.0, 255.0)
+    # 255 / paper level, on the small copy (cheap), then brought to full size: one multiply per pixel.
+    gain = (255.0 / np.maximum(page.paper, 1)).astype(np.float32)
+    gain_full = np.asarray(Image.fromarray(gain, "F").resize((w, h), Image.Resampling.BILINEAR))
+    ink = 255.0 - g * gain_full
+    return np.maximum(ink, 0.0, out=ink)
 
 
 # --------------------------------------------------------------------------- 5. ink mask
@@ -252,7 +248,7 @@ def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.n
 
 def otsu(values: np.ndarray) -> int:
     """Otsu's threshold of uint8-range values (the level that best splits them in two)."""
-    hist = np.bincount(values.reshape(-1).astype(np.uint8), minlength=256).astype(np.float64)
+    hist = np.bincount(values.reshape(-1), minlength=256).astype(np.float64)
     levels = np.arange(256, dtype=np.float64)
     weight = np.cumsum(hist)
     mass = np.cumsum(hist * levels)
@@ -270,18 +266,14 @@ def otsu(values: np.ndarray) -> int:
 def drop_borders(mask: np.ndarray) -> np.ndarray:
     """Clear rows/columns in the outer band that are mostly ink: page edges and table, not digit."""
     h, w = mask.shape
-    rows, cols = mask.mean(axis=1), mask.mean(axis=0)
-    band_h, band_w = max(2, round(h * BORDER_BAND)), max(2, round(w * BORDER_BAND))
-    in_band_r = np.zeros(h, bool)
-    in_band_r[:band_h] = in_band_r[-band_h:] = True
-    in_band_c = np.zeros(w, bool)
-    in_band_c[:band_w] = in_band_c[-band_w:] = True
-    bad_r, bad_c = in_band_r & (rows > BORDER_FILL), in_band_c & (cols > BORDER_FILL)
-    if not bad_r.any() and not bad_c.any():
+    bh, bw = max(2, round(h * BORDER_BAND)), max(2, round(w * BORDER_BAND))
+    rows = np.flatnonzero(np.concatenate([mask[:bh].sum(axis=1), mask[-bh:].sum(axis=1)]) > BORDER_FILL * w)
+    cols = np.flatnonzero(np.concatenate([mask[:, :bw].sum(axis=0), mask[:, -bw:].sum(axis=0)]) > BORDER_FILL * h)
+    if not rows.size and not cols.size:
         return mask
     mask = mask.copy()
-    mask[bad_r] = False
-    mask[:, bad_c] = False
+    mask[np.where(rows < bh, rows, rows - 2 * bh + h)] = False
+    mask[:, np.where(cols < bw, cols, cols - 2 * bw + w)] = False
     return mask
 
 
@@ -290,67 +282,70 @@ def digit_cells(mask: np.ndarray, steps: Steps = ALL_STEPS) -> tuple[np.ndarray,
     and the cells kept (None when nothing was dropped).
 
     Connectivity is judged on a coarse grid (about GRID cells on the long side), which bridges the
-    small gaps of a broken stroke and keeps the search to a few hundred cells.
+    small gaps of a broken stroke; blobs are unions of horizontal runs of cells, so the work is a
+    few dozen runs, not every pixel.
     """
     if not steps.specks:
         return mask, None
     h, w = mask.shape
     cell = max(2, -(-max(h, w) // GRID))
     gh, gw = -(-h // cell), -(-w // cell)
-    padded = np.zeros((gh * cell, gw * cell), np.int32)
-    padded[:h, :w] = mask
-    counts = padded.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
-    occupied = {(int(y), int(x)) for y, x in zip(*np.nonzero(counts))}
-    blobs: list[tuple[int, list[tuple[int, int]]]] = []
-    while occupied:
-        seed = occupied.pop()
-        stack, members = [seed], [seed]
-        while stack:
-            y, x = stack.pop()
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    n = (y + dy, x + dx)
-                    if n in occupied:
-                        occupied.remove(n)
-                        stack.append(n)
-                        members.append(n)
-        blobs.append((int(sum(counts[m] for m in members)), members))
-    if len(blobs) == 1:
+    # Share of ink per cell (0..255), from Pillow's box reduction: one pass in C.
+    counts = np.asarray(Image.fromarray(mask.view(np.uint8) * np.uint8(255)).reduce(cell), dtype=np.int32)
+    runs = _runs(counts)
+    if len(runs) == 1:
         return mask, None
-    biggest = max(b[0] for b in blobs)
+    parent = list(range(len(runs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    previous: list[int] = []
+    current: list[int] = []
+    row = -1
+    for i, (y, x0, x1, _) in enumerate(runs):
+        if y != row:
+            previous, current, row = (current if y == row + 1 else []), [], y
+        for j in previous:
+            # 8-connected: runs in adjacent rows touch when they overlap or meet at a corner.
+            if runs[j][1] <= x1 and x0 <= runs[j][2]:
+                parent[root(j)] = root(i)
+        current.append(i)
+    mass: dict[int, int] = {}
+    for i, run in enumerate(runs):
+        mass[root(i)] = mass.get(root(i), 0) + run[3]
+    if len(mass) == 1:
+        return mask, None
+    biggest = max(mass.values())
     keep = np.zeros((gh, gw), bool)
-    for size, members in blobs:
-        if size >= KEEP_FRACTION * biggest:
-            ys, xs = zip(*members)
-            keep[list(ys), list(xs)] = True
+    for i, (y, x0, x1, _) in enumerate(runs):
+        if mass[root(i)] >= KEEP_FRACTION * biggest:
+            keep[y, x0:x1 + 1] = True
     kept = np.repeat(np.repeat(keep, cell, axis=0), cell, axis=1)[:h, :w]
     return mask & kept, kept
+
+
+def _runs(counts: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(row, first column, last column, ink) of every horizontal run of occupied cells, row by row."""
+    gh, gw = counts.shape
+    occupied = np.zeros((gh, gw + 2), np.int8)
+    occupied[:, 1:-1] = counts > 0
+    edges = np.diff(occupied, axis=1)
+    ys, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)
+    cum = np.zeros((gh, gw + 1), np.int64)
+    cum[:, 1:] = np.cumsum(counts, axis=1)
+    ink = cum[ys, stops] - cum[ys, starts]
+    return list(zip(ys.tolist(), starts.tolist(), (stops - 1).tolist(), ink.tolist()))
 
 
 def ink_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the ink in the mask, bottom/right exclusive."""
     r, c = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
-
-
-def grow(weak: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Widen the box over faint ink touching it (anti-aliased stroke ends), by at most 1/8 of its size."""
-    top, bottom, left, right = box
-    h, w = weak.shape
-    limit_r, limit_c = max(1, (bottom - top) // 8), max(1, (right - left) // 8)
-    for _ in range(max(limit_r, limit_c)):
-        before = (top, bottom, left, right)
-        if top > 0 and box[0] - top < limit_r and weak[top - 1, left:right].any():
-            top -= 1
-        if bottom < h and bottom - box[1] < limit_r and weak[bottom, left:right].any():
-            bottom += 1
-        if left > 0 and box[2] - left < limit_c and weak[top:bottom, left - 1].any():
-            left -= 1
-        if right < w and right - box[3] < limit_c and weak[top:bottom, right].any():
-            right += 1
-        if (top, bottom, left, right) == before:
-            break
-    return top, bottom, left, right
 
 
 # --------------------------------------------------------------------------- 6. MNIST layout
@@ -412,7 +407,8 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
     # White ink on black (MNIST-style renderings) has no paper to divide out: its levels are the ink.
     ink = ink_strength(gray, page, steps) if page.dark_ink else gray.astype(np.float32)
     ink8 = ink.astype(np.uint8)
-    threshold = max(otsu(ink8), ink_threshold) if steps.adaptive_threshold else ink_threshold
+    # Half Otsu's level: clear of paper texture and noise, low enough to keep anti-aliased stroke edges.
+    threshold = max(otsu(ink8) // 2, ink_threshold) if steps.adaptive_threshold else ink_threshold
     mask = ink8 >= threshold
     if steps.borders:
         mask = drop_borders(mask)
@@ -421,7 +417,7 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
     mask, keep = digit_cells(mask, steps)
     if keep is not None:
         ink = ink * keep  # specks inside the digit's box go too
-    top, bottom, left, right = grow(ink >= ink_threshold, ink_box(mask))
+    top, bottom, left, right = ink_box(mask)
     # Inside the box the ink keeps its grey levels (anti-aliased edges, as MNIST has); paper texture
     # and noise below the configured floor are dropped, and faint ink (pencil, a dim photo) is
     # brought to the full strength of MNIST's strokes.
