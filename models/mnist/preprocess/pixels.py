@@ -232,35 +232,32 @@ def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.n
     A shadow or a gradient multiplies paper and ink alike, so the ratio of a pixel to the paper level
     under it is the ink's own darkness; full black on any paper is full strength, as MNIST's strokes.
     """
-    g = gray.astype(np.float32)
     if not steps.background or page.paper is None:
-        return 255.0 - g
+        return 255.0 - gray.astype(np.float32)
     h, w = gray.shape
     # 255 / paper level, on the small copy (cheap), then brought to full size: one multiply per pixel.
-    gain = (255.0 / np.maximum(page.paper, 1)).astype(np.float32)
+    gain = np.divide(255.0, np.maximum(page.paper, 1), dtype=np.float32)
     gain_full = np.asarray(Image.fromarray(gain, "F").resize((w, h), Image.Resampling.BILINEAR))
-    ink = 255.0 - g * gain_full
+    ink = np.multiply(gray, gain_full, dtype=np.float32)
+    np.subtract(255.0, ink, out=ink)
     return np.maximum(ink, 0.0, out=ink)
 
 
 # --------------------------------------------------------------------------- 5. ink mask
 
 
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
 def otsu(values: np.ndarray) -> int:
-    """Otsu's threshold of uint8-range values (the level that best splits them in two)."""
+    """Otsu's threshold of uint8 values: the level that best splits them in two (maximum between-class variance)."""
     hist = np.bincount(values.reshape(-1), minlength=256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    weight = np.cumsum(hist)
-    mass = np.cumsum(hist * levels)
-    total, total_mass = weight[-1], mass[-1]
-    below, above = weight[:-1], total - weight[:-1]
-    valid = (below > 0) & (above > 0)
-    if not valid.any():
-        return 0
-    mean_below = np.where(valid, mass[:-1] / np.maximum(below, 1), 0)
-    mean_above = np.where(valid, (total_mass - mass[:-1]) / np.maximum(above, 1), 0)
-    between = np.where(valid, below * above * (mean_below - mean_above) ** 2, -1)
-    return int(np.argmax(between)) + 1
+    weight, mass = np.cumsum(hist), np.cumsum(hist * _LEVELS)
+    total = weight[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mass[-1] * weight - total * mass) ** 2 / (weight * (total - weight))
+    between[~np.isfinite(between)] = -1.0
+    return int(np.argmax(between[:-1])) + 1
 
 
 def drop_borders(mask: np.ndarray) -> np.ndarray:
@@ -330,16 +327,20 @@ def digit_cells(mask: np.ndarray, steps: Steps = ALL_STEPS) -> tuple[np.ndarray,
 
 def _runs(counts: np.ndarray) -> list[tuple[int, int, int, int]]:
     """(row, first column, last column, ink) of every horizontal run of occupied cells, row by row."""
-    gh, gw = counts.shape
-    occupied = np.zeros((gh, gw + 2), np.int8)
-    occupied[:, 1:-1] = counts > 0
-    edges = np.diff(occupied, axis=1)
-    ys, starts = np.nonzero(edges == 1)
-    _, stops = np.nonzero(edges == -1)
-    cum = np.zeros((gh, gw + 1), np.int64)
-    cum[:, 1:] = np.cumsum(counts, axis=1)
-    ink = cum[ys, stops] - cum[ys, starts]
-    return list(zip(ys.tolist(), starts.tolist(), (stops - 1).tolist(), ink.tolist()))
+    runs = []
+    for y, row in enumerate(counts.tolist()):
+        x0, ink = -1, 0
+        for x, c in enumerate(row):
+            if c:
+                if x0 < 0:
+                    x0, ink = x, 0
+                ink += c
+            elif x0 >= 0:
+                runs.append((y, x0, x - 1, ink))
+                x0 = -1
+        if x0 >= 0:
+            runs.append((y, x0, len(row) - 1, ink))
+    return runs
 
 
 def ink_box(mask: np.ndarray) -> tuple[int, int, int, int]:
