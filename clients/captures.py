@@ -41,6 +41,9 @@ INK_PAPER_PAIRS: tuple[tuple[str, tuple[int, int, int], tuple[int, int, int]], .
     ("black on yellow", (30, 30, 30), (250, 230, 120)),
     ("blue on kraft brown", (30, 40, 120), (200, 160, 110)),
     ("pencil on white", (110, 110, 115), (240, 240, 235)),
+    # Pairs about as bright as each other: luminance barely separates them, one colour channel does.
+    ("green felt pen on red paper", (40, 160, 60), (200, 80, 80)),
+    ("red pen on teal paper", (220, 60, 60), (90, 150, 150)),
 )
 
 
@@ -134,7 +137,7 @@ DEGRADATIONS: tuple[Degradation, ...] = (
                 lambda rng: Capture(light=_linear_light(rng, 0.4))),
     Degradation("shadow", "soft shadow (edge 20% of the page) darkening to 45%, across the middle",
                 lambda rng: Capture(light=_shadow(rng, 0.55, 0.2))),
-    Degradation("noise", "Gaussian sensor noise, sigma 16 (of 255)", lambda rng: Capture(noise=16.0)),
+    Degradation("noise", "Gaussian sensor noise, sigma 40 (of 255)", lambda rng: Capture(noise=40.0)),
     Degradation("blur", "Gaussian blur, sigma 4% of the digit height",
                 lambda rng: Capture(blur=0.04 * HEIGHT * CANVAS)),
     Degradation("rotation", "rotated uniformly within +-12 degrees", lambda rng: Capture(angle=rng.uniform(-12, 12))),
@@ -142,7 +145,7 @@ DEGRADATIONS: tuple[Degradation, ...] = (
                 lambda rng: _canvas_and_height(rng, (64, 256), (0.2, 0.95))),
     Degradation("offset", "digit 30% of a 160-256 px page, anywhere on it", _off_centre),
     Degradation("jpeg", "JPEG quality 20", lambda rng: Capture(jpeg_quality=20)),
-    Degradation("ink_colour", f"{len(INK_PAPER_PAIRS)} ink/paper colour pairs (blue on yellow, red on blue, ...)",
+    Degradation("ink_colour", f"{len(INK_PAPER_PAIRS)} ink/paper colour pairs (blue on yellow, green on red, ...)",
                 _ink_colour),
     Degradation("exif_rotation", "JPEG stored rotated 90/180/270 degrees with the EXIF orientation tag",
                 lambda rng: Capture(jpeg_quality=92, exif_orientation=int(rng.choice([3, 6, 8])))),
@@ -159,7 +162,7 @@ NAMES = tuple(d.name for d in DEGRADATIONS)
 # --------------------------------------------------------------------------- drawing
 
 
-def _glyph_from_digit(digit: np.ndarray, height: float, angle: float) -> np.ndarray:
+def glyph_from_digit(digit: np.ndarray, height: float, angle: float) -> np.ndarray:
     """An MNIST digit (white on black, 28x28) scaled so the 20 px box is `height` px; alpha 0..1."""
     side = max(8, round(height * MNIST_SPAN))
     img = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
@@ -300,7 +303,7 @@ def make_captures(
             else:
                 i = order[k]
                 label = int(labels[i])
-                alpha = _glyph_from_digit(digits[i], cap.height, cap.angle)
+                alpha = glyph_from_digit(digits[i], cap.height, cap.angle)
             out.payloads.append(render(alpha, cap, rng))
             out.labels.append(label)
             out.classes.append(name)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from build_tools.errors import ToolkitError
-from clients.captures import NAMES, make_captures
+from clients.captures import NAMES, Capture, glyph_from_digit, make_captures, render
 from clients.datasets import mnist_holdout
 from clients.images import encode_png
 
@@ -83,6 +83,13 @@ def groups(per_class: int, seed: int) -> dict[str, list[bytes]]:
     out["captures, all classes"] = captures.payloads
     for name in NAMES:
         out[f"captures: {name}"] = captures.of(name)[0]
+    # What a phone sends: a 12-megapixel-class JPEG (here 2000x1500) of a digit on paper.
+    rng = np.random.default_rng((seed, 99))
+    phone = []
+    for i in range(min(per_class, 20)):
+        cap = Capture(canvas=(1500, 2000), height=600.0, paper=230.0, noise=4.0, jpeg_quality=90)
+        phone.append(render(glyph_from_digit(holdout.images[i], cap.height, 0.0), cap, rng))
+    out["phone photo 2000x1500 JPEG"] = phone
     return out
 
 

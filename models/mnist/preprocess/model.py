@@ -23,7 +23,7 @@ from PIL import Image
 
 # The stub imports this file by path; its sibling module is found through its folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixels import SIDE, BadImageError, decode, to_mnist  # noqa: E402
+from pixels import SIDE, BadImageError, decode, to_mnist
 
 
 def _param(config: dict[str, Any], key: str, default: int) -> int:

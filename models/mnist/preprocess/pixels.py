@@ -52,7 +52,11 @@ class BadImageError(ValueError):
 
 @dataclass(frozen=True)
 class Steps:
-    """Which capture steps run; all on in service. Switching one off measures what it is worth."""
+    """Which capture steps run; all on in service. Switching one off measures what it is worth.
+
+    `background` covers the low-resolution look at the page (polarity by morphology, paper level) and
+    dividing the paper out; off, polarity falls back to the border rule and ink is 255 - grey.
+    """
 
     exif: bool = True
     channel: bool = True
@@ -198,7 +202,7 @@ class Page:
     """What the low-resolution look at the page found: which way the ink goes, and the paper level."""
 
     dark_ink: bool
-    paper: np.ndarray | None  # small closing (paper level with the dark ink removed); None for light ink
+    paper: np.ndarray | None  # the paper level on the small copy, ink removed (None: not estimated)
 
 
 def look(gray: np.ndarray, ink_threshold: int) -> Page:
@@ -223,22 +227,25 @@ def look(gray: np.ndarray, ink_threshold: int) -> Page:
         dark_ink = bright_background(gray)
     else:
         dark_ink = int(dark.sum()) > int(light.sum())
-    return Page(dark_ink, closed if dark_ink else None)
+    return Page(dark_ink, closed if dark_ink else opened)
 
 
 def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.ndarray:
-    """Dark ink on paper -> ink strength float32 0..255 (0 = bare paper), the paper's shading divided out.
+    """Ink strength float32 0..255 (0 = bare paper), the paper's own level and shading taken out.
 
-    A shadow or a gradient multiplies paper and ink alike, so the ratio of a pixel to the paper level
-    under it is the ink's own darkness; full black on any paper is full strength, as MNIST's strokes.
+    Dark ink: a shadow or a gradient multiplies paper and ink alike, so the ratio of a pixel to the
+    paper level under it is the ink's own darkness; black on any paper is full strength, as MNIST's
+    strokes. Light ink (chalk, an MNIST-style rendering, a colour channel where the ink is the
+    brighter): its rise above the dark level under it, stretched to the room left above that level.
     """
     if not steps.background or page.paper is None:
-        return 255.0 - gray.astype(np.float32)
+        return 255.0 - gray.astype(np.float32) if page.dark_ink else gray.astype(np.float32)
     h, w = gray.shape
+    paper = page.paper if page.dark_ink else 255 - page.paper
     # 255 / paper level, on the small copy (cheap), then brought to full size: one multiply per pixel.
-    gain = np.divide(255.0, np.maximum(page.paper, 1), dtype=np.float32)
+    gain = np.divide(255.0, np.maximum(paper, 1), dtype=np.float32)
     gain_full = np.asarray(Image.fromarray(gain, "F").resize((w, h), Image.Resampling.BILINEAR))
-    ink = np.multiply(gray, gain_full, dtype=np.float32)
+    ink = np.multiply(gray if page.dark_ink else 255 - gray, gain_full, dtype=np.float32)
     np.subtract(255.0, ink, out=ink)
     return np.maximum(ink, 0.0, out=ink)
 
@@ -405,8 +412,7 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
             return candidate.astype(np.float32)[None]
     gray = shrink(gray)
     page = look(gray, ink_threshold) if steps.background else Page(bright_background(gray), None)
-    # White ink on black (MNIST-style renderings) has no paper to divide out: its levels are the ink.
-    ink = ink_strength(gray, page, steps) if page.dark_ink else gray.astype(np.float32)
+    ink = ink_strength(gray, page, steps)
     ink8 = ink.astype(np.uint8)
     # Half Otsu's level: clear of paper texture and noise, low enough to keep anti-aliased stroke edges.
     threshold = max(otsu(ink8) // 2, ink_threshold) if steps.adaptive_threshold else ink_threshold
@@ -424,7 +430,7 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
     # brought to the full strength of MNIST's strokes.
     crop = ink[top:bottom, left:right]
     gain = 1.0
-    if page.dark_ink:
+    if page.paper is not None:
         core = float(quantiles(crop[mask[top:bottom, left:right]].astype(np.uint8), (0.9,))[0])
         gain = 255.0 / max(core, float(threshold))
     crop = np.where(crop >= ink_threshold, np.minimum(crop * gain, 255.0), 0.0)
