@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from build_tools.errors import ClientError, ToolkitError
+from build_tools.served import ClassifierNames, load_classifier_names
 from clients.captures import DEGRADATIONS, NAMES, make_captures
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
-from clients.triton import PROTOCOLS, Protocol, TritonClient
+from triton_api import PROTOCOLS, Protocol, TritonClient
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,22 @@ class CaptureEvaluation:
         return not self.failures
 
 
-def classify(
-    url: str, protocol: Protocol, model: str, payloads: list[bytes], batch_size: int, concurrency: int
-) -> tuple[np.ndarray, int]:
+@dataclass(frozen=True)
+class Target:
+    """The served ensemble that takes encoded images: its name, input and (probabilities) output."""
+
+    url: str
+    protocol: Protocol
+    model: str
+    input_name: str
+    output_name: str
+
+    @classmethod
+    def from_names(cls, url: str, protocol: Protocol, names: ClassifierNames) -> Target:
+        return cls(url, protocol, names.ensemble, names.ensemble_input, names.ensemble_output)
+
+
+def classify(target: Target, payloads: list[bytes], batch_size: int, concurrency: int) -> tuple[np.ndarray, int]:
     """Top-1 class of every payload (-1 where its request failed) and how many requests failed."""
     local = threading.local()
     predicted = np.full(len(payloads), -1, dtype=np.int64)
@@ -65,7 +79,7 @@ def classify(
 
     def client() -> TritonClient:
         if not hasattr(local, "client"):
-            local.client = TritonClient(url, protocol)
+            local.client = TritonClient(target.url, target.protocol)
             with lock:
                 clients.append(local.client)
         return local.client
@@ -74,13 +88,13 @@ def classify(
         nonlocal failed
         chunk = payloads[start:start + batch_size]
         try:
-            out = client().infer(model, {"image_bytes": bytes_batch(chunk)}, ["probabilities"])
+            out = client().infer(target.model, {target.input_name: bytes_batch(chunk)}, [target.output_name])
         except ClientError as e:
             logger.warning("images %d..%d: %s", start, start + len(chunk) - 1, e)
             with lock:
                 failed += 1
             return
-        predicted[start:start + len(chunk)] = out["probabilities"].reshape(len(chunk), -1).argmax(axis=1)
+        predicted[start:start + len(chunk)] = out[target.output_name].reshape(len(chunk), -1).argmax(axis=1)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(0, len(payloads), batch_size)))
@@ -90,9 +104,7 @@ def classify(
 
 
 def evaluate_captures(
-    url: str,
-    protocol: Protocol = "http",
-    model: str = "mnist",
+    target: Target,
     names: Sequence[str] = NAMES,
     per_class: int | None = None,
     seed: int = 0,
@@ -104,7 +116,7 @@ def evaluate_captures(
     holdout = mnist_holdout()
     strengths = {d.name: d.strength for d in DEGRADATIONS}
     clean_png = [encode_png(i) for i in holdout.images]
-    predicted, failed = classify(url, protocol, model, clean_png, batch_size, concurrency)
+    predicted, failed = classify(target, clean_png, batch_size, concurrency)
     clean = ClassResult("clean", "held-out digits as 28x28 PNG", len(clean_png),
                         float((predicted == holdout.labels).mean()), failed)
     logger.info("clean: %.4f on %d", clean.accuracy, clean.n)
@@ -112,7 +124,7 @@ def evaluate_captures(
     results, correct, total = [], 0, 0
     for name in names:
         payloads, labels = captures.of(name)
-        predicted, failed = classify(url, protocol, model, payloads, batch_size, concurrency)
+        predicted, failed = classify(target, payloads, batch_size, concurrency)
         hits = int((predicted == labels).sum())
         correct, total = correct + hits, total + len(labels)
         results.append(ClassResult(name, strengths[name], len(labels), hits / len(labels), failed))
@@ -188,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of Triton's HTTP endpoint")
     p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of Triton's gRPC endpoint")
     p.add_argument("--protocol", choices=PROTOCOLS, default="http")
-    p.add_argument("--ensemble-model", default="mnist")
+    p.add_argument("--spec", help="the spec naming the ensemble and its tensors (default: deploy.yaml)")
+    p.add_argument("--ensemble-model", help="default: the spec's classification ensemble")
     p.add_argument("--degradation", action="append", choices=NAMES, help="default: all")
     p.add_argument("--per-class", type=int, help="captures per degradation (default: all 500 held-out digits)")
     p.add_argument("--seed", type=int, default=0)
@@ -205,11 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     url = args.http_url if args.protocol == "http" else args.grpc_url
     try:
+        target = Target.from_names(url, args.protocol, load_classifier_names(args.spec))
+        if args.ensemble_model:
+            target = Target(url, args.protocol, args.ensemble_model, target.input_name, target.output_name)
         ev = evaluate_captures(
-            url, args.protocol, args.ensemble_model, args.degradation or NAMES, args.per_class, args.seed,
+            target, args.degradation or NAMES, args.per_class, args.seed,
             args.batch_size, args.concurrency, args.max_drop, args.max_overall_drop,
         )
-        meta = {"url": url, "protocol": args.protocol, "model": args.ensemble_model,
+        meta = {"url": url, "protocol": args.protocol, "model": target.model,
                 "per_class": args.per_class or 500, "seed": args.seed}
         write_report(ev, Path(args.report_dir), meta)
     except ToolkitError as e:
