@@ -71,7 +71,7 @@ class Degradation:
     name: str
     strength: str  # the documented strength, as the README table shows it
     draw: Callable[[np.random.Generator], Capture]
-    glyph: str = "mnist"  # mnist: a held-out digit; font: a digit drawn in a TrueType font
+    glyph: str = "handwritten"  # handwritten: a held-out digit; font: a digit drawn in a TrueType font
 
 
 def _linear_light(rng: np.random.Generator, darkest: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -1,4 +1,4 @@
-"""Per-image cost of the `mnist_preprocess` pixel pipeline, today's against a baseline revision.
+"""Per-image cost of the ensemble's preprocessing pixel pipeline, today's against a baseline revision.
 
 Runs in-process (no server: the cost measured is the model's own work per image, decode included),
 on the same inputs for both: the held-out digits as 28x28 PNGs (the pass-through path) and the
@@ -8,8 +8,9 @@ figure is the median over rounds and the ratio is taken within each round.
 
     python -m loadtest.preprocess_cost --baseline-rev 814a404 --rounds 7
 
-The baseline is read from git (`models/mnist/preprocess/model.py` at that revision, which held the
-whole pipeline before it moved to `pixels.py`).
+The preprocessing model is the first step of the spec's classification ensemble; the current
+pipeline is its `pixels.py`, the baseline its `model.py` read from git at that revision (which held
+the whole pipeline before it moved to `pixels.py`).
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from typing import Any
 import numpy as np
 
 from build_tools.errors import ToolkitError
+from build_tools.served import classifier_names, default_spec_path
+from build_tools.spec import load_spec
 from clients.captures import NAMES, Capture, glyph_from_digit, make_captures, render
 from clients.datasets import mnist_holdout
 from clients.images import encode_png
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-PIXELS = ROOT / "models" / "mnist" / "preprocess" / "pixels.py"
 MAX_PIXELS, MIN_SIDE, INK_THRESHOLD = 4096 * 4096, 8, 32
 
 Pipeline = Callable[[bytes], np.ndarray]
@@ -54,16 +56,28 @@ def load_module(name: str, path: Path) -> types.ModuleType:
     return module
 
 
-def current_pipeline() -> Pipeline:
-    pixels = load_module("mnist_preprocess_pixels", PIXELS)
+def preprocess_folder(spec_path: str | None = None) -> Path:
+    """The source folder of the first step of the spec's classification ensemble (a Python model)."""
+    spec = load_spec(Path(spec_path) if spec_path else default_spec_path())
+    first = spec.ensembles[classifier_names(spec).ensemble].steps[0].model
+    sources = spec.models[first].version_sources
+    folder = spec.resolve(sources[max(sources)])
+    if not (folder / "pixels.py").is_file():
+        raise ToolkitError(f"models.{first}: {folder} has no pixels.py; expected the preprocessing model's folder")
+    return folder
+
+
+def current_pipeline(folder: Path) -> Pipeline:
+    pixels = load_module("preprocess_pixels", folder / "pixels.py")
     return lambda data: pixels.to_mnist(pixels.decode(data, MAX_PIXELS, MIN_SIDE), INK_THRESHOLD)
 
 
-def baseline_pipeline(rev: str, workdir: Path) -> Pipeline:
+def baseline_pipeline(rev: str, folder: Path, workdir: Path) -> Pipeline:
     """The pipeline as it was at `rev` (one model.py importing Triton's module, which only the stub has)."""
+    rel = (folder / "model.py").resolve().relative_to(ROOT).as_posix()
     try:
         source = subprocess.run(
-            ["git", "show", f"{rev}:models/mnist/preprocess/model.py"],
+            ["git", "show", f"{rev}:{rel}"],
             cwd=ROOT, check=True, capture_output=True, text=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError) as e:
@@ -72,14 +86,14 @@ def baseline_pipeline(rev: str, workdir: Path) -> Pipeline:
     path.write_text(source)
     # Only decode() and to_mnist() are called; the Triton glue needs the stub's module to import.
     sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
-    old = load_module("mnist_preprocess_baseline", path)
+    old = load_module("preprocess_baseline", path)
     return lambda data: old.to_mnist(old.decode(data, MAX_PIXELS, MIN_SIDE), INK_THRESHOLD)
 
 
 def groups(per_class: int, seed: int) -> dict[str, list[bytes]]:
     holdout = mnist_holdout()
     captures = make_captures(holdout.images, holdout.labels, NAMES, per_class, seed)
-    out = {"mnist 28x28 PNG (pass-through)": [encode_png(i) for i in holdout.images]}
+    out = {"held-out 28x28 PNG (pass-through)": [encode_png(i) for i in holdout.images]}
     out["captures, all classes"] = captures.payloads
     for name in NAMES:
         out[f"captures: {name}"] = captures.of(name)[0]
@@ -153,7 +167,7 @@ def write_report(results: dict[str, Any], out_dir: Path, meta: dict[str, Any]) -
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("CPU µs per image (median of alternating rounds)")
-    ax.set_title("mnist_preprocess pixel pipeline, per-image cost")
+    ax.set_title("preprocessing pixel pipeline, per-image cost")
     ax.legend()
     fig.tight_layout()
     png = out_dir / "preprocess_cost.png"
@@ -168,6 +182,7 @@ def _load() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="preprocess_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--spec", help="the spec whose ensemble's first step is measured (default: deploy.yaml)")
     p.add_argument("--baseline-rev", default="814a404", help="git revision of the baseline pipeline")
     p.add_argument("--per-class", type=int, default=40, help="captures per degradation class")
     p.add_argument("--seed", type=int, default=0)
@@ -177,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            pipelines = {"baseline": baseline_pipeline(args.baseline_rev, Path(tmp)), "current": current_pipeline()}
+            folder = preprocess_folder(args.spec)
+            pipelines = {
+                "baseline": baseline_pipeline(args.baseline_rev, folder, Path(tmp)),
+                "current": current_pipeline(folder),
+            }
             data = groups(args.per_class, args.seed)
             load_start = _load()
             results = measure(pipelines, data, args.rounds)
