@@ -35,6 +35,7 @@ RUNNER_PARAM_ONNX_FILE = "onnx_file"
 RUNNER_PARAM_INTRA = "intra_op_threads"
 RUNNER_PARAM_INTER = "inter_op_threads"
 RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
+RUNNER_PARAM_RANGE_PREFIX = "input_range."  # + input name: "low,high"
 ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
 
@@ -415,6 +416,11 @@ def onnx_config_embedded(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelCo
     cfg.parameters[RUNNER_PARAM_INTRA].string_value = str(model.runtime.intra_op_threads)
     cfg.parameters[RUNNER_PARAM_INTER].string_value = str(model.runtime.inter_op_threads)
     cfg.parameters[RUNNER_PARAM_OPT_LEVEL].string_value = model.runtime.graph_optimization_level
+    if isinstance(model.inputs, dict):
+        for input_name, override in sorted(model.inputs.items()):
+            if override.range is not None:
+                low, high = override.range
+                cfg.parameters[RUNNER_PARAM_RANGE_PREFIX + input_name].string_value = f"{low!r},{high!r}"
     return cfg
 
 

@@ -15,12 +15,14 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 
 from build_tools.errors import ServerError
+from build_tools.healer import Healer, HealthEndpoint, http_reload, remove_regions
+from build_tools.spec import DEFAULT_RESTRICTED_APIS, ServerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +140,33 @@ class ServerOptions:
     summary_latencies: bool = True
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Least privilege: these API groups answer only requests carrying `admin_header: admin_key`
+    # (over HTTP and gRPC). The key is $TRITON_ADMIN_KEY, else random per start: then only the harness
+    # itself (readiness, the healer's reloads) can use them.
+    restricted_apis: Sequence[str] = DEFAULT_RESTRICTED_APIS
+    admin_header: str = "triton-admin-key"
+    admin_key: str | None = None
+    # Triton's own bound on draining in-flight requests at shutdown (--exit-timeout-secs).
+    exit_timeout_s: int = 10
+    # The stub watchdog (build_tools/healer.py) and its /health + /metrics endpoint (0 = free port).
+    heal: bool = True
+    heal_interval_s: float = 0.5
+    max_heals_per_10min: int = 10
+    health_port: int | None = 0
+
+    @classmethod
+    def from_spec(cls, server: ServerSpec, **kwargs: object) -> ServerOptions:
+        """Options with the spec's `server:` settings (deploy.yaml), the rest from kwargs."""
+        values: dict[str, object] = {
+            "restricted_apis": tuple(server.admin_api.restricted),
+            "admin_header": server.admin_api.header,
+            "exit_timeout_s": server.exit_timeout_s,
+            "heal": server.healer.enabled,
+            "heal_interval_s": server.healer.interval_s,
+            "max_heals_per_10min": server.healer.max_heals_per_10min,
+        }
+        values.update(kwargs)
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class TritonServer:
@@ -151,6 +182,18 @@ class TritonServer:
         self.metrics_port = options.metrics_port
         self.log_path: Path | None = options.log_file
         self.startup_seconds: float | None = None
+        self.admin_key = options.admin_key or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(24)
+        self.healer: Healer | None = None
+        self.health: HealthEndpoint | None = None
+        self.health_port: int | None = None
+        self._lifecycle = threading.RLock()  # start/stop/restart, from the caller or the healer
+        self._restarting = False
+        self._ports_fixed = False
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header that opens the restricted API groups (empty when none are restricted)."""
+        return {self.options.admin_header: self.admin_key} if self.options.restricted_apis else {}
 
     # -- addresses -------------------------------------------------------------------------------
     @property
@@ -168,6 +211,11 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def health_url(self) -> str | None:
+        """The watchdog's /health: 200 only when Triton is ready and every model's stubs are alive."""
+        return None if self.health_port is None else f"http://{self._client_host}:{self.health_port}/health"
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _command(self, dist: TritonDistribution, backends: Path) -> list[str]:
@@ -189,7 +237,11 @@ class TritonServer:
             "--allow-metrics=true",
             "--allow-gpu-metrics=false" if not _has_gpu() else "--allow-gpu-metrics=true",
             f"--log-verbose={o.log_verbose}",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
         ]
+        if o.restricted_apis:
+            restricted = f"{','.join(o.restricted_apis)}:{o.admin_header}={self.admin_key}"
+            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-api={restricted}"]
         if o.model_control_explicit:
             cmd += ["--model-control-mode=explicit", "--load-model=*"]
         if o.summary_latencies and not any("summary_latencies" in a for a in o.extra_args):
@@ -206,6 +258,8 @@ class TritonServer:
         return env
 
     def _pick_ports(self) -> None:
+        if self._ports_fixed:  # a restart keeps the ports clients already know
+            return
         taken: set[int] = set()
         for attr in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, attr)
@@ -216,8 +270,15 @@ class TritonServer:
                 raise ServerError(f"{attr.replace('_', ' ')} {port} is already in use on {self.options.host}")
             taken.add(port)
             setattr(self, attr, port)
+        self._ports_fixed = True
 
     def start(self) -> TritonServer:
+        with self._lifecycle:
+            self._start_process()
+            self._start_watchdog()
+        return self
+
+    def _start_process(self) -> None:
         if self.process is not None:
             raise ServerError("server already started")
         for repo in self.options.model_repositories:
@@ -238,7 +299,8 @@ class TritonServer:
                     self.http_port, self.grpc_port, self.metrics_port, self.log_path)
         logger.debug("command: %s", " ".join(cmd))
         started = time.monotonic()
-        with open(self.log_path, "wb") as log:
+        # A restart by the healer appends: the log of the failure stays readable.
+        with open(self.log_path, "ab" if self._restarting else "wb") as log:
             self.process = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -256,7 +318,41 @@ class TritonServer:
             raise
         self.startup_seconds = time.monotonic() - started
         logger.info("tritonserver ready in %.1f s", self.startup_seconds)
-        return self
+
+    def _start_watchdog(self) -> None:
+        o = self.options
+        if not o.heal or self.healer is not None:
+            if self.healer is not None:
+                self.healer.baseline()
+            return
+        reload = http_reload(self.http_url, self.admin_headers) if o.model_control_explicit else None
+        self.healer = Healer(
+            lambda: self.process.pid if self.process is not None else None,
+            reload,
+            self.restart,
+            interval_s=o.heal_interval_s,
+            max_heals_per_10min=o.max_heals_per_10min,
+        )
+        self.healer.start()
+        if o.health_port is not None:
+            self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+            self.health_port = self.health.port
+            logger.info("stub watchdog on, health endpoint %s", self.health_url)
+
+    def ready(self) -> bool:
+        """Triton's own readiness (server and models), as its HTTP endpoint reports it."""
+        return self.process is not None and self._get("/v2/health/ready")[0] == 200
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports (the healer's last resort outside explicit mode)."""
+        with self._lifecycle:
+            self._restarting = True
+            try:
+                logger.warning("restarting tritonserver")
+                self._stop_process(self.options.exit_timeout_s + 5.0)
+                self._start_process()
+            finally:
+                self._restarting = False
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -265,9 +361,9 @@ class TritonServer:
         return "\n".join(text[-lines:])
 
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        url = f"http://{self.http_url}{path}"
+        req = urllib.request.Request(f"http://{self.http_url}{path}", headers=self.admin_headers)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -275,7 +371,9 @@ class TritonServer:
             return 0, b""
 
     def model_index(self) -> list[dict[str, str]]:
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST", headers=self.admin_headers
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             return list(json.loads(r.read()))
 
@@ -310,10 +408,27 @@ class TritonServer:
             time.sleep(0.25)
 
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self._restarting:
+            return True
+        with self._lifecycle:
+            return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGINT (Triton's graceful shutdown), then SIGTERM, then SIGKILL to the whole group."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Stop the watchdog, then the server: SIGINT (Triton's graceful shutdown, bounded by
+        exit_timeout_s), then SIGTERM, then SIGKILL to the whole group; then remove any shared-memory
+        region a dead stub left behind. Returns within timeout_s + 10 s."""
+        if self.healer is not None:
+            self.healer.stop()
+        if self.health is not None:
+            self.health.close()
+            self.health = None
+        with self._lifecycle:
+            code = self._stop_process(self.options.exit_timeout_s + 5.0 if timeout_s is None else timeout_s)
+            if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+    def _stop_process(self, timeout_s: float) -> int | None:
         proc = self.process
         if proc is None:
             return None
@@ -333,8 +448,12 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
         finally:
             self.process = None
-            if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.healer is not None:
+                # Triton removes the regions of stubs it stopped; a killed stub's region stays behind.
+                left = remove_regions(self.healer.shm_regions)
+                if left:
+                    logger.warning("removed %d shared-memory region(s) left by dead stubs: %s", len(left), left)
+                self.healer.shm_regions.clear()
         logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
 
