@@ -241,7 +241,8 @@ class TritonServer:
         ]
         if o.restricted_apis:
             restricted = f"{','.join(o.restricted_apis)}:{o.admin_header}={self.admin_key}"
-            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-api={restricted}"]
+            # gRPC calls them protocols in 2.51 (--grpc-restricted-protocol), with the same groups.
+            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         if o.model_control_explicit:
             cmd += ["--model-control-mode=explicit", "--load-model=*"]
         if o.summary_latencies and not any("summary_latencies" in a for a in o.extra_args):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,95 @@ ALLOWED_FORMATS = ("PNG", "JPEG")
 
 class BadImageError(ValueError):
     """One image cannot be turned into a digit; the message is sent back to the client."""
+
+
+class BudgetError(BadImageError):
+    """A request asks for more work than one request may: refused before (or while) decoding."""
+
+
+@dataclass(frozen=True)
+class RequestBudget:
+    """Per-request limits (config parameters, from the spec): one request cannot hold the single
+    preprocessing instance for long, whatever its images say about themselves."""
+
+    max_images: int = 64
+    max_element_bytes: int = 4 << 20
+    max_total_pixels: int = 4096 * 4096
+    deadline_s: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RequestBudget:
+        return cls(
+            max_images=_param(config, "max_images_per_request", cls.max_images),
+            max_element_bytes=_param(config, "max_element_bytes", cls.max_element_bytes),
+            max_total_pixels=_param(config, "max_pixels_per_request", cls.max_total_pixels),
+            deadline_s=_param(config, "deadline_ms", int(cls.deadline_s * 1000)) / 1000.0,
+        )
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the header only (0 when unreadable: decode() reports that image itself)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:
+        return 0
+    return width * height
+
+
+def check_budget(items: list[bytes], budget: RequestBudget) -> None:
+    """Everything a request's size can be checked by, before a single pixel is decoded."""
+    if len(items) > budget.max_images:
+        raise BudgetError(f"{len(items)} images in one request, above the limit of {budget.max_images}")
+    for i, raw in enumerate(items):
+        if len(raw) > budget.max_element_bytes:
+            raise BudgetError(
+                f"image {i} is {len(raw)} bytes, above the limit of {budget.max_element_bytes} bytes per image"
+            )
+    total = sum(header_pixels(raw) for raw in items)
+    if total > budget.max_total_pixels:
+        raise BudgetError(
+            f"the request's images hold {total} pixels in all, above the limit of {budget.max_total_pixels} "
+            f"pixels per request; send fewer or smaller images"
+        )
+
+
+def check_deadline(started: float, budget: RequestBudget, done: int, total: int) -> None:
+    """Called between images: a request past its deadline stops and says how far it got."""
+    elapsed = time.monotonic() - started
+    if elapsed > budget.deadline_s:
+        raise BudgetError(
+            f"preprocessing deadline of {budget.deadline_s * 1000:.0f} ms exceeded after {done} of {total} "
+            f"images ({elapsed * 1000:.0f} ms)"
+        )
+
+
+# A digit is a stroke on a background. Below this contrast (max - min) there is no stroke at all; above
+# this share of inked pixels the "digit" is a filled area or noise. MNIST's 5,000 digits ink at most
+# MAX_INK_SHARE of their 28x28 canvas (see MODEL_CARD.md): the bound leaves a wide margin.
+MAX_INK_SHARE = 0.6
+
+
+def check_plausible(gray: np.ndarray, ink_threshold: int) -> None:
+    """Refuse captures in which no digit can be: a uniform image, or one inked nearly everywhere.
+
+    Without this, a uniform grey image is "inverted", thresholded to all ink, and the network answers
+    "8" with p=1.000: a confident answer about nothing. Refusing tells the client what is wrong.
+    """
+    low, high = int(gray.min()), int(gray.max())
+    if high - low < ink_threshold:
+        raise BadImageError(
+            f"no digit found: the image is uniform (pixel values {low}-{high}, contrast {high - low} below "
+            f"{ink_threshold})"
+        )
+    if _bright_background(gray):
+        gray = 255 - gray
+    share = float(np.count_nonzero(gray >= ink_threshold)) / gray.size
+    if share > MAX_INK_SHARE:
+        raise BadImageError(
+            f"no digit found: {share:.0%} of the pixels are ink (noise or a filled area); a digit covers at "
+            f"most {MAX_INK_SHARE:.0%}"
+        )
 
 
 def _param(config: dict[str, Any], key: str, default: int) -> int:
@@ -130,6 +221,7 @@ class TritonPythonModel:
         self.max_pixels = _param(self.config, "max_pixels", 4096 * 4096)
         self.min_side = _param(self.config, "min_side", 8)
         self.ink_threshold = _param(self.config, "ink_threshold", 32)
+        self.budget = RequestBudget.from_config(self.config)
         inputs = {i["name"]: i for i in self.config["input"]}
         outputs = {o["name"]: o for o in self.config["output"]}
         if "image_bytes" not in inputs or inputs["image_bytes"]["data_type"] != "TYPE_STRING":
@@ -143,12 +235,19 @@ class TritonPythonModel:
     def _one(self, request: Any) -> Any:
         data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy()
         flat = data.reshape(-1)
+        items = [item if isinstance(item, bytes) else bytes(item) for item in flat]
+        check_budget(items, self.budget)
+        started = time.monotonic()
         images = []
-        for i, item in enumerate(flat):
-            raw = item if isinstance(item, bytes) else bytes(item)
+        for i, raw in enumerate(items):
+            if i:
+                check_deadline(started, self.budget, i, len(items))
             try:
                 gray = decode(raw, self.max_pixels, self.min_side)
+                check_plausible(gray, self.ink_threshold)
                 images.append(to_mnist(gray, self.ink_threshold))
+            except BudgetError:
+                raise
             except BadImageError as e:
                 where = f"image {i}" if flat.size > 1 else "image"
                 raise BadImageError(f"{where}: {e}") from e
