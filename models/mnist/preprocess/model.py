@@ -40,7 +40,7 @@ class RequestBudget:
     """Per-request limits (config parameters, from the spec): one request cannot hold the single
     preprocessing instance for long, whatever its images say about themselves."""
 
-    max_images: int = 64
+    max_images: int = 256
     max_element_bytes: int = 4 << 20
     max_total_pixels: int = 4096 * 4096
     deadline_s: float = 1.0
@@ -65,8 +65,11 @@ def header_pixels(data: bytes) -> int:
     return width * height
 
 
-def check_budget(items: list[bytes], budget: RequestBudget) -> None:
-    """Everything a request's size can be checked by, before a single pixel is decoded."""
+def check_budget(items: list[bytes], budget: RequestBudget, max_pixels: int) -> None:
+    """Everything a request's size can be checked by, before a single pixel is decoded.
+
+    An image above the per-image limit is not counted: decode() refuses it with its own reason.
+    """
     if len(items) > budget.max_images:
         raise BudgetError(f"{len(items)} images in one request, above the limit of {budget.max_images}")
     for i, raw in enumerate(items):
@@ -74,7 +77,7 @@ def check_budget(items: list[bytes], budget: RequestBudget) -> None:
             raise BudgetError(
                 f"image {i} is {len(raw)} bytes, above the limit of {budget.max_element_bytes} bytes per image"
             )
-    total = sum(header_pixels(raw) for raw in items)
+    total = sum(n for n in (header_pixels(raw) for raw in items) if n <= max_pixels)
     if total > budget.max_total_pixels:
         raise BudgetError(
             f"the request's images hold {total} pixels in all, above the limit of {budget.max_total_pixels} "
@@ -236,7 +239,7 @@ class TritonPythonModel:
         data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy()
         flat = data.reshape(-1)
         items = [item if isinstance(item, bytes) else bytes(item) for item in flat]
-        check_budget(items, self.budget)
+        check_budget(items, self.budget, self.max_pixels)
         started = time.monotonic()
         images = []
         for i, raw in enumerate(items):
