@@ -180,10 +180,11 @@ def test_preprocess_refuses_request_when_pixels_above_request_budget(embedded_se
 
 def test_preprocess_refuses_request_when_element_bytes_above_budget(embedded_server: TritonServer) -> None:
     digit = encode_png(mnist_holdout().images[0])
-    with TritonClient(embedded_server.http_url) as client:
-        with pytest.raises(ClientError, match=r"image 0 is 4194305 bytes, above the limit of 4194304"):
-            client.infer("mnist", {"image_bytes": bytes_batch([digit + b"\0" * (4194305 - len(digit))])},
-                         ["probabilities"])
+    oversize = digit + b"\0" * (4194305 - len(digit))
+    with TritonClient(embedded_server.http_url) as client, pytest.raises(
+        ClientError, match=r"image 0 is 4194305 bytes, above the limit of 4194304"
+    ):
+        client.infer("mnist", {"image_bytes": bytes_batch([oversize])}, ["probabilities"])
 
 
 def test_small_request_waits_bounded_when_big_request_runs_beside_it(embedded_server: TritonServer) -> None:
