@@ -46,14 +46,17 @@ class Load:
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def _run(self) -> None:
-        with TritonClient(self.url) as client:
-            while not self._stop.is_set():
-                try:
-                    client.infer("mnist", self.payload, ["probabilities"])
-                    self.ok.append(time.monotonic())
-                except ClientError as e:
-                    self.failed.append((time.monotonic(), str(e)))
-                    time.sleep(0.01)
+        while not self._stop.is_set():
+            # A new client after any failure: a restarted server has closed the old connections.
+            with TritonClient(self.url) as client:
+                while not self._stop.is_set():
+                    try:
+                        client.infer("mnist", self.payload, ["probabilities"])
+                        self.ok.append(time.monotonic())
+                    except (ClientError, OSError, Exception) as e:
+                        self.failed.append((time.monotonic(), f"{type(e).__name__}: {e}"))
+                        time.sleep(0.05)
+                        break
 
     def __enter__(self) -> Load:
         self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
@@ -183,3 +186,35 @@ def test_shared_memory_regions_private_when_server_running(chaos_server: TritonS
     for s in stubs:
         mode = (SHM_DIR / s.shm_region).stat().st_mode & 0o777
         assert mode == 0o600, f"{s.shm_region}: mode {oct(mode)}"
+
+
+def test_server_restarted_on_same_ports_when_stub_dies_outside_explicit_mode(
+    project_repository: Path, tmp_path: Path, digit_payload: dict
+) -> None:
+    """model-control-mode none (make serve's and the compose stacks' default) has no reload API: the
+    watchdog restarts the whole server, on the same ports, and clients carry on."""
+    server = TritonServer(ServerOptions(
+        [project_repository], log_file=tmp_path / "log.txt", workdir=tmp_path / "server", heal_interval_s=0.25,
+    ))
+    with server:
+        assert server.process is not None and server.healer is not None
+        ports = (server.http_port, server.grpc_port, server.metrics_port)
+        first_pid = server.process.pid
+        victim = next(s for s in list_stubs(first_pid) if s.model == "mnist_preprocess")
+        with Load(server.http_url, digit_payload, threads=2) as load:
+            time.sleep(0.5)
+            killed_at = time.monotonic()
+            os.kill(victim.pid, signal.SIGKILL)
+            deadline = killed_at + 3 * RECOVERY_BOUND_S
+            while time.monotonic() < deadline and server.healer.server_restarts == 0:
+                time.sleep(0.2)
+            assert server.healer.server_restarts == 1, server.log_tail()
+            restarted_at = time.monotonic()
+            time.sleep(2.0)
+        assert server.process is not None and server.process.pid != first_pid
+        assert (server.http_port, server.grpc_port, server.metrics_port) == ports
+        assert [t for t in load.ok if t > restarted_at], "no request answered after the restart"
+        lost = [f for f in load.failed if f[0] >= killed_at]
+        print(f"\nnone mode: preprocess stub killed; server restarted on the same ports after "
+              f"{restarted_at - killed_at:.1f} s; {len(lost)} request(s) lost")
+        assert _health(server) == 200
