@@ -95,10 +95,18 @@ def prepare_backends(dest: Path, dist: TritonDistribution | None = None) -> Path
     python_dir.mkdir(parents=True, exist_ok=True)
     for f in dist.python_backend.iterdir():
         if f.is_file():
-            shutil.copy2(f, python_dir / f.name)
-    shutil.copy2(stub, python_dir / stub.name)
+            _install(f, python_dir / f.name)
+    _install(stub, python_dir / stub.name)
     (python_dir / stub.name).chmod(0o755)
     return dest
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Copy, then rename into place: a restart may find the old stub binary still executing (a
+    killed stub not reaped yet), and writing over a running binary fails with ETXTBSY."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -450,10 +458,10 @@ class TritonServer:
         finally:
             self.process = None
             if self.healer is not None:
-                # Triton removes the regions of stubs it stopped; a killed stub's region stays behind.
+                # Regions of killed stubs (and, after a forced stop, of all stubs) stay in /dev/shm otherwise.
                 left = remove_regions(self.healer.shm_regions)
                 if left:
-                    logger.warning("removed %d shared-memory region(s) left by dead stubs: %s", len(left), left)
+                    logger.info("removed %d shared-memory region(s) the stopped server left in /dev/shm: %s", len(left), left)
                 self.healer.shm_regions.clear()
         logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
