@@ -461,7 +461,8 @@ class TritonServer:
                 # Regions of killed stubs (and, after a forced stop, of all stubs) stay in /dev/shm otherwise.
                 left = remove_regions(self.healer.shm_regions)
                 if left:
-                    logger.info("removed %d shared-memory region(s) the stopped server left in /dev/shm: %s", len(left), left)
+                    logger.info("removed %d shared-memory region(s) the stopped server left in /dev/shm: %s",
+                                len(left), left)
                 self.healer.shm_regions.clear()
         logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
