@@ -84,7 +84,8 @@ def test_stub_cmdline_parsed_when_python_backend_starts_stub() -> None:
     argv = ["/w/backends/python/triton_python_backend_stub", "/repo/mnist_preprocess/1/model.py",
             "triton_python_backend_shm_region_2a6b", "1048576", "1048576", "30146", "/w/backends/python", "336",
             "mnist_preprocess_0_0", "DEFAULT", ""]
-    assert parse_stub_cmdline(argv) == ("mnist_preprocess", "mnist_preprocess_0_0", "triton_python_backend_shm_region_2a6b")
+    region = "triton_python_backend_shm_region_2a6b"
+    assert parse_stub_cmdline(argv) == ("mnist_preprocess", "mnist_preprocess_0_0", region)
     assert parse_stub_cmdline(["/usr/bin/python3", "x.py"]) is None
 
 
