@@ -33,6 +33,7 @@ from types import TracebackType
 
 from build_tools.errors import ServerError
 from build_tools.healer import Healer, HealthEndpoint, http_reload, remove_regions
+from build_tools.logrotate import RotatingLog
 from build_tools.spec import DEFAULT_RESTRICTED_APIS, ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ class ServerOptions:
     heal_interval_s: float = 0.5
     max_heals_per_10min: int = 10
     health_port: int | None = 0
+    # The server log rotates past this size, keeping this many older files (.1 is the newest).
+    log_max_bytes: int = 64 << 20
+    log_backups: int = 3
 
     @classmethod
     def from_spec(cls, server: ServerSpec, **kwargs: object) -> ServerOptions:
@@ -172,6 +176,8 @@ class ServerOptions:
             "heal": server.healer.enabled,
             "heal_interval_s": server.healer.interval_s,
             "max_heals_per_10min": server.healer.max_heals_per_10min,
+            "log_max_bytes": server.log.max_mib << 20,
+            "log_backups": server.log.backups,
         }
         values.update(kwargs)
         return cls(**values)  # type: ignore[arg-type]
@@ -197,6 +203,7 @@ class TritonServer:
         self._lifecycle = threading.RLock()  # start/stop/restart, from the caller or the healer
         self._restarting = False
         self._ports_fixed = False
+        self._log: RotatingLog | None = None
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -308,18 +315,21 @@ class TritonServer:
                     self.http_port, self.grpc_port, self.metrics_port, self.log_path)
         logger.debug("command: %s", " ".join(cmd))
         started = time.monotonic()
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            # Through a pipe into a size-bounded, rotating file (Triton itself never rotates).
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self._environment(dist),
+            # Own process group, so stop() reaches the Python-backend stubs too.
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,
+        )
+        assert self.process.stdout is not None
         # A restart by the healer appends: the log of the failure stays readable.
-        with open(self.log_path, "ab" if self._restarting else "wb") as log:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._environment(dist),
-                # Own process group, so stop() reaches the Python-backend stubs too.
-                start_new_session=True,
-                preexec_fn=_set_pdeathsig,
-            )
+        self._log = RotatingLog(self.process.stdout, self.log_path, self.options.log_max_bytes,
+                                self.options.log_backups, append=self._restarting)
         try:
             self.wait_ready(self.options.startup_timeout_s)
         except BaseException:
@@ -364,6 +374,8 @@ class TritonServer:
                 self._restarting = False
 
     def log_tail(self, lines: int = 40) -> str:
+        if self._log is not None and (self.process is None or self.process.poll() is not None):
+            self._log.join(2.0)  # the server has exited: let the copier write its last lines
         if self.log_path is None or not self.log_path.exists():
             return "<no log>"
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -457,6 +469,8 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
         finally:
             self.process = None
+            if self._log is not None:
+                self._log.join(5.0)  # every line the server and its stubs wrote is in the file
             if self.healer is not None:
                 # Regions of killed stubs (and, after a forced stop, of all stubs) stay in /dev/shm otherwise.
                 left = remove_regions(self.healer.shm_regions)

@@ -294,6 +294,13 @@ class HealerSpec(_Strict):
     max_heals_per_10min: Annotated[int, Field(ge=1)] = 10
 
 
+class LogSpec(_Strict):
+    """The server log rotates by size (Triton 2.51 has no rotation of its own)."""
+
+    max_mib: Annotated[int, Field(ge=1)] = 64
+    backups: Annotated[int, Field(ge=0, le=100)] = 3
+
+
 class ServerSpec(_Strict):
     """How the harness runs tritonserver (make serve, the compose stacks, the tests)."""
 
@@ -301,6 +308,7 @@ class ServerSpec(_Strict):
     # Triton's own bound on waiting for in-flight requests at shutdown (--exit-timeout-secs).
     exit_timeout_s: Annotated[int, Field(ge=0, le=300)] = 10
     healer: HealerSpec = Field(default_factory=HealerSpec)
+    log: LogSpec = Field(default_factory=LogSpec)
 
 
 class DeploySpec(_Strict):

@@ -100,3 +100,18 @@ def test_healer_gives_up_and_reports_when_model_keeps_dying() -> None:
     assert 'triton_kit_model_unhealthy{model="m"} 1' in healer.metrics_text()
     assert 'triton_kit_stub_heals_total{model="m"} 2' in healer.metrics_text()
     assert any("not healed" in e for e in healer.events)
+
+
+def test_server_log_rotates_when_above_max_bytes(tmp_path: Path) -> None:
+    import io
+
+    from build_tools.logrotate import RotatingLog
+
+    lines = b"".join(f"line {i:04d} {'x' * 40}\n".encode() for i in range(1000))  # about 50 KB
+    log = RotatingLog(io.BytesIO(lines), tmp_path / "server.log", max_bytes=10_000, backups=2)
+    log.join()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["server.log", "server.log.1", "server.log.2"]
+    assert all((tmp_path / f).stat().st_size <= 10_000 for f in files)
+    assert (tmp_path / "server.log").read_bytes().endswith(b"line 0999 " + b"x" * 40 + b"\n")
+    assert log.rotations >= 4
