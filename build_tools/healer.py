@@ -188,6 +188,8 @@ class Healer:
         return sorted(broken)
 
     def _heal(self, model: str, missing: list[str]) -> None:
+        if self._stop.is_set():
+            return  # the server is being stopped: its stubs are going away on purpose
         now = time.monotonic()
         with self._lock:
             h = self.models[model]
@@ -250,6 +252,9 @@ class Healer:
                 self.check_once()
             except Exception:  # the watchdog must outlive any one bad pass
                 logger.exception("stub healer pass failed")
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -439,7 +439,7 @@ class TritonServer:
         exit_timeout_s), then SIGTERM, then SIGKILL to the whole group; then remove any shared-memory
         region a dead stub left behind. Returns within timeout_s + 10 s."""
         if self.healer is not None:
-            self.healer.stop()
+            self.healer.request_stop()  # no new heal starts; one under way finishes first (the lock)
         if self.health is not None:
             self.health.close()
             self.health = None
@@ -447,6 +447,10 @@ class TritonServer:
             code = self._stop_process(self.options.exit_timeout_s + 5.0 if timeout_s is None else timeout_s)
             if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+        # Joined only now: a server the healer restarted is its thread's child (PR_SET_PDEATHSIG would
+        # SIGKILL it when that thread ends), so the thread ends after the graceful stop.
+        if self.healer is not None:
+            self.healer.stop()
         return code
 
     def _stop_process(self, timeout_s: float) -> int | None:
