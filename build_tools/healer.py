@@ -101,6 +101,7 @@ class ModelHealth:
     unhealthy_since: float | None = None
     recent: deque[float] = field(default_factory=deque)  # heal times, for the rate limit
     last_problem: str = ""
+    gave_up: bool = False  # the heal limit was hit (reported once per outage)
 
 
 class Healer:
@@ -133,7 +134,7 @@ class Healer:
 
     # -- state -----------------------------------------------------------------------------------
     def baseline(self) -> None:
-        """Record the stubs alive now as what each model should have (after start, reload, restart)."""
+        """Record the stubs alive now as what each model should have (after the server starts)."""
         pid = self._server_pid()
         stubs = list_stubs(pid) if pid else []
         with self._lock:
@@ -204,29 +205,29 @@ class Healer:
         if give_up:
             # Left down and reported (/health 503, the unhealthy gauge): a model that keeps dying needs
             # a person, not a reload loop. Said once per outage.
-            if h.failed_heals == 0:
-                h.failed_heals = 1
+            if not h.gave_up:
+                h.gave_up = True
                 self._event(logging.ERROR, f"model {model}: {h.last_problem}; not healed (limit of "
                             f"{self.max_heals} heals per 10 minutes reached)")
             return
         self._event(logging.WARNING, f"model {model}: {h.last_problem}; healing it by "
                     + ("reloading it" if self._reload else "restarting the server"))
         started = time.monotonic()
-        ok = True
         if self._reload is not None:
             ok = self._reload(model)
         else:
             self._restart()
+            ok = True
             with self._lock:
                 self.server_restarts += 1
-        if ok:
-            self.baseline()
+        # Healed means every missing instance has a live stub again, not just "the API said 200".
+        ok = ok and set(missing) <= {s.instance for s in self._stubs_of(model)}
         with self._lock:
             if ok:
                 h.heals += 1
                 h.unhealthy_since = None
                 h.last_problem = ""
-                h.failed_heals = 0
+                h.gave_up = False
             else:
                 h.failed_heals += 1
         if ok:
@@ -234,6 +235,10 @@ class Healer:
                         f"(heal {h.heals})")
         else:
             self._event(logging.ERROR, f"model {model}: reload failed; it stays unhealthy")
+
+    def _stubs_of(self, model: str) -> list[Stub]:
+        pid = self._server_pid()
+        return [s for s in list_stubs(pid) if s.model == model] if pid else []
 
     def _event(self, level: int, message: str) -> None:
         logger.log(level, "%s", message)
@@ -282,17 +287,34 @@ class Healer:
         return "\n".join(lines) + "\n"
 
 
+HEAL_PARAMETER = "triton_kit_heal"
+
+
 def http_reload(http_url: str, headers: dict[str, str], timeout_s: float = 120.0) -> Callable[[str], bool]:
-    """`reload(model)` through Triton's repository API (explicit model-control mode only)."""
+    """`reload(model)` through Triton's repository API (explicit model-control mode only).
+
+    Triton 2.51 treats a load request for an unchanged model as done (measured: 200 in 3 ms, the dead
+    stub stays dead), and a config override identical to the served config likewise. So the served
+    config goes back with one parameter changed, `triton_kit_heal: <n>`, which no model reads: that
+    is a changed config, and Triton loads new instances (with their warmup) before it drops the old.
+    """
+    generation = [0]
 
     def reload(model: str) -> bool:
-        req = urllib.request.Request(
-            f"http://{http_url}/v2/repository/models/{model}/load", data=b"{}", method="POST", headers=headers
-        )
+        generation[0] += 1
+        base = f"http://{http_url}/v2"
         try:
+            req = urllib.request.Request(f"{base}/models/{model}/config", headers=headers)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                config = json.loads(r.read())
+            config.setdefault("parameters", {})[HEAL_PARAMETER] = {"string_value": str(generation[0])}
+            body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+            req = urllib.request.Request(
+                f"{base}/repository/models/{model}/load", data=body, method="POST", headers=headers
+            )
             with urllib.request.urlopen(req, timeout=timeout_s) as r:
                 return r.status == 200
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, ValueError) as e:
             logger.error("reload of %s through the repository API failed: %s", model, e)
             return False
 

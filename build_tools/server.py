@@ -156,7 +156,7 @@ class ServerOptions:
     admin_header: str = "triton-admin-key"
     admin_key: str | None = None
     # Triton's own bound on draining in-flight requests at shutdown (--exit-timeout-secs).
-    exit_timeout_s: int = 10
+    exit_timeout_s: int = 30
     # The stub watchdog (build_tools/healer.py) and its /health + /metrics endpoint (0 = free port).
     heal: bool = True
     heal_interval_s: float = 0.5

@@ -306,7 +306,7 @@ class ServerSpec(_Strict):
 
     admin_api: AdminApiSpec = Field(default_factory=AdminApiSpec)
     # Triton's own bound on waiting for in-flight requests at shutdown (--exit-timeout-secs).
-    exit_timeout_s: Annotated[int, Field(ge=0, le=300)] = 10
+    exit_timeout_s: Annotated[int, Field(ge=0, le=300)] = 30
     healer: HealerSpec = Field(default_factory=HealerSpec)
     log: LogSpec = Field(default_factory=LogSpec)
 

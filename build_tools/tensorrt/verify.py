@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,14 @@ def _json_index(raw: Any) -> list[dict[str, Any]]:
     return [dict(e) for e in raw or []]
 
 
-def fetch_server_state(url: str, protocol: str) -> tuple[str, list[dict[str, Any]]]:
-    """(server version, repository index) from a running server; tritonclient errors become ClientError."""
+def fetch_server_state(
+    url: str, protocol: str, headers: dict[str, str] | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """(server version, repository index) from a running server; tritonclient errors become ClientError.
+
+    The repository index is a restricted API by default (deploy.yaml server.admin_api): `headers`
+    carries the admin header.
+    """
     from tritonclient.utils import InferenceServerException
 
     try:
@@ -136,7 +143,7 @@ def fetch_server_state(url: str, protocol: str) -> tuple[str, list[dict[str, Any
 
             client: Any = grpcclient.InferenceServerClient(url=url)
             meta = client.get_server_metadata(as_json=True, client_timeout=TIMEOUT_S)
-            index = client.get_model_repository_index(as_json=True, client_timeout=TIMEOUT_S)
+            index = client.get_model_repository_index(headers=headers, as_json=True, client_timeout=TIMEOUT_S)
         else:
             import tritonclient.http as httpclient
 
@@ -144,12 +151,13 @@ def fetch_server_state(url: str, protocol: str) -> tuple[str, list[dict[str, Any
                 url=url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
             )
             meta = client.get_server_metadata()
-            index = client.get_model_repository_index()
+            index = client.get_model_repository_index(headers=headers)
         client.close()
     except InferenceServerException as e:
         raise ClientError(
             f"{protocol} {url}: the server metadata / repository index request failed: {e.message()}; expected "
-            f"a running Triton there (with the model repository extension)"
+            f"a running Triton there (with the model repository extension; where that API is restricted, "
+            f"$TRITON_ADMIN_KEY must hold the key)"
         ) from e
     except (OSError, ConnectionError) as e:
         raise ClientError(f"{protocol} {url}: cannot reach the server ({e}); expected Triton listening there") from e
@@ -180,7 +188,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     repository = Path(args.repository) if args.repository else default_repo
     if not repository.is_dir():
         raise ClientError(f"repository {repository} does not exist; expected the model repository the server serves")
-    version, index = fetch_server_state(args.url, args.protocol)
+    key = os.environ.get("TRITON_ADMIN_KEY")
+    headers = {spec.server.admin_api.header: key} if key else None
+    version, index = fetch_server_state(args.url, args.protocol, headers)
     report = compare_deployment(
         version, index, spec.triton, repository_models(repository), repository_locks(repository)
     )

@@ -194,7 +194,7 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     restricted = "shared-memory,model-repository,statistics,trace,logging:triton-admin-key=placeholder-admin-key"
     assert f"--http-restricted-api={restricted}" in triton["command"]
     assert f"--grpc-restricted-protocol={restricted}" in triton["command"]
-    assert "--exit-timeout-secs=10" in triton["command"]
+    assert "--exit-timeout-secs=30" in triton["command"]
     assert int(triton["shm_size"]) >= 1 << 30
     assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}
     assert sorted(int(p["published"]) for p in triton["ports"]) == [8000, 8001, 8002]

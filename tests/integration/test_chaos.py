@@ -30,7 +30,7 @@ from clients.triton import TritonClient
 pytestmark = pytest.mark.server
 
 RECOVERY_BOUND_S = 20.0  # kill -> every instance back and requests answered again
-STOP_BOUND_S = 20.0  # stop() with a dead stub: Triton's exit timeout (10 s) plus margin
+STOP_BOUND_S = 45.0  # stop() with a dead stub: the 30 s exit timeout plus the SIGTERM and SIGKILL waits
 
 
 @dataclass
