@@ -68,12 +68,28 @@ def parse_stub_cmdline(argv: list[str]) -> tuple[str, str, str] | None:
     return model, argv[8], argv[2].lstrip("/")
 
 
+def _children(pid: int) -> list[Path] | None:
+    """/proc entries of pid's children, from /proc/<pid>/task/*/children (None where unsupported)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    found: list[Path] = []
+    for task in tasks:
+        raw = _read(task / "children")
+        if raw is None:
+            return None if not (task / "children").exists() else found
+        found += [Path("/proc") / c.decode() for c in raw.split()]
+    return found
+
+
 def list_stubs(server_pid: int) -> list[Stub]:
     """The live (not zombie) stubs whose parent is server_pid."""
     stubs = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    # The children files spare a scan of every process on a busy host twice a second.
+    children = _children(server_pid)
+    entries = children if children is not None else [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+    for entry in entries:
         stat = _read(entry / "stat")
         if stat is None:
             continue
