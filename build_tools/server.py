@@ -207,8 +207,13 @@ class TritonServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """The header that opens the restricted API groups (empty when none are restricted)."""
+        """The HTTP header that opens the restricted API groups (empty when none are restricted)."""
         return {self.options.admin_header: self.admin_key} if self.options.restricted_apis else {}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The same for gRPC: Triton 2.51 expects the metadata key prefixed `triton-grpc-protocol-`."""
+        return {grpc_admin_header(k): v for k, v in self.admin_headers.items()}
 
     # -- addresses -------------------------------------------------------------------------------
     @property
@@ -492,6 +497,12 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def grpc_admin_header(header: str) -> str:
+    """The gRPC metadata key for a restricted-protocol header (measured on 2.51: the server answers
+    "expecting header 'triton-grpc-protocol-<header>'")."""
+    return f"triton-grpc-protocol-{header}"
 
 
 def _has_gpu() -> bool:

@@ -189,7 +189,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not repository.is_dir():
         raise ClientError(f"repository {repository} does not exist; expected the model repository the server serves")
     key = os.environ.get("TRITON_ADMIN_KEY")
-    headers = {spec.server.admin_api.header: key} if key else None
+    header = spec.server.admin_api.header
+    if args.protocol == "grpc":
+        from build_tools.server import grpc_admin_header
+
+        header = grpc_admin_header(header)
+    headers = {header: key} if key else None
     version, index = fetch_server_state(args.url, args.protocol, headers)
     report = compare_deployment(
         version, index, spec.triton, repository_models(repository), repository_locks(repository)

@@ -67,6 +67,7 @@ def test_server_command_restricts_apis_on_both_protocols_when_options_default(tm
     assert f"--grpc-restricted-protocol={groups}:triton-admin-key=k3y" in cmd
     assert "--exit-timeout-secs=30" in cmd
     assert server.admin_headers == {"triton-admin-key": "k3y"}
+    assert server.grpc_admin_headers == {"triton-grpc-protocol-triton-admin-key": "k3y"}
     open_server = TritonServer(ServerOptions([tmp_path], restricted_apis=()))
     assert not any("restricted" in a for a in open_server._command(find_distribution(), tmp_path))
     assert open_server.admin_headers == {}
