@@ -25,7 +25,7 @@ from build_tools.healer import SHM_DIR, list_stubs
 from build_tools.server import ServerOptions, TritonServer
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
-from clients.triton import TritonClient
+from triton_api import TritonClient
 
 pytestmark = pytest.mark.server
 

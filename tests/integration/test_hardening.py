@@ -26,7 +26,7 @@ from build_tools.healer import list_stubs
 from build_tools.server import TritonServer
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
-from clients.triton import PROTOCOLS, TritonClient
+from triton_api import PROTOCOLS, TritonClient
 
 pytestmark = pytest.mark.server
 

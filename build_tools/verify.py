@@ -1,9 +1,9 @@
-"""`triton-repo verify`: does a running server match what the repository was built for?
+"""`triton-repo verify`: does a running server match the repository and spec it was built from?
 
 It asks the server for its version (server metadata) and every model's state (repository index), reads
 the lock files in the repository, and checks: server version against the spec (and the release table),
 every plan's TensorRT version and release against the target, every model of the repository READY.
-`compare_deployment` is the pure part; `fetch_server_state` talks to the server.
+`compare_deployment` is the pure part; `fetch_server_state` talks to the server through triton_api.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from build_tools.tensorrt.lock import (
     read_lock,
     spec_target_problems,
 )
+from triton_api import PROTOCOLS, TritonClient
 
 logger = logging.getLogger(__name__)
 
@@ -121,47 +122,25 @@ def compare_deployment(
     return report
 
 
-def _json_index(raw: Any) -> list[dict[str, Any]]:
-    if isinstance(raw, dict):  # gRPC as_json: {"models": [...]}
-        raw = raw.get("models", [])
-    return [dict(e) for e in raw or []]
-
-
 def fetch_server_state(
     url: str, protocol: str, headers: dict[str, str] | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
-    """(server version, repository index) from a running server; tritonclient errors become ClientError.
+    """(server version, repository index) from a running server; failures are ClientError.
 
     The repository index is a restricted API by default (deploy.yaml server.admin_api): `headers`
-    carries the admin header.
+    carries the admin header ($TRITON_ADMIN_KEY in the CLI).
     """
-    from tritonclient.utils import InferenceServerException
-
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc as grpcclient
-
-            client: Any = grpcclient.InferenceServerClient(url=url)
-            meta = client.get_server_metadata(as_json=True, client_timeout=TIMEOUT_S)
-            index = client.get_model_repository_index(headers=headers, as_json=True, client_timeout=TIMEOUT_S)
-        else:
-            import tritonclient.http as httpclient
-
-            client = httpclient.InferenceServerClient(
-                url=url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
-            )
-            meta = client.get_server_metadata()
-            index = client.get_model_repository_index(headers=headers)
-        client.close()
-    except InferenceServerException as e:
-        raise ClientError(
-            f"{protocol} {url}: the server metadata / repository index request failed: {e.message()}; expected "
-            f"a running Triton there (with the model repository extension; where that API is restricted, "
-            f"$TRITON_ADMIN_KEY must hold the key)"
-        ) from e
-    except (OSError, ConnectionError) as e:
-        raise ClientError(f"{protocol} {url}: cannot reach the server ({e}); expected Triton listening there") from e
-    return str(meta.get("version", "")), _json_index(index)
+    if protocol not in PROTOCOLS:
+        raise ClientError(f"protocol {protocol!r} is not supported; expected one of {PROTOCOLS}")
+    with TritonClient(url, protocol, timeout_s=TIMEOUT_S, headers=headers) as client:
+        version = str(client.server_metadata().get("version", ""))
+        try:
+            return version, client.repository_index()
+        except ClientError as e:
+            if "restricted" not in str(e):
+                raise
+            raise ClientError(f"{e}; the repository API is restricted: set $TRITON_ADMIN_KEY to the server's "
+                              f"admin key") from e
 
 
 def repository_models(repository: Path) -> list[str]:

@@ -1,0 +1,10 @@
+"""Parameter keys of the embedded ONNX Runtime runner: written by build_tools.config, read by the runner.
+
+A leaf module (no imports) so the runner, which runs inside Triton's Python-backend stub, can import it.
+"""
+
+RUNNER_PARAM_ONNX_FILE = "onnx_file"
+RUNNER_PARAM_INTRA = "intra_op_threads"
+RUNNER_PARAM_INTER = "inter_op_threads"
+RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
+RUNNER_PARAM_RANGE_PREFIX = "input_range."  # + input name: "low,high" (values outside are refused)
