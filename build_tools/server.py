@@ -374,7 +374,9 @@ class TritonServer:
             self._restarting = True
             try:
                 logger.warning("restarting tritonserver")
-                self._stop_process(self.options.exit_timeout_s + 5.0)
+                # Not the full exit timeout: Triton waits all of it for the model whose stub is dead
+                # (measured: "Found 1 live models" until the timeout); 5 s lets in-flight requests end.
+                self._stop_process(5.0)
                 self._start_process()
             finally:
                 self._restarting = False
