@@ -7,9 +7,10 @@ SPEC ?= deploy.yaml
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench soak up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -28,7 +29,7 @@ check-repo: install
 	$(VENV)/bin/triton-repo build-repo --spec $(SPEC) --check
 
 serve: build-repo
-	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)
 
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)
@@ -64,6 +65,10 @@ stall: install
 bench: install
 	bash loadtest/install_perf_analyzer.sh
 	$(PY) -m loadtest.bench
+
+# 10 minutes of the ensemble at about 80 % of its peak: 0 failures and flat memory (build/soak/).
+soak: install
+	$(PY) -m loadtest.soak --minutes $(or $(SOAK_MINUTES),10)
 
 # The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
 up: install

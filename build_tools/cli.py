@@ -22,7 +22,7 @@ from build_tools.errors import LintError, ToolkitError
 from build_tools.lint import lint_spec
 from build_tools.repository import check_drift
 from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import FLAVORS, DeploySpec, load_spec
+from build_tools.spec import FLAVORS, DeploySpec, ServerSpec, load_spec
 
 logger = logging.getLogger("triton-repo")
 
@@ -71,10 +71,13 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     repos = [Path(r) for r in args.model_repository]
-    if not repos:
-        spec = load_spec(args.spec)
+    # The spec gives the repository (unless named) and the `server:` settings: restricted APIs, exit
+    # timeout, the stub watchdog. A container serving a built repository may have no spec: defaults.
+    spec = load_spec(args.spec) if not repos or Path(args.spec).is_file() else None
+    if not repos and spec is not None:
         repos = [spec.resolve(spec.flavors["embedded"].output)]
-    options = ServerOptions(
+    options = ServerOptions.from_spec(
+        spec.server if spec is not None else ServerSpec(),
         model_repositories=repos,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -84,6 +87,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # The prepared backends and the log stay in the project's build folder, next to the repository.
         workdir=Path(args.workdir) if args.workdir else Path("build") / "serve",
         startup_timeout_s=args.timeout,
+        model_control_explicit=args.model_control == "explicit",
+        health_port=args.health_port,
         extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
     )
     stop = threading.Event()
@@ -97,7 +102,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"  HTTP    http://{server.http_url}\n"
             f"  gRPC    {server.grpc_url}\n"
             f"  metrics {server.metrics_url}\n"
+            f"  health  {server.health_url} (stub watchdog: 503 while a model has a dead stub)\n"
             f"  log     {server.log_path}\n"
+            f"  restricted APIs ({', '.join(options.restricted_apis) or 'none'}) need the header "
+            f"{options.admin_header}: {'$TRITON_ADMIN_KEY' if os.environ.get('TRITON_ADMIN_KEY') else '<random key>'}\n"
             "Press Ctrl-C to stop.\n"
         )
         sys.stdout.flush()
@@ -147,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--health-port", type=int, default=8003, help="the stub watchdog's /health and /metrics")
+    p.add_argument(
+        "--model-control", choices=("none", "explicit"), default="none",
+        help="explicit: a dead stub is healed by reloading its model; none: by restarting the server",
+    )
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")

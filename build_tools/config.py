@@ -21,6 +21,7 @@ from build_tools.runner_params import (
     RUNNER_PARAM_INTRA,
     RUNNER_PARAM_ONNX_FILE,
     RUNNER_PARAM_OPT_LEVEL,
+    RUNNER_PARAM_RANGE_PREFIX,
 )
 from build_tools.spec import DeploySpec, EnsembleSpec, FlavorName, InstanceGroupSpec, ModelSpec
 
@@ -158,6 +159,11 @@ def onnx_config_embedded(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelCo
     cfg.parameters[RUNNER_PARAM_INTRA].string_value = str(model.runtime.intra_op_threads)
     cfg.parameters[RUNNER_PARAM_INTER].string_value = str(model.runtime.inter_op_threads)
     cfg.parameters[RUNNER_PARAM_OPT_LEVEL].string_value = model.runtime.graph_optimization_level
+    if isinstance(model.inputs, dict):
+        for input_name, override in sorted(model.inputs.items()):
+            if override.range is not None:
+                low, high = override.range
+                cfg.parameters[RUNNER_PARAM_RANGE_PREFIX + input_name].string_value = f"{low!r},{high!r}"
     return cfg
 
 

@@ -293,7 +293,8 @@ def run_perf_section(server: Any, cpus: CpuSplit, workdir: Path) -> list[Any]:
                           settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False)
         rows += perf.sweep(None, server.grpc_url, models=(names.classifier,), batch_sizes=(64,),
                            concurrencies=(4,), shared_memory=("system",), workdir=workdir,
-                           settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False)
+                           settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False,
+                           headers=server.grpc_admin_headers)
         rows += perf.sweep(server.http_url, server.grpc_url, models=(names.ensemble,), concurrencies=(16,),
                            workdir=workdir, settings=perf.PerfSettings(measurement_ms=1500, max_trials=4),
                            progress=False)

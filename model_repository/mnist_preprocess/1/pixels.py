@@ -46,6 +46,11 @@ GRID = 24
 KEEP_FRACTION = 0.15
 
 
+# A digit is a stroke on a page: above this share of inked pixels (after the paper is removed) the
+# "digit" is a filled area or noise. MNIST's digits ink well under a third of their canvas.
+MAX_INK_SHARE = 0.6
+
+
 class BadImageError(ValueError):
     """One image cannot be turned into a digit; the message is sent back to the client."""
 
@@ -405,6 +410,13 @@ def layout(crop: np.ndarray) -> np.ndarray:
 def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -> np.ndarray:
     """Decoded pixels (grey or colour, any size) -> float32 [1, 28, 28] in MNIST's layout (white on black)."""
     gray = to_grey(pixels, steps)
+    low, high = int(gray.min()), int(gray.max())
+    if high - low < ink_threshold:
+        # A uniform image would otherwise be answered with a confident digit about nothing.
+        raise BadImageError(
+            f"no digit found: the image is uniform (pixel values {low}-{high}, contrast {high - low} below "
+            f"{ink_threshold})"
+        )
     if gray.shape == (SIDE, SIDE):
         # Already MNIST-sized: if it is in MNIST's layout too, nothing is touched (bit-identical).
         candidate = 255 - gray if bright_background(gray) else gray
@@ -417,6 +429,12 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
     # Half Otsu's level: clear of paper texture and noise, low enough to keep anti-aliased stroke edges.
     threshold = max(otsu(ink8) // 2, ink_threshold) if steps.adaptive_threshold else ink_threshold
     mask = ink8 >= threshold
+    share = float(np.count_nonzero(mask)) / mask.size
+    if share > MAX_INK_SHARE:
+        raise BadImageError(
+            f"no digit found: {share:.0%} of the pixels are ink (noise or a filled area); a digit covers at "
+            f"most {MAX_INK_SHARE:.0%}"
+        )
     if steps.borders:
         mask = drop_borders(mask)
     if not mask.any():
