@@ -109,7 +109,8 @@ def table(results: dict[str, Any], rows: list[PerfRow]) -> str:
              f"TorchScript model `{results['model']}` on {results['device']} (instance kind "
              f"{results['instance_kind']}), embedded Triton {results['server_version']}, torch {results['torch']}.",
              "", "## Served parity (500 held-out digits, reference: ONNX Runtime on the CPU)", "",
-             "| path | protocol | accuracy | top-1 disagreements | max abs diff | errors |", "|---|---|---|---|---|---|"]
+             "| path | protocol | accuracy | top-1 disagreements | max abs diff | errors |",
+             "|---|---|---|---|---|---|"]
     for p in results["parity"]["paths"]:
         lines.append(f"| {p['path']} | {p['protocol']} | {p['accuracy']:.4f} | {p['disagreements']} | "
                      f"{p['max_abs_diff']:.2e} | {p['errors']} |")
@@ -125,7 +126,9 @@ def table(results: dict[str, Any], rows: list[PerfRow]) -> str:
     return "\n".join(lines)
 
 
-def run(out: Path, work: Path, device: str, batch_sizes: list[int], concurrencies: list[int], measurement_ms: int) -> int:
+def run(
+    out: Path, work: Path, device: str, batch_sizes: list[int], concurrencies: list[int], measurement_ms: int
+) -> int:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     spec = parse_spec(gpu_spec_data(device, work), ROOT)

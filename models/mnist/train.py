@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual PyTorch alias
+from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
@@ -250,14 +250,20 @@ def export_torchscript(model: ProbabilityModel, path: Path) -> None:
     scripted.save(str(path))
 
 
-def check_torchscript(path: Path, session: ort.InferenceSession, images: np.ndarray, atol: float) -> dict:
-    """The TorchScript file against ONNX Runtime on the evaluation set, at several batch sizes."""
+def check_torchscript(
+    path: Path,
+    session: ort.InferenceSession,
+    images: np.ndarray,
+    atol: float,
+    batch_sizes: tuple[int, ...] = (*ORT_BATCH_SIZES, 0),
+) -> dict:
+    """The TorchScript file against ONNX Runtime on the evaluation set, at several batch sizes (0: all)."""
     module = torch.jit.load(str(path), map_location="cpu").eval()
     ort_probs = ort_probabilities(session, images, batch_size=len(images))
     x = to_tensor(images)
     diffs, disagreements = {}, 0
     with torch.no_grad():
-        for bs in (*ORT_BATCH_SIZES, len(images)):
+        for bs in (b or len(images) for b in batch_sizes):
             probs = torch.cat([module(x[i : i + bs]) for i in range(0, len(x), bs)]).numpy()
             diffs[str(bs)] = float(np.abs(probs - ort_probs).max())
             disagreements = max(disagreements, int((probs.argmax(1) != ort_probs.argmax(1)).sum()))
@@ -286,7 +292,9 @@ def torchscript_failures(result: dict) -> list[str]:
     if result["top1_disagreements"]:
         failures.append(f"{result['top1_disagreements']} top-1 disagreements between TorchScript and ONNX Runtime")
     if result["max_abs_diff_probabilities"] > result["atol"]:
-        failures.append(f"max |torchscript - onnxruntime| {result['max_abs_diff_probabilities']:.3g} > atol {result['atol']}")
+        failures.append(
+            f"max |torchscript - onnxruntime| {result['max_abs_diff_probabilities']:.3g} > atol {result['atol']}"
+        )
     return failures
 
 
