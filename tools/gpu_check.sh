@@ -29,10 +29,12 @@ fi
 if [[ -d "$PACK/wheels" ]]; then
     log "environment from the pack in $PACK"
     rm -rf "$ENV_DIR"
-    "$BASE_PY" -m venv "$ENV_DIR"
+    # No ensurepip needed: the host Python's pip installs into the venv's site-packages.
+    "$BASE_PY" -m venv --without-pip "$ENV_DIR"
     PY="$ENV_DIR/bin/python"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check "$PACK"/wheels/*.whl
     SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    "$BASE_PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+        --target "$SITE" "$PACK"/wheels/*.whl
     # The host Python's packages (torch, onnxruntime, grpcio, ...) after the venv's own.
     "$BASE_PY" -c 'import site; print("\n".join(site.getsitepackages()))' >"$SITE/zz_host_python.pth"
     echo "$ROOT" >"$SITE/triton_deploy_kit.pth"
@@ -58,7 +60,7 @@ fi
 import numpy, torch
 print(f"python ok: numpy {numpy.__version__}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")
 PYEOF
-"$PERF_ANALYZER" --help >/dev/null 2>&1 || { log "perf_analyzer does not start:"; ldd "$(dirname "$PERF_ANALYZER")/../perf_analyzer/perf_analyzer.bin" 2>/dev/null | grep 'not found' || true; exit 1; }
+"$PERF_ANALYZER" --help >/dev/null 2>&1 || "$PERF_ANALYZER" --version >/dev/null 2>&1 || { log "perf_analyzer does not start:"; ldd "$(dirname "$PERF_ANALYZER")/../perf_analyzer/perf_analyzer.bin" 2>/dev/null | grep 'not found' || true; exit 1; }
 
 log "running tools/gpu_check.py --device $DEVICE"
 # The stub finds the venv's packages through python3 first on PATH (the harness puts sys.executable's bin first).

@@ -161,3 +161,15 @@ def test_net_from_onnx_reproduces_the_committed_torchscript_when_exported_again(
     with torch.no_grad():
         again, committed = torch.jit.load(str(path))(x), torch.jit.load(str(PT))(x)
     assert torch.allclose(again, committed, atol=1e-6)
+
+
+def test_gpu_check_repository_runs_torchscript_on_gpu_in_the_ensemble_when_device_is_gpu(tmp_path: Path) -> None:
+    from tools.gpu_check import gpu_spec_data
+
+    spec = parse_spec(gpu_spec_data("gpu", tmp_path), ROOT)
+    build_repositories(spec, ["embedded"])
+    repo = tmp_path / "repository"
+    cfg = read_config(repo / "mnist_classifier_torchscript/config.pbtxt")
+    assert [(g.kind, list(g.gpus)) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, [0])]
+    ensemble = read_config(repo / "mnist/config.pbtxt")
+    assert "mnist_classifier_torchscript" in [s.model_name for s in ensemble.ensemble_scheduling.step]
