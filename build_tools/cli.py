@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(sub: argparse._SubParsersAction) -> None:
-    """Subcommands owned by other modules (plan building, verification) register themselves here."""
+    """Subcommands owned by other modules (plan building, verification, lifecycle) register themselves here."""
+    from control.cli import register_cli as register_lifecycle
+
+    register_lifecycle(sub)
     try:
         from build_tools import tensorrt
     except ImportError:

@@ -35,6 +35,10 @@ RUNNER_PARAM_ONNX_FILE = "onnx_file"
 RUNNER_PARAM_INTRA = "intra_op_threads"
 RUNNER_PARAM_INTER = "inter_op_threads"
 RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
+# Parameter keys the generated router (build_tools/python_models/router) reads.
+ROUTER_PARAM_TARGET = "target_model"
+ROUTER_PARAM_WEIGHTS = "weights"
+ROUTER_PARAM_PIN = "pin_parameter"
 ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
 
@@ -210,7 +214,8 @@ def resolve_ensemble_io(spec: DeploySpec, name: str, ios: dict[str, ModelIO]) ->
             )
             continue
         io = ios[step.model]
-        step_mbs = spec.models[step.model].max_batch_size if step.model in spec.models else 0
+        owner = spec.routers().get(step.model, step.model)  # a router batches like its target
+        step_mbs = spec.models[owner].max_batch_size if owner in spec.models else 0
         if ens.max_batch_size > 0 and step_mbs < ens.max_batch_size:
             findings.append(
                 f"{where}.model: {step.model!r} has max_batch_size {step_mbs}, below the ensemble's "
@@ -421,6 +426,33 @@ def onnx_config_embedded(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelCo
 def python_config(name: str, model: ModelSpec, io: ModelIO, flavor: FlavorName) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, backend="python")
     _common(cfg, model, io, flavor)
+    return cfg
+
+
+def router_weights_json(weights: dict[int, float]) -> str:
+    """The router's `weights` parameter: {"version": percent}, versions ascending, shares summing to 100."""
+    import json
+
+    return json.dumps({str(v): round(float(p), 6) for v, p in sorted(weights.items()) if p > 0}, separators=(",", ":"))
+
+
+def router_config(
+    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float]
+) -> mc.ModelConfig:
+    """The BLS router in front of `target`'s versions: same inputs and outputs, weights as a parameter.
+
+    The same on both flavors (the official image has the python backend too); it batches like its
+    target, taking whatever is queued, so versions get one BLS request per batch.
+    """
+    assert model.lifecycle is not None
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=model.max_batch_size)
+    _io_protos(cfg, io)
+    if model.max_batch_size > 0:
+        cfg.dynamic_batching.max_queue_delay_microseconds = 0
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=model.lifecycle.router_instances)
+    cfg.parameters[ROUTER_PARAM_TARGET].string_value = target
+    cfg.parameters[ROUTER_PARAM_WEIGHTS].string_value = router_weights_json(weights)
+    cfg.parameters[ROUTER_PARAM_PIN].string_value = model.lifecycle.pin_parameter
     return cfg
 
 

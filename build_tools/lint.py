@@ -131,6 +131,22 @@ def _lint_formats(name: str, model: ModelSpec, spec: DeploySpec, findings: list[
             findings.append(f"models.{name}.tensorrt.calibration_data: int8 precision needs calibration data")
 
 
+def _lint_gate(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, findings: list[str]) -> None:
+    gate = model.lifecycle.gate if model.lifecycle else None
+    if gate is None:
+        return
+    where = f"models.{name}.lifecycle.gate"
+    for key in ("data", "labels"):
+        path = spec.resolve(getattr(gate, key))
+        if not path.is_file():
+            findings.append(f"{where}.{key}: file {getattr(gate, key)!r} not found (resolved to {path})")
+    outputs = [t.name for t in io.outputs]
+    if gate.output is not None and gate.output not in outputs:
+        findings.append(f"{where}.output: {gate.output!r} is not an output of {name}; outputs: {outputs}")
+    elif gate.output is None and len(outputs) != 1:
+        findings.append(f"{where}.output: {name} has {len(outputs)} outputs {outputs}; name the one with class scores")
+
+
 def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
     """All findings for the spec, and the resolved interface of every model and ensemble."""
     findings: list[str] = []
@@ -143,8 +159,12 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
         _lint_instances(name, model, spec, findings)
         _lint_files(name, model, io, spec, findings)
         _lint_formats(name, model, spec, findings)
-    # Models a substitution may name: every model, and every plan variant the spec builds.
-    known = set(spec.models) | {
+    for router, target in spec.routers().items():
+        # A router has its target's interface, so an ensemble step may name it instead of the target.
+        ios[router] = ModelIO(ios[target].inputs, ios[target].outputs)
+        _lint_gate(target, spec.models[target], ios[target], spec, findings)
+    # Models a substitution may name: every model, its router, and every plan variant the spec builds.
+    known = set(spec.models) | set(spec.routers()) | {
         trt_model_name(n, m) for n, m in spec.models.items() if "tensorrt_plan" in m.formats
     }
     for name, ens in spec.ensembles.items():

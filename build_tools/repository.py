@@ -25,6 +25,7 @@ from build_tools.spec import FLAVORS, DeploySpec, FlavorName
 logger = logging.getLogger(__name__)
 
 RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model.py"
+ROUTER_SOURCE = Path(__file__).parent / "python_models" / "router" / "model.py"
 # Marks a folder as written by build-repo, so a rebuild may replace it without touching anything else.
 MARKER = ".triton-repo"
 # Model binaries are build outputs: the ngc repository in git holds everything else.
@@ -116,6 +117,14 @@ def plan_flavor(spec: DeploySpec, flavor: FlavorName, ios: dict[str, cfg.ModelIO
             _labels_files(trt, io)
             _warmup_files(spec, name, trt, io)
             folders.append(trt)
+    for router, target in spec.routers().items():
+        model = spec.models[target]
+        # A fresh build sends everything to the newest version; the lifecycle commands change it at runtime.
+        weights = {max(model.version_sources): 100.0}
+        folder = ModelFolder(router, cfg.router_config(router, target, model, ios[target], weights))
+        folder.files["1/model.py"] = ROUTER_SOURCE
+        _labels_files(folder, ios[target])
+        folders.append(folder)
     for name, ens in spec.ensembles.items():
         steps = [cfg.step_model_name(spec, ens, flavor, s.model) for s in ens.steps]
         folder = ModelFolder(name, cfg.ensemble_config(name, ens, ios[name], steps))
