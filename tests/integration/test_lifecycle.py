@@ -155,7 +155,8 @@ def test_stage_rejects_a_version_and_the_champion_keeps_serving_when_triton_cann
     assert list(r.disk_target_config().version_policy.specific.versions) in ([1], [])
     assert not (env.repository / MODEL / str(rejected.version)).exists()
     assert r.client.infer(ROUTER, {"image": holdout[:4]}, ["probabilities"])["probabilities"].shape == (4, 10)
-    assert r.client.infer(MODEL, {"image": holdout[:4]}, ["probabilities"], version="1")["probabilities"].shape == (4, 10)
+    direct = r.client.infer(MODEL, {"image": holdout[:4]}, ["probabilities"], version="1")
+    assert direct["probabilities"].shape == (4, 10)
     r.client.close()
 
 
