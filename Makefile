@@ -9,7 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench bench-router lifecycle-demo up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -33,6 +33,10 @@ serve: build-repo
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)
 
+# A second MNIST version staged, sent 10%, promoted and rolled back under load (docs/lifecycle.md).
+lifecycle-demo: install
+	$(PY) -m clients.lifecycle_demo --spec $(SPEC)
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -55,6 +59,11 @@ loadtest: install
 bench: install
 	bash loadtest/install_perf_analyzer.sh
 	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.router_cost
+
+# What the lifecycle router costs (bench/router_cost.md): with and without it, interleaved, concurrency 16.
+bench-router: install
+	$(PY) -m loadtest.router_cost
 
 # The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
 up: install

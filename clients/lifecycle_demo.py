@@ -29,3 +29,124 @@ def perturbed_copy(src: Path, dst: Path, scale: float, seed: int = 0) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dst))
     return dst
+
+
+def _panel(metrics_url: str, model: str, router: str) -> list[str]:
+    """The per-version numbers a dashboard panel shows: Triton's counters and p99, the router's counters."""
+    import re
+    import urllib.request
+
+    from control.watcher import parse_metrics
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    triton = parse_metrics(text, model)
+    routed: dict[int, float] = {}
+    for m in re.finditer(r'^router_requests_total\{([^}]*)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
+        if labels.get("router") == router:
+            routed[int(labels["version"])] = routed.get(int(labels["version"]), 0) + float(m[2])
+    lines = [f"    {'version':>7} {'triton requests':>15} {'failures':>8} {'p99 ms':>7} {'router requests':>15}"]
+    for v in sorted(set(triton) | set(routed)):
+        s = triton.get(v)
+        p99 = "-" if s is None or s.p99_us is None else f"{s.p99_us / 1000:.1f}"
+        lines.append(f"    {v:>7} {0 if s is None else s.success + s.failure:>15,.0f} "
+                     f"{0 if s is None else s.failure:>8,.0f} {p99:>7} {routed.get(v, 0):>15,.0f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import logging
+    import shutil
+    import sys
+    import time
+
+    from build_tools.errors import ToolkitError
+    from build_tools.repository import build_repositories
+    from build_tools.server import ServerOptions, TritonServer
+    from build_tools.spec import FlavorSpec, load_spec
+    from clients.closed_loop import ClosedLoop
+    from control.db import connect
+    from control.registry import Registry
+    from control.rollout import Rollout
+    from control.server_api import ControlClient
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="deploy.yaml")
+    parser.add_argument("--model", default="mnist_classifier")
+    parser.add_argument("--ensemble", default="mnist")
+    parser.add_argument("--workdir", type=Path, default=Path("build/lifecycle-demo"))
+    parser.add_argument("--percent", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="load time at each step")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    try:
+        spec = load_spec(args.spec)
+        model_spec = spec.models[args.model]
+        router = str(model_spec.router_name(args.model))
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        repo = args.workdir / "repository"
+        build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo))}}),
+                           ["embedded"])
+        source = spec.resolve(model_spec.version_sources[max(model_spec.version_sources)])
+        candidate = perturbed_copy(source, args.workdir / "mnist_v2.onnx", scale=0.02, seed=7)
+        say(f"1. second version: {candidate} (the trained weights with 2% Gaussian noise)")
+        server = TritonServer(ServerOptions(
+            model_repositories=[repo], model_control_explicit=True,
+            log_file=args.workdir / "tritonserver.log", workdir=args.workdir / "server",
+        ))
+        with server:
+            say(f"2. Triton in explicit model-control mode: http {server.http_url}, metrics {server.metrics_url}")
+            client = ControlClient(server.http_url)
+            rollout = Rollout(spec, args.model, Registry(connect(f"sqlite:///{args.workdir / 'registry.db'}")),
+                              client, repo, actor="lifecycle-demo")
+            holdout = np.load(spec.resolve("models/mnist/holdout_digits.npz"))["image"]
+            png = spec.resolve("models/mnist/examples/digit_7.png").read_bytes()
+            with ClosedLoop(server.http_url, server.grpc_url, router, args.ensemble, holdout[0], png) as load:
+                say(f"3. closed-loop load: 4 clients (HTTP and gRPC) on {router} and {args.ensemble}")
+                record, result = rollout.stage(candidate, "demo: perturbed weights")
+                say("4. stage:")
+                for line in result.lines:
+                    say(f"     {line}")
+                say(f"5. canary {args.percent:g}%:")
+                for line in rollout.canary(record.version, args.percent, "demo canary").lines:
+                    say(f"     {line}")
+                time.sleep(args.seconds)
+                say("   per-version numbers after the canary ran:")
+                for line in _panel(server.metrics_url, args.model, router):
+                    say(line)
+                say("6. promote:")
+                for line in rollout.promote(record.version, "demo: canary looked fine").lines:
+                    say(f"     {line}")
+                time.sleep(args.seconds / 2)
+                say("7. rollback:")
+                for line in rollout.rollback("demo: back to the first version").lines:
+                    say(f"     {line}")
+                time.sleep(args.seconds / 2)
+            say("   per-version numbers at the end:")
+            for line in _panel(server.metrics_url, args.model, router):
+                say(line)
+            problems = rollout.disagreements()
+            client.close()
+        counts = load.counts
+        say(f"8. requests: {counts.ok:,} answered, {counts.failed} failed "
+            f"({'zero lost' if counts.failed == 0 else 'LOST REQUESTS'}); registry, server and disk "
+            f"{'agree' if not problems else 'disagree: ' + '; '.join(problems)}")
+        for e in counts.errors[:5]:
+            say(f"   error: {e}")
+        return 0 if counts.failed == 0 and not problems else 1
+    except ToolkitError as e:
+        sys.stderr.write(f"lifecycle-demo: error: {str(e).splitlines()[0]}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

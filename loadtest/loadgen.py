@@ -149,8 +149,12 @@ def _count(sample: Sample, batch_size: int) -> int:
     return max(64, -(-len(sample) // batch_size))
 
 
-def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
-    model = ENSEMBLE if ensemble else CLASSIFIER
+def triton_http_target(
+    address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
+) -> Target:
+    """Requests for the classifier (raw tensors) or the ensemble (PNG bytes); `model` serves the same
+    inputs under another name (e.g. the lifecycle router)."""
+    model = model or (ENSEMBLE if ensemble else CLASSIFIER)
     path = f"/v2/models/{model}/infer"
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
@@ -167,10 +171,12 @@ def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemb
     return Target(f"triton-http/{model}", "http", address, requests, labels, batch_size, decode_triton_http)
 
 
-def triton_grpc_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
+def triton_grpc_target(
+    address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
+) -> Target:
     from tritonclient.grpc import service_pb2
 
-    model = ENSEMBLE if ensemble else CLASSIFIER
+    model = model or (ENSEMBLE if ensemble else CLASSIFIER)
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
         request = service_pb2.ModelInferRequest(model_name=model)

@@ -26,12 +26,12 @@ from build_tools.errors import RolloutError
 from build_tools.repository import build_repositories
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import DeploySpec, FlavorSpec
+from clients.closed_loop import ClosedLoop
 from control.db import connect
 from control.registry import Registry
 from control.rollout import Rollout
 from control.server_api import ControlClient
 from control.watcher import Watcher
-from tests.support.load import ClosedLoop
 from tests.support.onnx_models import perturbed_copy, slow_copy, unloadable_copy
 
 pytestmark = pytest.mark.server

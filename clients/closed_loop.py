@@ -1,4 +1,5 @@
-"""A closed-loop load for lifecycle tests: threads that send requests back to back and count every outcome."""
+"""A closed-loop load for lifecycle checks (tests, the demo): threads that send requests back to back and count
+every outcome, so a switch that loses a request shows up as a failure."""
 
 from __future__ import annotations
 
