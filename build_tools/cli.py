@@ -69,6 +69,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # The prepared backends and the log stay in the project's build folder, next to the repository.
         workdir=Path(args.workdir) if args.workdir else Path("build") / "serve",
         startup_timeout_s=args.timeout,
+        # explicit: models load at start (--load-model=*) and then only through the repository API,
+        # which the lifecycle commands (stage, canary, promote, rollback) use.
+        model_control_explicit=args.model_control == "explicit",
         extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
     )
     stop = threading.Event()
@@ -117,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--model-control", choices=("none", "explicit"), default="none",
+                   help="explicit: load/unload through the repository API (needed by the lifecycle commands)")
     p.add_argument(
         "--server-arg", action="append", default=[], metavar="ARG",
         help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable; also $TRITON_EXTRA_ARGS)",

@@ -76,8 +76,9 @@ def _cmd_versions(args: argparse.Namespace) -> int:
                      "yes" if r.version in ready.get(r.model, set()) else "no",
                      "-" if acc is None else f"{acc:.4f}", r.sha256[:12], r.added_at[:19], r.reason[:60]))
     if len(rows) == 1:
-        rows.append(("(no versions registered yet: the first lifecycle step registers the serving ones)",))
-    widths = [max(len(row[i]) for row in rows if len(row) > i) for i in range(len(rows[0]))]
+        _print(["no versions registered yet: the first lifecycle step registers the ones the router serves"])
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     _print(["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows])
     return 0
 

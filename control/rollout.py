@@ -144,9 +144,14 @@ class Rollout:
                 raise RolloutError(
                     f"{path}: the router sends traffic to version {version} but its model file is missing"
                 )
+            gate: dict[str, Any] = {"bootstrap": True}
+            if self.lifecycle.gate is not None:
+                # The serving version's own accuracy, so later candidates are compared with a recorded figure.
+                result, _ = run_gate(self.lifecycle.gate, self.spec.base_dir, path, None)
+                gate.update(result.as_dict())
             self.registry.add(
                 self.model, version, sha256_of(path), str(path), "registered from the serving repository",
-                "champion" if version == champion else "canary", {"bootstrap": True}, self.actor, percent,
+                "champion" if version == champion else "canary", gate, self.actor, percent,
             )
 
     # -- server state ----------------------------------------------------------------------------------
