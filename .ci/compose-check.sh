@@ -19,6 +19,8 @@
 #   8. Prometheus's HTTP API: Triton target up, nv_inference_count{model="mnist"} scraped (at least
 #      the number of inferences sent), the alert rules loaded, Alertmanager connected, and every
 #      query of the Grafana dashboard accepted by this Prometheus
+#   9. the lifecycle commands in the Triton container (explicit model control, registry on the
+#      PostgreSQL service): stage a second version, canary 10%, inferences, rollback, registry checked
 #   and always (trap): `docker compose down -v`, then the seconds each phase took.
 # Grafana is not checked: no image registry is reachable here, and the CPU stack keeps it behind the
 # `grafana` profile, which this script never enables.
@@ -252,18 +254,19 @@ pick_ports() {
   eval "$("$PY" - <<'EOF'
 import os, socket
 held = []
-for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT"):
+for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT",
+             "REGISTRY_PORT"):
     port = int(os.environ.get(name) or 0)
     if not port:
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))  # all kept open until chosen: five distinct ports
+        s.bind(("127.0.0.1", 0))  # all kept open until chosen: distinct ports
         held.append(s)
         port = s.getsockname()[1]
     print(f"export {name}={port}")
 EOF
 )"
   log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT," \
-    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT"
+    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT, registry $REGISTRY_PORT"
 }
 stack_up() {
   phase "docker compose up --wait"
@@ -284,6 +287,32 @@ probe() {
     --min-count "$(cat "$STATE/sent")" --timeout 120 --dashboards compose/grafana/dashboards
 }
 
+# ---- 9. lifecycle: one canary and one rollback through the real commands ----------------------------
+lifecycle() {
+  phase "lifecycle: stage, canary 10%, rollback (registry on PostgreSQL)"
+  local lc=("${COMPOSE[@]}" exec -T triton)
+  local args=(--url "127.0.0.1:$TRITON_HTTP_PORT" --drain 1)
+  # A second version: the trained weights with 2% noise (the lifecycle demo's recipe).
+  "${lc[@]}" python -c 'from pathlib import Path; from clients.lifecycle_demo import perturbed_copy; perturbed_copy(Path("models/mnist/mnist_cnn.onnx"), Path("/tmp/mnist_v2.onnx"), scale=0.02, seed=7)'
+  "${lc[@]}" triton-repo stage mnist_classifier /tmp/mnist_v2.onnx --reason "compose check" "${args[@]}"
+  local version
+  version="$("${lc[@]}" triton-repo versions mnist_classifier --json "${args[@]}" \
+    | "$PY" -c 'import json, sys; print(max(v["version"] for v in json.load(sys.stdin) if v["state"] == "staged"))')"
+  "${lc[@]}" triton-repo canary mnist_classifier "$version" --percent 10 --reason "compose check" "${args[@]}"
+  "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
+    --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-canary"
+  "${lc[@]}" triton-repo rollback mnist_classifier --reason "compose check" "${args[@]}"
+  "${lc[@]}" triton-repo versions mnist_classifier "${args[@]}"
+  "${lc[@]}" triton-repo versions mnist_classifier --json "${args[@]}" | "$PY" -c '
+import json, sys
+states = {v["version"]: (v["state"], v["traffic_percent"]) for v in json.load(sys.stdin)}
+assert states[1] == ("champion", 100.0), states
+assert states[int(sys.argv[1])] == ("rejected", 0.0), states
+print("lifecycle OK:", states)' "$version"
+  "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
+    --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-after"
+}
+
 case $MODE in
   check)
     ensure_engine
@@ -293,6 +322,7 @@ case $MODE in
     build_images
     stack_up
     probe
+    lifecycle
     end_phase
     log "CPU stack OK"
     ;;
