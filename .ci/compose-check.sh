@@ -291,7 +291,7 @@ probe() {
 lifecycle() {
   phase "lifecycle: stage, canary 10%, rollback (registry on PostgreSQL)"
   local lc=("${COMPOSE[@]}" exec -T triton)
-  local args=(--url "127.0.0.1:$TRITON_HTTP_PORT" --drain 1)
+  local args=(--url "127.0.0.1:$TRITON_HTTP_PORT" --drain 1 --spec "${SPEC:-deploy.yaml}")
   # A second version: the trained weights with 2% noise (the lifecycle demo's recipe).
   "${lc[@]}" python -c 'from pathlib import Path; from clients.lifecycle_demo import perturbed_copy; perturbed_copy(Path("models/mnist/mnist_cnn.onnx"), Path("/tmp/mnist_v2.onnx"), scale=0.02, seed=7)'
   "${lc[@]}" triton-repo stage mnist_classifier /tmp/mnist_v2.onnx --reason "compose check" "${args[@]}"
