@@ -15,15 +15,19 @@ router and the champion serving, and the registry says why.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -40,6 +44,20 @@ logger = logging.getLogger(__name__)
 
 SMOKE_SAMPLES = 16
 DEFAULT_DRAIN_S = 2.0
+LOCK_TIMEOUT_S = 120.0
+
+_Step = TypeVar("_Step", bound=Callable[..., Any])
+
+
+def _exclusive(step: _Step) -> _Step:
+    """One lifecycle step at a time per repository (a person and the watcher may act at once)."""
+
+    @functools.wraps(step)
+    def wrapper(self: Rollout, *args: Any, **kwargs: Any) -> Any:
+        with self._repository_lock():
+            return step(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def sha256_of(path: Path) -> str:
@@ -105,6 +123,27 @@ class Rollout:
                 )
 
     # -- the repository on disk --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _repository_lock(self) -> Iterator[None]:
+        # flock on the repository folder itself: no lock file appears in the (drift-checked) repository.
+        fd = os.open(self.repository, os.O_RDONLY)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RolloutError(
+                            f"another lifecycle step has held {self.repository} for {LOCK_TIMEOUT_S:.0f} s; "
+                            f"try again when it is done"
+                        ) from None
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)
+
     @property
     def model_dir(self) -> Path:
         return self.repository / self.model
@@ -196,6 +235,7 @@ class Rollout:
         return champion
 
     # -- steps ---------------------------------------------------------------------------------------
+    @_exclusive
     def stage(self, source: Path, reason: str) -> tuple[VersionRecord, StepResult]:
         """Lint, gate, register, load, check through the router pin; no traffic."""
         started = time.monotonic()
@@ -313,6 +353,7 @@ class Rollout:
             return f"top-1 differs from ONNX Runtime on {int((got != want).sum())} of {SMOKE_SAMPLES} samples"
         return None
 
+    @_exclusive
     def canary(self, version: int, percent: float, reason: str) -> StepResult:
         started = time.monotonic()
         self.ensure_registered()
@@ -341,6 +382,7 @@ class Rollout:
         return StepResult((f"router {self.router}: version {champion.version} {100 - percent:g}%, version {version} "
                            f"{percent:g}% (switched in {switch:.2f} s)",), time.monotonic() - started)
 
+    @_exclusive
     def promote(self, version: int, reason: str) -> StepResult:
         started = time.monotonic()
         self.ensure_registered()
@@ -370,6 +412,7 @@ class Rollout:
             lines.append(f"unloaded version {old_prev.version}; loaded: {self.loaded_versions()}")
         return StepResult(tuple(lines), time.monotonic() - started)
 
+    @_exclusive
     def rollback(self, reason: str) -> StepResult:
         """With a canary taking traffic: the canary goes to 0%. Otherwise: back to the previous champion."""
         started = time.monotonic()
