@@ -277,14 +277,15 @@ def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
               "--spec", str(ROOT / "deploy.yaml"), "--drain", "0.5"]
     assert triton_repo(["versions", MODEL, *common]) == 0
     table = capsys.readouterr().out
-    assert "champion" in table and "rejected" in table
+    assert "champion" in table
     assert triton_repo(["versions", MODEL, "--json", *common]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert {v["version"]: v["state"] for v in listed}[1] == "champion"
     assert next(v for v in listed if v["version"] == 1)["loaded"] is True
-    rejected = next(v["version"] for v in listed if v["state"] == "rejected")
-    assert triton_repo(["canary", MODEL, str(rejected), "--percent", "10", *common]) == 1
-    assert "only a staged or canary version can take canary traffic" in capsys.readouterr().err
+    assert triton_repo(["canary", MODEL, "1", "--percent", "10", *common]) == 1
+    assert "version 1 is champion; only a staged or canary version can take canary traffic" in capsys.readouterr().err
+    assert triton_repo(["promote", MODEL, "999", *common]) == 1
+    assert "version 999 is not in the registry" in capsys.readouterr().err
     assert triton_repo(["rollback", MODEL, *common]) == 1
     assert "no canary and no previous champion" in capsys.readouterr().err
     candidate = perturbed_copy(_source(), env.files / "cli.onnx", seed=31, scale=0.02)
@@ -295,6 +296,10 @@ def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
     assert triton_repo(["canary", MODEL, str(staged), "--percent", "20", "--protocol", "grpc",
                         *[a if a != env.server.http_url else env.server.grpc_url for a in common]]) == 0
     assert "20%" in capsys.readouterr().out
+    # The watcher verb: a canary with no traffic in the window is left alone.
+    assert triton_repo(["watch", MODEL, "--metrics-url", env.server.metrics_url, "--interval", "0.5",
+                        "--max-seconds", "2", *common]) == 0
+    assert "watch: no rollback needed" in capsys.readouterr().out
 
 
 def test_registry_and_served_versions_agree_when_the_server_restarts(env: Env, holdout: np.ndarray) -> None:
