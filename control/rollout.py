@@ -167,6 +167,19 @@ class Rollout:
         raw = self.disk_router_config().parameters[cfg.ROUTER_PARAM_WEIGHTS].string_value
         return {int(v): float(p) for v, p in json.loads(raw).items()}
 
+    def disk_policy_versions(self) -> set[int]:
+        """The versions the config.pbtxt on disk makes a restarted server load."""
+        policy = self.disk_target_config().version_policy
+        on_disk = self.disk_versions()
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "specific":
+            return set(policy.specific.versions)
+        if kind == "all":
+            return set(on_disk)
+        # latest (Triton's default is the newest one)
+        n = policy.latest.num_versions if kind == "latest" else 1
+        return set(on_disk[-n:])
+
     def model_file(self, version: int) -> Path:
         return self.model_dir / str(version) / cfg.ONNX_FILENAME
 
@@ -466,7 +479,7 @@ class Rollout:
             problems.append(
                 f"{self.model}: server has versions {sorted(ready)} READY, registry expects {sorted(want_loaded)}"
             )
-        disk_policy = set(self.disk_target_config().version_policy.specific.versions)
+        disk_policy = self.disk_policy_versions()
         if disk_policy != want_loaded:
             problems.append(f"{self.model}: config.pbtxt on disk loads {sorted(disk_policy)}, registry expects "
                             f"{sorted(want_loaded)}")

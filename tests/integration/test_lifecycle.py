@@ -273,6 +273,7 @@ def test_watcher_rolls_back_the_canary_when_its_p99_is_worse_than_the_champions(
 def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    env.rollout().ensure_registered()
     common = ["--url", env.server.http_url, "--repository", str(env.repository), "--db", env.db_url,
               "--spec", str(ROOT / "deploy.yaml"), "--drain", "0.5"]
     assert triton_repo(["versions", MODEL, *common]) == 0
@@ -304,6 +305,7 @@ def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
 
 def test_registry_and_served_versions_agree_when_the_server_restarts(env: Env, holdout: np.ndarray) -> None:
     r = env.rollout()
+    r.ensure_registered()
     state_before = {v.version: (v.state, v.traffic_percent) for v in r.registry.versions(MODEL)}
     weights_before = _router_weights(r.client)
     ready_before = r.client.ready_versions(MODEL)
