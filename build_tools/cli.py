@@ -15,11 +15,14 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from build_tools import verify
+from build_tools.build import build_repositories
 from build_tools.errors import LintError, ToolkitError
 from build_tools.lint import lint_spec
-from build_tools.repository import build_repositories, check_drift
+from build_tools.repository import check_drift
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import FLAVORS, load_spec
+from control.cli import register_cli as register_lifecycle
 
 logger = logging.getLogger("triton-repo")
 
@@ -128,22 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
-    _register_extensions(sub)
-    return parser
-
-
-def _register_extensions(sub: argparse._SubParsersAction) -> None:
-    """Subcommands owned by other modules (plan building, verification, lifecycle) register themselves here."""
-    from control.cli import register_cli as register_lifecycle
-
+    verify.register(sub)
+    # The lifecycle verbs (versions, stage, canary, promote, rollback, watch) act on a running server.
     register_lifecycle(sub)
-    try:
-        from build_tools import tensorrt
-    except ImportError:
-        return
-    register = getattr(tensorrt, "register_cli", None)
-    if register is not None:
-        register(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

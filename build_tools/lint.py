@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from build_tools.config import (
-    ModelIO,
-    default_instance_groups,
-    resolve_ensemble_io,
-    resolve_model_io,
-    trt_model_name,
-)
+from build_tools.config import default_instance_groups
+from build_tools.interfaces import Interfaces, ModelIO, resolve_interfaces, trt_model_name
 from build_tools.spec import FLAVORS, DeploySpec, FlavorName, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -147,21 +142,18 @@ def _lint_gate(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, findi
         findings.append(f"{where}.output: {name} has {len(outputs)} outputs {outputs}; name the one with class scores")
 
 
-def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
+def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
     """All findings for the spec, and the resolved interface of every model and ensemble."""
     findings: list[str] = []
-    ios: dict[str, ModelIO] = {}
+    ios = resolve_interfaces(spec)
     for name, model in spec.models.items():
-        io = resolve_model_io(spec, name)
-        ios[name] = io
+        io = ios[name]
         findings.extend(io.findings)
         _lint_batching(name, model, findings)
         _lint_instances(name, model, spec, findings)
         _lint_files(name, model, io, spec, findings)
         _lint_formats(name, model, spec, findings)
-    for router, target in spec.routers().items():
-        # A router has its target's interface, so an ensemble step may name it instead of the target.
-        ios[router] = ModelIO(ios[target].inputs, ios[target].outputs)
+    for target in spec.routers().values():
         _lint_gate(target, spec.models[target], ios[target], spec, findings)
     # Models a substitution may name: every model, its router, and every plan variant the spec builds.
     known = set(spec.models) | set(spec.routers()) | {
@@ -175,9 +167,7 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
                         f"ensembles.{name}.substitutions.{flavor}.{original}: {replacement!r} is not a "
                         f"model this spec builds; known: {sorted(known)}"
                     )
-        io = resolve_ensemble_io(spec, name, ios)
-        ios[name] = io
-        findings.extend(io.findings)
+        findings.extend(ios[name].findings)
     # One message per problem, in spec order: findings from shared resolution can repeat.
     unique = list(dict.fromkeys(findings))
     for f in unique:

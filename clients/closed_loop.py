@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from control.server_api import ControlClient
+from triton_api import TritonClient
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ClosedLoop:
 
     def _work(self, index: int) -> None:
         protocol = "http" if index % 2 == 0 else "grpc"
-        client = ControlClient(self.targets[index % 2], protocol, timeout_s=60)
+        client = TritonClient(self.targets[index % 2], protocol, timeout_s=60)
         i = 0
         try:
             while not self._stop.is_set():

@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     import time
 
+    from build_tools.build import build_repositories
     from build_tools.errors import ToolkitError
-    from build_tools.repository import build_repositories
     from build_tools.server import ServerOptions, TritonServer
     from build_tools.spec import FlavorSpec, load_spec
     from clients.closed_loop import ClosedLoop
     from control.db import connect
     from control.registry import Registry
     from control.rollout import Rollout
-    from control.server_api import ControlClient
+    from triton_api import TritonClient
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="deploy.yaml")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         ))
         with server:
             say(f"2. Triton in explicit model-control mode: http {server.http_url}, metrics {server.metrics_url}")
-            client = ControlClient(server.http_url)
+            client = TritonClient(server.http_url, timeout_s=300)
             rollout = Rollout(spec, args.model, Registry(connect(f"sqlite:///{args.workdir / 'registry.db'}")),
                               client, repo, actor="lifecycle-demo")
             holdout = np.load(spec.resolve("models/mnist/holdout_digits.npz"))["image"]

@@ -19,11 +19,13 @@ from build_tools.spec import load_spec
 from control.db import DEFAULT_URL, connect
 from control.registry import Registry
 from control.rollout import Rollout
-from control.server_api import ControlClient
+from triton_api import TritonClient
 
 logger = logging.getLogger(__name__)
 
 DB_ENV = "TRITON_LIFECYCLE_DB"
+# A load with warmup can take a while on a busy server: the client must outwait it.
+LOAD_TIMEOUT_S = 300.0
 
 
 def _default_actor() -> str:
@@ -37,7 +39,7 @@ def open_rollout(args: argparse.Namespace, model: str) -> Rollout:
     spec = load_spec(args.spec)
     repository = Path(args.repository) if args.repository else spec.resolve(spec.flavors["embedded"].output)
     registry = Registry(connect(args.db))
-    client = ControlClient(args.url, args.protocol)
+    client = TritonClient(args.url, args.protocol, timeout_s=LOAD_TIMEOUT_S)
     return Rollout(spec, model, registry, client, repository, actor=args.actor, drain_s=args.drain)
 
 
@@ -51,10 +53,10 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     registry = Registry(connect(args.db))
     models = [args.model] if args.model else sorted(n for n, m in spec.models.items() if m.lifecycle is not None)
-    client = ControlClient(args.url, args.protocol)
+    client = TritonClient(args.url, args.protocol, timeout_s=LOAD_TIMEOUT_S)
     ready = {}
     try:
-        for m in client.index():
+        for m in client.repository_index():
             if m.get("state") == "READY" and m.get("version"):
                 ready.setdefault(m["name"], set()).add(int(m["version"]))
     finally:

@@ -30,15 +30,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.json_format import MessageToJson
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools import config as cfg
 from build_tools.errors import ClientError, ModelInspectionError, RolloutError
 from build_tools.onnx_io import read_interface
+from build_tools.runner_params import ROUTER_PARAM_WEIGHTS
 from build_tools.spec import DeploySpec, LifecycleSpec, ModelSpec
 from control.gate import GateResult, load_gate_data, run_gate
 from control.registry import Registry, VersionRecord
-from control.server_api import ControlClient
+from triton_api import TritonClient
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,19 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def ready_versions(client: TritonClient, model: str) -> set[int]:
+    """The versions of `model` the server reports READY."""
+    return {
+        int(m["version"]) for m in client.repository_index()
+        if m.get("name") == model and m.get("state") == "READY" and m.get("version")
+    }
+
+
+def _load(client: TritonClient, model: str, config: mc.ModelConfig) -> None:
+    """Load (or reload) `model` with `config` instead of its config.pbtxt (Triton's config override)."""
+    client.load_model(model, MessageToJson(config, preserving_proto_field_name=True, indent=None))
+
+
 def _write_config(path: Path, config: mc.ModelConfig) -> None:
     """Replace config.pbtxt atomically (a crash never leaves half a config for the next start)."""
     fd, tmp = tempfile.mkstemp(prefix=".config.", dir=path.parent)
@@ -93,7 +108,7 @@ class Rollout:
         spec: DeploySpec,
         model: str,
         registry: Registry,
-        client: ControlClient,
+        client: TritonClient,
         repository: Path,
         actor: str = "cli",
         drain_s: float = DEFAULT_DRAIN_S,
@@ -164,7 +179,7 @@ class Rollout:
     def disk_weights(self) -> dict[int, float]:
         import json
 
-        raw = self.disk_router_config().parameters[cfg.ROUTER_PARAM_WEIGHTS].string_value
+        raw = self.disk_router_config().parameters[ROUTER_PARAM_WEIGHTS].string_value
         return {int(v): float(p) for v, p in json.loads(raw).items()}
 
     def disk_policy_versions(self) -> set[int]:
@@ -228,13 +243,13 @@ class Rollout:
         config = self.disk_target_config()
         config.ClearField("version_policy")
         config.version_policy.specific.versions.extend(sorted(versions))
-        self.client.load(self.model, config)
+        _load(self.client, self.model, config)
         _write_config(self.model_dir / "config.pbtxt", config)
 
     def _apply_router(self, weights: dict[int, float]) -> None:
         config = self.disk_router_config()
-        config.parameters[cfg.ROUTER_PARAM_WEIGHTS].string_value = cfg.router_weights_json(weights)
-        self.client.load(self.router, config)
+        config.parameters[ROUTER_PARAM_WEIGHTS].string_value = cfg.router_weights_json(weights)
+        _load(self.client, self.router, config)
         _write_config(self.router_dir / "config.pbtxt", config)
 
     def _drain(self) -> None:
@@ -334,7 +349,7 @@ class Rollout:
     def _restore_target(self, versions: list[int]) -> None:
         """After a failed load: make sure the versions that served before are loaded as before."""
         try:
-            if not set(versions) <= self.client.ready_versions(self.model):
+            if not set(versions) <= ready_versions(self.client, self.model):
                 self._apply_target(versions)
             else:
                 config = self.disk_target_config()
@@ -358,7 +373,8 @@ class Rollout:
                 feed[name] = array[:SMOKE_SAMPLES].astype(np_type)
         output = self.lifecycle.gate.output or config.output[0].name
         try:
-            served = self.client.infer(self.router, feed, [output], {self.lifecycle.pin_parameter: str(version)})
+            served = self.client.infer(self.router, feed, [output],
+                                       parameters={self.lifecycle.pin_parameter: str(version)})
         except ClientError as e:
             return str(e)
         got, want = served[output].argmax(axis=-1), expected[:SMOKE_SAMPLES].argmax(axis=-1)
@@ -381,7 +397,7 @@ class Rollout:
         if others:
             raise RolloutError(f"{self.model} version {others[0].version} is already the canary "
                                f"({others[0].traffic_percent:g}%); promote or roll it back first")
-        if version not in self.client.ready_versions(self.model):
+        if version not in ready_versions(self.client, self.model):
             raise RolloutError(f"{self.model} version {version} is not READY on the server; stage it again")
         weights = {champion.version: 100.0 - percent, version: float(percent)}
         t = time.monotonic()
@@ -406,7 +422,7 @@ class Rollout:
         if record.state not in ("staged", "canary"):
             raise RolloutError(f"{self.model} version {version} is {record.state}; only a staged or canary version "
                                f"can be promoted")
-        if version not in self.client.ready_versions(self.model):
+        if version not in ready_versions(self.client, self.model):
             raise RolloutError(f"{self.model} version {version} is not READY on the server; stage it again")
         old_prev = self.previous_champion()
         t = time.monotonic()
@@ -452,7 +468,7 @@ class Rollout:
             raise RolloutError(f"{self.model} has no canary and no previous champion to roll back to "
                                f"(champion: version {champion.version})")
         lines = []
-        if prev.version not in self.client.ready_versions(self.model):
+        if prev.version not in ready_versions(self.client, self.model):
             self._apply_target(sorted({*self.loaded_versions(), prev.version}))
             lines.append(f"reloaded version {prev.version}")
         t = time.monotonic()
@@ -474,7 +490,7 @@ class Rollout:
         """Where the registry, the server and the repository on disk do not say the same thing."""
         problems = []
         want_loaded = set(self.loaded_versions())
-        ready = self.client.ready_versions(self.model)
+        ready = ready_versions(self.client, self.model)
         if ready != want_loaded:
             problems.append(
                 f"{self.model}: server has versions {sorted(ready)} READY, registry expects {sorted(want_loaded)}"
@@ -486,7 +502,7 @@ class Rollout:
         import json
 
         want = {v: p for v, p in self.registry.weights(self.model).items()}
-        served_raw = self.client.model_config(self.router).get("parameters", {}).get(cfg.ROUTER_PARAM_WEIGHTS, {})
+        served_raw = self.client.model_config(self.router).get("parameters", {}).get(ROUTER_PARAM_WEIGHTS, {})
         served = {int(v): float(p) for v, p in json.loads(served_raw.get("string_value", "{}")).items()}
         if served != want:
             problems.append(f"{self.router}: server routes {served}, registry says {want}")

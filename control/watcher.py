@@ -11,20 +11,15 @@ Figures per version of the target model, from the metrics endpoint:
 from __future__ import annotations
 
 import logging
-import re
 import time
-import urllib.request
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from build_tools.errors import ClientError
 from build_tools.spec import AutoRollbackSpec
 from control.rollout import Rollout
+from triton_api.metrics import metric_series, scrape
 
 logger = logging.getLogger(__name__)
-
-_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -52,23 +47,15 @@ def parse_metrics(text: str, model: str) -> dict[int, VersionSample]:
     success: dict[int, float] = defaultdict(float)
     failure: dict[int, float] = defaultdict(float)
     p99: dict[int, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("nv_inference_request_"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m["labels"] or ""))
-        if labels.get("model") != model or not labels.get("version", "").isdigit():
-            continue
-        version, value = int(labels["version"]), float(m["value"])
-        if m["name"] == "nv_inference_request_success":
-            success[version] += value
-        elif m["name"] == "nv_inference_request_failure":
-            failure[version] += value
-        # NaN (value != value) when the summary window is empty.
-        elif m["name"] == "nv_inference_request_summary_us" and labels.get("quantile") == "0.99" and value == value:
-            p99[version] = value
+    for name, store in (("nv_inference_request_success", success), ("nv_inference_request_failure", failure)):
+        for labels, value in metric_series(text, name):
+            if labels.get("model") == model and labels.get("version", "").isdigit():
+                store[int(labels["version"])] += value
+    for labels, value in metric_series(text, "nv_inference_request_summary_us"):
+        # NaN (value != value) when the summary's window is empty.
+        if (labels.get("model") == model and labels.get("version", "").isdigit()
+                and labels.get("quantile") == "0.99" and value == value):
+            p99[int(labels["version"])] = value
     versions = set(success) | set(failure) | set(p99)
     return {v: VersionSample(success[v], failure[v], p99.get(v)) for v in versions}
 
@@ -111,12 +98,7 @@ class Watcher:
         self.samples: deque[tuple[float, dict[int, VersionSample]]] = deque()
 
     def scrape(self) -> dict[int, VersionSample]:
-        try:
-            with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
-                text = r.read().decode()
-        except OSError as e:
-            raise ClientError(f"cannot read metrics from {self.metrics_url}: {e}") from e
-        return parse_metrics(text, self.rollout.model)
+        return parse_metrics(scrape(self.metrics_url), self.rollout.model)
 
     def step(self, now: float | None = None) -> str | None:
         """One scrape and one verdict; rolls the canary back and returns the reason when it must go."""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from build_tools.repository import build_repositories
+from build_tools.build import build_repositories
 from build_tools.spec import FlavorSpec, parse_spec
 from loadtest import loadgen
 from loadtest.bench import loadavg

@@ -21,18 +21,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from build_tools.build import build_repositories
 from build_tools.cli import main as triton_repo
 from build_tools.errors import RolloutError
-from build_tools.repository import build_repositories
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import DeploySpec, FlavorSpec
 from clients.closed_loop import ClosedLoop
 from control.db import connect
 from control.registry import Registry
-from control.rollout import Rollout
-from control.server_api import ControlClient
+from control.rollout import Rollout, ready_versions
 from control.watcher import Watcher
 from tests.support.onnx_models import perturbed_copy, slow_copy, unloadable_copy
+from triton_api import TritonClient
 
 pytestmark = pytest.mark.server
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Env:
     files: Path
 
     def rollout(self, spec: DeploySpec | None = None, actor: str = "test") -> Rollout:
-        client = ControlClient(self.server.http_url)
+        client = TritonClient(self.server.http_url, timeout_s=300)
         return Rollout(spec or self.spec, MODEL, Registry(connect(self.db_url)), client, self.repository,
                        actor=actor, drain_s=1.0)
 
@@ -98,7 +98,7 @@ def _metric(server: TritonServer, name: str, **labels: str) -> float:
     return total
 
 
-def _router_weights(client: ControlClient) -> dict[str, float]:
+def _router_weights(client: TritonClient) -> dict[str, float]:
     return json.loads(client.model_config(ROUTER)["parameters"]["weights"]["string_value"])
 
 
@@ -106,12 +106,12 @@ def test_router_pins_a_version_when_the_request_parameter_names_it(env: Env, hol
     r = env.rollout()
     r.ensure_registered()
     expected = ort.InferenceSession(str(_source())).run(None, {"image": holdout[:8]})[0]
-    served = r.client.infer(ROUTER, {"image": holdout[:8]}, ["probabilities"], {"version": "1"})["probabilities"]
-    np.testing.assert_allclose(served, expected, atol=1e-6)
+    served = r.client.infer(ROUTER, {"image": holdout[:8]}, ["probabilities"], parameters={"version": "1"})
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-6)
     with pytest.raises(Exception, match="version 9"):
-        r.client.infer(ROUTER, {"image": holdout[:1]}, ["probabilities"], {"version": "9"})
+        r.client.infer(ROUTER, {"image": holdout[:1]}, ["probabilities"], parameters={"version": "9"})
     with pytest.raises(Exception, match="must be a version number, got 'x'"):
-        r.client.infer(ROUTER, {"image": holdout[:1]}, ["probabilities"], {"version": "x"})
+        r.client.infer(ROUTER, {"image": holdout[:1]}, ["probabilities"], parameters={"version": "x"})
     # The server keeps serving after both bad requests.
     assert r.client.infer(ROUTER, {"image": holdout[:1]}, ["probabilities"])["probabilities"].shape == (1, 10)
     r.client.close()
@@ -122,13 +122,13 @@ def test_stage_rejects_a_version_and_the_champion_keeps_serving_when_the_gate_fa
 ) -> None:
     r = env.rollout()
     bad = perturbed_copy(_source(), env.files / "bad.onnx", seed=3, scale=1.0)
-    before = r.client.ready_versions(MODEL)
+    before = ready_versions(r.client, MODEL)
     with pytest.raises(RolloutError, match=r"rejected: gate: accuracy 0\.\d+ is below min_accuracy"):
         r.stage(bad, "a badly retrained model")
     rejected = r.registry.versions(MODEL)[-1]
     assert rejected.state == "rejected" and rejected.traffic_percent == 0
     assert rejected.gate["passed"] is False and rejected.gate["accuracy"] < 0.5
-    assert r.client.ready_versions(MODEL) == before
+    assert ready_versions(r.client, MODEL) == before
     assert not (env.repository / MODEL / str(rejected.version)).exists()
     assert _router_weights(r.client) == {"1": 100.0}
     assert r.client.infer(ROUTER, {"image": holdout[:4]}, ["probabilities"])["probabilities"].shape == (4, 10)
@@ -151,7 +151,7 @@ def test_stage_rejects_a_version_and_the_champion_keeps_serving_when_triton_cann
         r.stage(broken, "a model Triton cannot load")
     rejected = r.registry.versions(MODEL)[-1]
     assert rejected.state == "rejected"
-    assert r.client.ready_versions(MODEL) == {1}
+    assert ready_versions(r.client, MODEL) == {1}
     assert list(r.disk_target_config().version_policy.specific.versions) in ([1], [])
     assert not (env.repository / MODEL / str(rejected.version)).exists()
     assert r.client.infer(ROUTER, {"image": holdout[:4]}, ["probabilities"])["probabilities"].shape == (4, 10)
@@ -182,11 +182,11 @@ def test_canary_split_lands_within_3_sigma_and_ids_stick_when_weights_are_90_10(
     import threading
 
     local = threading.local()
-    opened: list[ControlClient] = []
+    opened: list[TritonClient] = []
 
-    def client_for() -> ControlClient:
+    def client_for() -> TritonClient:
         if not hasattr(local, "client"):
-            local.client = ControlClient(env.server.http_url)
+            local.client = TritonClient(env.server.http_url)
             opened.append(local.client)
         return local.client
 
@@ -308,13 +308,13 @@ def test_registry_and_served_versions_agree_when_the_server_restarts(env: Env, h
     r.ensure_registered()
     state_before = {v.version: (v.state, v.traffic_percent) for v in r.registry.versions(MODEL)}
     weights_before = _router_weights(r.client)
-    ready_before = r.client.ready_versions(MODEL)
+    ready_before = ready_versions(r.client, MODEL)
     r.client.close()
     env.restart()
     r = env.rollout()
     assert r.disagreements() == []
     assert {v.version: (v.state, v.traffic_percent) for v in r.registry.versions(MODEL)} == state_before
     assert _router_weights(r.client) == weights_before
-    assert r.client.ready_versions(MODEL) == ready_before
+    assert ready_versions(r.client, MODEL) == ready_before
     assert r.client.infer(ROUTER, {"image": holdout[:2]}, ["probabilities"])["probabilities"].shape == (2, 10)
     r.client.close()

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from build_tools.build import build_repositories
 from build_tools.errors import RolloutError
-from build_tools.repository import build_repositories
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec
 from control.db import Database
 from control.registry import Registry
 from control.rollout import Rollout
-from control.server_api import ControlClient
+from triton_api import TritonClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def spec() -> DeploySpec:
 
 def _rollout(spec: DeploySpec, repository: Path, model: str = "mnist_classifier") -> Rollout:
     # The client only connects when a step talks to the server; nothing here does.
-    return Rollout(spec, model, Registry(Database(":memory:")), ControlClient("127.0.0.1:1"), repository)
+    return Rollout(spec, model, Registry(Database(":memory:")), TritonClient("127.0.0.1:1"), repository)
 
 
 def test_rollout_refuses_a_model_when_it_has_no_lifecycle(spec: DeploySpec, tmp_path: Path) -> None:
