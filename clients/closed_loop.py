@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from build_tools.served import ClassifierNames
 from triton_api import TritonClient
 
 
@@ -24,10 +25,10 @@ class ClosedLoop:
     """`threads` workers over HTTP and gRPC, alternating the tensor path (router) and the bytes path
     (ensemble); each waits for its answer before sending the next request."""
 
-    def __init__(self, http_url: str, grpc_url: str, router: str, ensemble: str, image: np.ndarray,
+    def __init__(self, http_url: str, grpc_url: str, names: ClassifierNames, router: str, image: np.ndarray,
                  png: bytes, threads: int = 4) -> None:
         self.targets = (http_url, grpc_url)
-        self.router, self.ensemble = router, ensemble
+        self.names, self.router = names, router
         self.image = image.astype(np.float32)[None]
         self.png = np.array([[png]], dtype=object)
         self.threads = threads
@@ -44,10 +45,12 @@ class ClosedLoop:
             while not self._stop.is_set():
                 i += 1
                 try:
+                    n = self.names
                     if i % 2:
-                        client.infer(self.router, {"image": self.image}, ["probabilities"], request_id=f"{index}-{i}")
+                        client.infer(self.router, {n.classifier_input: self.image}, [n.classifier_output],
+                                     request_id=f"{index}-{i}")
                     else:
-                        client.infer(self.ensemble, {"image_bytes": self.png}, ["probabilities"])
+                        client.infer(n.ensemble, {n.ensemble_input: self.png}, [n.ensemble_output])
                     with self._lock:
                         self.counts.ok += 1
                 except Exception as e:  # every failure counts, whatever its type

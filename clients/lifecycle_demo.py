@@ -31,6 +31,16 @@ def perturbed_copy(src: Path, dst: Path, scale: float, seed: int = 0) -> Path:
     return dst
 
 
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _panel(metrics_url: str, model: str, router: str) -> list[str]:
     """The per-version numbers a dashboard panel shows: Triton's counters and p99, the router's counters."""
     import re
@@ -63,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     from build_tools.build import build_repositories
-    from build_tools.errors import ToolkitError
+    from build_tools.errors import RolloutError, ToolkitError
+    from build_tools.served import classifier_names
     from build_tools.server import ServerOptions, TritonServer
     from build_tools.spec import FlavorSpec, load_spec
     from clients.closed_loop import ClosedLoop
@@ -74,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="deploy.yaml")
-    parser.add_argument("--model", default="mnist_classifier")
-    parser.add_argument("--ensemble", default="mnist")
     parser.add_argument("--workdir", type=Path, default=Path("build/lifecycle-demo"))
     parser.add_argument("--percent", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=8.0, help="load time at each step")
@@ -88,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = load_spec(args.spec)
-        model_spec = spec.models[args.model]
-        router = str(model_spec.router_name(args.model))
+        names = classifier_names(spec)  # the classifier and the ensemble, named by the spec
+        model_spec = spec.models[names.classifier]
+        router = model_spec.router_name(names.classifier)
+        if router is None:
+            raise RolloutError(f"models.{names.classifier}.lifecycle is not set: the spec gives it no router")
         shutil.rmtree(args.workdir, ignore_errors=True)
         repo = args.workdir / "repository"
         build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo))}}),
@@ -104,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         with server:
             say(f"2. Triton in explicit model-control mode: http {server.http_url}, metrics {server.metrics_url}")
             client = TritonClient(server.http_url, timeout_s=300)
-            rollout = Rollout(spec, args.model, Registry(connect(f"sqlite:///{args.workdir / 'registry.db'}")),
+            rollout = Rollout(spec, names.classifier, Registry(connect(f"sqlite:///{args.workdir / 'registry.db'}")),
                               client, repo, actor="lifecycle-demo")
-            holdout = np.load(spec.resolve("models/mnist/holdout_digits.npz"))["image"]
-            png = spec.resolve("models/mnist/examples/digit_7.png").read_bytes()
-            with ClosedLoop(server.http_url, server.grpc_url, router, args.ensemble, holdout[0], png) as load:
-                say(f"3. closed-loop load: 4 clients (HTTP and gRPC) on {router} and {args.ensemble}")
+            gate = model_spec.lifecycle.gate if model_spec.lifecycle else None
+            if gate is None:
+                raise RolloutError(f"models.{names.classifier}.lifecycle.gate is not set: the demo needs its data")
+            with np.load(spec.resolve(gate.data)) as data:
+                image = data[names.classifier_input][0]
+            png = _png(image.reshape(image.shape[-2:]))
+            with ClosedLoop(server.http_url, server.grpc_url, names, router, image, png) as load:
+                say(f"3. closed-loop load: 4 clients (HTTP and gRPC) on {router} and {names.ensemble}")
                 record, result = rollout.stage(candidate, "demo: perturbed weights")
                 say("4. stage:")
                 for line in result.lines:
@@ -119,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"     {line}")
                 time.sleep(args.seconds)
                 say("   per-version numbers after the canary ran:")
-                for line in _panel(server.metrics_url, args.model, router):
+                for line in _panel(server.metrics_url, names.classifier, router):
                     say(line)
                 say("6. promote:")
                 for line in rollout.promote(record.version, "demo: canary looked fine").lines:
@@ -130,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"     {line}")
                 time.sleep(args.seconds / 2)
             say("   per-version numbers at the end:")
-            for line in _panel(server.metrics_url, args.model, router):
+            for line in _panel(server.metrics_url, names.classifier, router):
                 say(line)
             problems = rollout.disagreements()
             client.close()

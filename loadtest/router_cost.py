@@ -1,7 +1,7 @@
 """What the lifecycle router costs: throughput and p99 with and without it, at concurrency 16.
 
-One embedded server serves both paths side by side: the ensemble `mnist` (preprocess -> router ->
-classifier, as deployed) and a copy of it without the router (`mnist_direct`), plus the tensor path
+One embedded server serves both paths side by side: the spec's ensemble (preprocess -> router ->
+classifier, as deployed) and a copy of it without the router (`<ensemble>_direct`), plus the tensor path
 through the router and straight to the classifier. The closed-loop load generator of the benchmark
 measures them interleaved (A, B, A, B, ...) for several rounds, the server pinned to its CPUs and the
 generator to the others, so both sides of each ratio see the same machine. Writes
@@ -18,44 +18,64 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from build_tools.build import build_repositories
-from build_tools.spec import FlavorSpec, parse_spec
+from build_tools.served import classifier_names
+from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
 from loadtest import loadgen
 from loadtest.bench import loadavg
 from loadtest.common import mnist_sample
+from loadtest.errors import LoadTestError
 from loadtest.servers import DEFAULT_SPEC, affinity, load_spec_data, split_cpus, triton
 
 logger = logging.getLogger(__name__)
 
-ROUTED_ENSEMBLE, DIRECT_ENSEMBLE = "mnist", "mnist_direct"
-ROUTER, CLASSIFIER = "mnist_classifier_router", "mnist_classifier"
 TARGET_COST = 0.15
 
 
-def build(out: Path, spec_path: Path) -> Path:
-    """The embedded repository of the spec plus `mnist_direct`: the ensemble with the router step replaced."""
+@dataclass(frozen=True)
+class Paths:
+    """The served names both sides of each comparison use, from the spec."""
+
+    routed_ensemble: str
+    direct_ensemble: str
+    router: str
+    classifier: str
+
+
+def paths_of(spec: DeploySpec) -> Paths:
+    names = classifier_names(spec)
+    router = spec.models[names.classifier].router_name(names.classifier)
+    if router is None:
+        raise LoadTestError(f"models.{names.classifier}.lifecycle is not set: there is no router to measure")
+    return Paths(names.ensemble, f"{names.ensemble}_direct", router, names.classifier)
+
+
+def build(out: Path, spec_path: Path, paths: Paths) -> Path:
+    """The embedded repository of the spec plus `<ensemble>_direct`: the ensemble with the router step replaced."""
     data = copy.deepcopy(load_spec_data(spec_path))
-    direct = copy.deepcopy(data["ensembles"][ROUTED_ENSEMBLE])
+    direct = copy.deepcopy(data["ensembles"][paths.routed_ensemble])
     for step in direct["steps"]:
-        if step["model"] == ROUTER:
-            step["model"] = CLASSIFIER
-    data["ensembles"][DIRECT_ENSEMBLE] = direct
+        if step["model"] == paths.router:
+            step["model"] = paths.classifier
+    data["ensembles"][paths.direct_ensemble] = direct
     spec = parse_spec(data, base_dir=spec_path.resolve().parent)
     build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(out))}}), ["embedded"])
     return out
 
 
-def measure(http: str, rounds: int, seconds: float, concurrency: int, client_cpus: frozenset[int] | None
-            ) -> list[dict[str, Any]]:
+def measure(http: str, paths: Paths, rounds: int, seconds: float, concurrency: int,
+            client_cpus: frozenset[int] | None) -> list[dict[str, Any]]:
     sample = mnist_sample()
     pairs = {
-        "ensemble (PNG bytes)": (loadgen.triton_http_target(http, sample, model=DIRECT_ENSEMBLE, ensemble=True),
-                                 loadgen.triton_http_target(http, sample, model=ROUTED_ENSEMBLE, ensemble=True)),
-        "classifier (tensor)": (loadgen.triton_http_target(http, sample, model=CLASSIFIER),
-                                loadgen.triton_http_target(http, sample, model=ROUTER)),
+        "ensemble (PNG bytes)": (
+            loadgen.triton_http_target(http, sample, model=paths.direct_ensemble, ensemble=True),
+            loadgen.triton_http_target(http, sample, model=paths.routed_ensemble, ensemble=True)),
+        "classifier (tensor)": (loadgen.triton_http_target(http, sample, model=paths.classifier),
+                                loadgen.triton_http_target(http, sample, model=paths.router)),
     }
     rows = []
     for r in range(1, rounds + 1):
@@ -143,11 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cpus = split_cpus()
+    paths = paths_of(load_spec(args.spec))
     with tempfile.TemporaryDirectory(prefix="router-cost.") as tmp:
-        repo = build(Path(tmp) / "repository", args.spec)
+        repo = build(Path(tmp) / "repository", args.spec, paths)
         load_before = loadavg()
         with triton([repo], Path(tmp) / "tritonserver.log", cpus.server if cpus.pinned else None) as server:
-            rows = measure(server.http_url, args.rounds, args.seconds, args.concurrency,
+            rows = measure(server.http_url, paths, args.rounds, args.seconds, args.concurrency,
                            cpus.client if cpus.pinned else None)
         load_after = loadavg()
     summary = summarize(rows)

@@ -24,6 +24,7 @@ import pytest
 from build_tools.build import build_repositories
 from build_tools.cli import main as triton_repo
 from build_tools.errors import RolloutError
+from build_tools.served import load_classifier_names
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import DeploySpec, FlavorSpec
 from clients.closed_loop import ClosedLoop
@@ -37,8 +38,9 @@ from triton_api import TritonClient
 pytestmark = pytest.mark.server
 logger = logging.getLogger(__name__)
 
-MODEL, ROUTER, ENSEMBLE = "mnist_classifier", "mnist_classifier_router", "mnist"
 ROOT = Path(__file__).resolve().parents[2]
+NAMES = load_classifier_names(ROOT / "deploy.yaml")
+MODEL, ROUTER = NAMES.classifier, f"{NAMES.classifier}_router"
 
 
 @dataclass
@@ -219,7 +221,7 @@ def test_lifecycle_steps_lose_no_request_when_a_closed_loop_load_runs(env: Env, 
     candidate = perturbed_copy(_source(), env.files / "load.onnx", seed=21, scale=0.02)
     png = (ROOT / "models/mnist/examples/digit_7.png").read_bytes()
     timings: dict[str, float] = {}
-    with ClosedLoop(env.server.http_url, env.server.grpc_url, ROUTER, ENSEMBLE, holdout[0], png, threads=4) as load:
+    with ClosedLoop(env.server.http_url, env.server.grpc_url, NAMES, ROUTER, holdout[0], png, threads=4) as load:
         t = time.monotonic()
         record, _ = r.stage(candidate, "under load")
         timings["stage"] = time.monotonic() - t
@@ -257,7 +259,7 @@ def test_watcher_rolls_back_the_canary_when_its_p99_is_worse_than_the_champions(
     r.canary(record.version, 50, "latency test")
     watcher = Watcher(r, env.server.metrics_url, interval_s=1.0)
     png = (ROOT / "models/mnist/examples/digit_7.png").read_bytes()
-    with ClosedLoop(env.server.http_url, env.server.grpc_url, ROUTER, ENSEMBLE, holdout[0], png, threads=4) as load:
+    with ClosedLoop(env.server.http_url, env.server.grpc_url, NAMES, ROUTER, holdout[0], png, threads=4) as load:
         verdict = watcher.run(max_seconds=90)
         load.wait_for(20)
     print(f"watcher: {verdict}; load {load.counts.ok} answered, {load.counts.failed} failed")
