@@ -128,6 +128,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         ax.plot(x, [r["direct_rps"] for r in mine], "o-", label="without router")
         ax.plot(x, [r["routed_rps"] for r in mine], "s-", label="through the router")
         ax.set_title(f"{path}, concurrency 16")
+        ax.set_xticks(x)
         ax.set_xlabel("round (interleaved)")
         ax.set_ylabel("requests/s")
         ax.set_ylim(bottom=0)
