@@ -62,7 +62,9 @@ class Database:
             except ImportError as e:  # pragma: no cover - psycopg is a project dependency
                 raise DatabaseError("PostgreSQL URLs need the psycopg package (pip install 'psycopg[binary]')") from e
             try:
-                self._conn: Any = psycopg.connect(url, autocommit=True, connect_timeout=10)
+                # client_encoding: a database created without a UTF-8 locale (SQL_ASCII, e.g. initdb in a
+                # minimal container) would otherwise hand text columns back as bytes.
+                self._conn: Any = psycopg.connect(url, autocommit=True, connect_timeout=10, client_encoding="utf8")
             except psycopg.Error as e:
                 raise DatabaseError(f"cannot connect to {_redact(url)}: {str(e).strip()}") from e
             self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)

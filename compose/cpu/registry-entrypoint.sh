@@ -4,6 +4,7 @@
 set -euo pipefail
 bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
-  "$bin/initdb" -D "$PGDATA" -A trust -U app >/dev/null
+  # UTF-8 whatever the image's locale (a minimal image has none, which would make it SQL_ASCII).
+  "$bin/initdb" -D "$PGDATA" -A trust -U app -E UTF8 --locale=C.UTF-8 >/dev/null
 fi
 exec "$bin/postgres" -D "$PGDATA" -p "${REGISTRY_PORT:-5432}" -k /run/registry -c listen_addresses=127.0.0.1

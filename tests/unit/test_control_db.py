@@ -94,3 +94,24 @@ def test_registry_serializes_writers_when_threads_share_one_database(database_ur
         for t in threads:
             t.join()
         assert len(reg.history("m")) == 41
+
+
+def test_registry_reads_text_as_str_when_the_postgresql_database_is_sql_ascii(postgres_url: str) -> None:
+    """A database made without a UTF-8 locale (a minimal container's initdb) is SQL_ASCII; psycopg would
+    return its text columns as bytes, and the registry would never find its champion."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS ascii_registry")
+        conn.execute(
+            "CREATE DATABASE ascii_registry ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    try:
+        with Database(postgres_url.rsplit("/", 1)[0] + "/ascii_registry") as db:
+            reg = Registry(db)
+            reg.add("m", 1, "a" * 64, "v1.onnx", "first", "champion", {}, "test", 100.0)
+            champion = reg.champion("m")
+            assert champion is not None and champion.state == "champion" and isinstance(champion.model, str)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS ascii_registry WITH (FORCE)")
