@@ -26,6 +26,10 @@ from control.cli import register_cli as register_lifecycle
 
 logger = logging.getLogger("triton-repo")
 
+# Loopback unless configured: a server reachable from other machines is an explicit choice.
+DEFAULT_HOST = "127.0.0.1"
+HOST_ENV = "TRITON_HOST"
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
@@ -116,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the embedded repository in the foreground until Ctrl-C")
     p.add_argument("--spec", default="deploy.yaml")
     p.add_argument("--model-repository", action="append", default=[], help="serve this folder instead")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    p.add_argument(
+        "--host", default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
+        help=f"address to bind (default: ${HOST_ENV}, else {DEFAULT_HOST}; 0.0.0.0 to publish a container's ports)",
+    )
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)

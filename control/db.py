@@ -191,9 +191,9 @@ class Database:
 
 def utc_now() -> str:
     """Timestamps are ISO-8601 UTC text on both backends (sortable, readable in a table)."""
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def connect(url: str | None = None) -> Database:
