@@ -1,5 +1,5 @@
-"""Parameter keys of the generated Python-backend models (the embedded ONNX Runtime runner, the lifecycle
-router): written by build_tools.config, read by the models and by control.rollout.
+"""Parameter keys of the generated Python-backend models (the embedded runners: ONNX Runtime, torch; the
+lifecycle router): written by build_tools.config, read by the models and by control.rollout.
 
 A leaf module (no imports) so the runner, which runs inside Triton's Python-backend stub, can import it.
 """
@@ -8,6 +8,9 @@ RUNNER_PARAM_ONNX_FILE = "onnx_file"
 RUNNER_PARAM_INTRA = "intra_op_threads"
 RUNNER_PARAM_INTER = "inter_op_threads"
 RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
+RUNNER_PARAM_RANGE_PREFIX = "input_range."  # + input name: "low,high" (values outside are refused)
+RUNNER_PARAM_TORCHSCRIPT_FILE = "torchscript_file"
+RUNNER_PARAM_TORCH_THREADS = "torch_threads"
 
 # The lifecycle router (build_tools/python_models/router).
 ROUTER_PARAM_TARGET = "target_model"

@@ -109,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         source = spec.resolve(model_spec.version_sources[max(model_spec.version_sources)])
         candidate = perturbed_copy(source, args.workdir / "mnist_v2.onnx", scale=0.02, seed=7)
         say(f"1. second version: {candidate} (the trained weights with 2% Gaussian noise)")
-        server = TritonServer(ServerOptions(
-            model_repositories=[repo], model_control_explicit=True,
+        # The spec's `server:` settings: the repository API is restricted to the admin key, which the
+        # harness takes from $TRITON_ADMIN_KEY or draws at random; it hands it to the rollout's client.
+        server = TritonServer(ServerOptions.from_spec(
+            spec.server, model_repositories=[repo], model_control_explicit=True,
             log_file=args.workdir / "tritonserver.log", workdir=args.workdir / "server",
         ))
         with server:
             say(f"2. Triton in explicit model-control mode: http {server.http_url}, metrics {server.metrics_url}")
-            client = TritonClient(server.http_url, timeout_s=300)
+            client = TritonClient(server.http_url, timeout_s=300, headers=server.admin_headers)
             rollout = Rollout(spec, names.classifier, Registry(connect(f"sqlite:///{args.workdir / 'registry.db'}")),
                               client, repo, actor="lifecycle-demo")
             gate = model_spec.lifecycle.gate if model_spec.lifecycle else None

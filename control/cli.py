@@ -14,8 +14,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from build_tools.spec import load_spec
+from build_tools.errors import ClientError, ToolkitError
+from build_tools.server import ADMIN_KEY_ENV, env_admin_headers
+from build_tools.spec import DeploySpec, load_spec
 from control.db import DEFAULT_URL, connect
 from control.registry import Registry
 from control.rollout import Rollout
@@ -35,11 +38,33 @@ def _default_actor() -> str:
         return "cli"
 
 
+def open_client(args: argparse.Namespace, spec: DeploySpec) -> TritonClient:
+    """A client that sends the admin header (deploy.yaml server.admin_api, key from $TRITON_ADMIN_KEY):
+    load, unload and the repository index are restricted APIs by default."""
+    headers = env_admin_headers(spec.server.admin_api.header, args.protocol)
+    return TritonClient(args.url, args.protocol, timeout_s=LOAD_TIMEOUT_S, headers=headers)
+
+
+def _explain_restricted(func: Any) -> Any:
+    """A refusal by the restricted repository API, with what to do about it."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ToolkitError as e:
+            if "is restricted" not in str(e) or ADMIN_KEY_ENV in str(e):
+                raise
+            raise ClientError(f"{e}; the repository API is restricted: set ${ADMIN_KEY_ENV} to the server's "
+                              f"admin key (a server that drew a random key takes no lifecycle commands)") from e
+
+    return wrapper
+
+
 def open_rollout(args: argparse.Namespace, model: str) -> Rollout:
     spec = load_spec(args.spec)
     repository = Path(args.repository) if args.repository else spec.resolve(spec.flavors["embedded"].output)
     registry = Registry(connect(args.db))
-    client = TritonClient(args.url, args.protocol, timeout_s=LOAD_TIMEOUT_S)
+    client = open_client(args, spec)
     return Rollout(spec, model, registry, client, repository, actor=args.actor, drain_s=args.drain)
 
 
@@ -53,7 +78,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     registry = Registry(connect(args.db))
     models = [args.model] if args.model else sorted(n for n, m in spec.models.items() if m.lifecycle is not None)
-    client = TritonClient(args.url, args.protocol, timeout_s=LOAD_TIMEOUT_S)
+    client = open_client(args, spec)
     ready = {}
     try:
         for m in client.repository_index():
@@ -122,7 +147,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="127.0.0.1:8000", help="HOST:PORT of the server's HTTP (or gRPC) endpoint")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http",
+                   help=f"the admin header goes with every call, its key from ${ADMIN_KEY_ENV}")
     p.add_argument("--spec", default="deploy.yaml")
     p.add_argument("--repository", help="the repository the server serves (default: the spec's embedded output)")
     p.add_argument("--db", default=os.environ.get(DB_ENV, DEFAULT_URL),
@@ -138,14 +164,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="one model (default: every model with a lifecycle)")
     p.add_argument("--json", action="store_true", help="JSON, with each version's history")
     _common(p)
-    p.set_defaults(func=_cmd_versions)
+    p.set_defaults(func=_explain_restricted(_cmd_versions))
 
     p = sub.add_parser("stage", help="lint, gate, register and load a new version (no traffic)")
     p.add_argument("model")
     p.add_argument("source", help="the new version's ONNX file")
     p.add_argument("--reason", default="staged from the command line")
     _common(p)
-    p.set_defaults(func=_cmd_stage)
+    p.set_defaults(func=_explain_restricted(_cmd_stage))
 
     p = sub.add_parser("canary", help="send a share of the traffic to a staged version")
     p.add_argument("model")
@@ -153,20 +179,20 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--percent", type=float, required=True)
     p.add_argument("--reason", default="canary from the command line")
     _common(p)
-    p.set_defaults(func=_cmd_canary)
+    p.set_defaults(func=_explain_restricted(_cmd_canary))
 
     p = sub.add_parser("promote", help="make a staged or canary version the champion (100%%)")
     p.add_argument("model")
     p.add_argument("version", type=int)
     p.add_argument("--reason", default="promoted from the command line")
     _common(p)
-    p.set_defaults(func=_cmd_promote)
+    p.set_defaults(func=_explain_restricted(_cmd_promote))
 
     p = sub.add_parser("rollback", help="canary to 0%%, or back to the previous champion")
     p.add_argument("model")
     p.add_argument("--reason", default="rolled back from the command line")
     _common(p)
-    p.set_defaults(func=_cmd_rollback)
+    p.set_defaults(func=_explain_restricted(_cmd_rollback))
 
     p = sub.add_parser("watch", help="roll the canary back automatically when it does worse than the champion")
     p.add_argument("model")
@@ -174,4 +200,4 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=2.0)
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)")
     _common(p)
-    p.set_defaults(func=_cmd_watch)
+    p.set_defaults(func=_explain_restricted(_cmd_watch))

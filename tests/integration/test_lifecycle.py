@@ -52,7 +52,8 @@ class Env:
     files: Path
 
     def rollout(self, spec: DeploySpec | None = None, actor: str = "test") -> Rollout:
-        client = TritonClient(self.server.http_url, timeout_s=300)
+        # Load, unload and the repository index are restricted: the harness's (random) key goes along.
+        client = TritonClient(self.server.http_url, timeout_s=300, headers=self.server.admin_headers)
         return Rollout(spec or self.spec, MODEL, Registry(connect(self.db_url)), client, self.repository,
                        actor=actor, drain_s=1.0)
 
@@ -69,16 +70,23 @@ def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> I
     repository = root / "repository"
     build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))}}),
                        ["embedded"])
-    server = TritonServer(ServerOptions(model_repositories=[repository], model_control_explicit=True,
-                                        log_file=root / "tritonserver.log", workdir=root / "server"))
-    server.start()
-    files = root / "files"
-    files.mkdir()
-    e = Env(project_spec, repository, f"sqlite:///{root / 'registry.db'}", server, files)
-    try:
-        yield e
-    finally:
-        e.server.stop()
+    with pytest.MonkeyPatch.context() as mp:
+        # No $TRITON_ADMIN_KEY: the harness draws a random key per start, as `make serve` does; the
+        # spec's `server:` settings restrict the repository API and turn the stub watchdog on.
+        mp.delenv("TRITON_ADMIN_KEY", raising=False)
+        server = TritonServer(ServerOptions.from_spec(
+            project_spec.server, model_repositories=[repository], model_control_explicit=True,
+            log_file=root / "tritonserver.log", workdir=root / "server",
+        ))
+        assert "model-repository" in server.options.restricted_apis
+        server.start()
+        files = root / "files"
+        files.mkdir()
+        e = Env(project_spec, repository, f"sqlite:///{root / 'registry.db'}", server, files)
+        try:
+            yield e
+        finally:
+            e.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -273,11 +281,22 @@ def test_watcher_rolls_back_the_canary_when_its_p99_is_worse_than_the_champions(
 
 
 def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
-    env: Env, capsys: pytest.CaptureFixture[str]
+    env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env.rollout().ensure_registered()
     common = ["--url", env.server.http_url, "--repository", str(env.repository), "--db", env.db_url,
               "--spec", str(ROOT / "deploy.yaml"), "--drain", "0.5"]
+    # Without the admin key the repository API refuses, over both protocols, and the verb says what to set.
+    monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
+    assert triton_repo(["versions", MODEL, *common]) == 1
+    err = capsys.readouterr().err
+    assert "is restricted" in err and "set $TRITON_ADMIN_KEY" in err, err
+    monkeypatch.setenv("TRITON_ADMIN_KEY", "not-the-key")
+    grpc_common = [a if a != env.server.http_url else env.server.grpc_url for a in common]
+    assert triton_repo(["versions", MODEL, "--protocol", "grpc", *grpc_common]) == 1
+    assert "set $TRITON_ADMIN_KEY" in capsys.readouterr().err
+    # The harness drew the key at random; it hands it to its callers.
+    monkeypatch.setenv("TRITON_ADMIN_KEY", env.server.admin_key)
     assert triton_repo(["versions", MODEL, *common]) == 0
     table = capsys.readouterr().out
     assert "champion" in table
@@ -296,8 +315,7 @@ def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
     out = capsys.readouterr().out
     assert "gate: accuracy" in out and "as staged" in out
     staged = max(v.version for v in Registry(connect(env.db_url)).versions(MODEL))
-    assert triton_repo(["canary", MODEL, str(staged), "--percent", "20", "--protocol", "grpc",
-                        *[a if a != env.server.http_url else env.server.grpc_url for a in common]]) == 0
+    assert triton_repo(["canary", MODEL, str(staged), "--percent", "20", "--protocol", "grpc", *grpc_common]) == 0
     assert "20%" in capsys.readouterr().out
     # The watcher verb: a canary with no traffic in the window is left alone.
     assert triton_repo(["watch", MODEL, "--metrics-url", env.server.metrics_url, "--interval", "0.5",

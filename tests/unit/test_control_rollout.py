@@ -10,6 +10,7 @@ import pytest
 
 from build_tools.build import build_repositories
 from build_tools.errors import RolloutError
+from build_tools.healer import repository_locked
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec
 from control.db import Database
 from control.registry import Registry
@@ -60,3 +61,36 @@ def test_lifecycle_steps_run_one_at_a_time_when_two_start_together(spec: DeployS
         events.append("second in")
     t.join()
     assert events == ["first in", "first out", "second in"]
+
+
+def test_a_heal_waits_for_the_lifecycle_step_when_one_holds_the_repository(spec: DeploySpec, tmp_path: Path) -> None:
+    # The stub watchdog's reload (explicit mode) puts the served config back: run inside a lifecycle
+    # step it could undo the step's router weights, so it takes the step's lock on the repository.
+    repo = tmp_path / "repo"
+    build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo))}}), ["embedded"])
+    step = _rollout(spec, repo)
+    events: list[str] = []
+    held = threading.Event()
+
+    def hold() -> None:
+        with step._repository_lock():
+            events.append("step in")
+            held.set()
+            time.sleep(0.6)
+            events.append("step out")
+
+    heal = repository_locked(lambda model: events.append(f"reload {model}") is None, [repo], wait_s=10)
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    assert heal("mnist_classifier") is True
+    t.join()
+    assert events == ["step in", "step out", "reload mnist_classifier"]
+    # Released after the heal: the next step gets the lock at once.
+    with step._repository_lock():
+        events.append("next step in")
+    # A step that never ends delays the heal only by wait_s.
+    with step._repository_lock():
+        started = time.monotonic()
+        assert repository_locked(lambda model: True, [repo], wait_s=0.3)("mnist_classifier") is True
+        assert 0.3 <= time.monotonic() - started < 3

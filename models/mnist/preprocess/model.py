@@ -6,14 +6,19 @@ adaptive ink mask, MNIST layout); this file is the Triton glue: configuration, b
 A 28x28 image that already has MNIST's layout (an MNIST digit saved as PNG) passes through
 bit-identical.
 
-A request whose image is unusable (empty, not PNG/JPEG, truncated, too large, too small, blank) gets
-its own error naming the problem; the other requests of the batch are answered normally.
+A request whose image is unusable (empty, not PNG/JPEG, truncated, too large, too small, blank, no
+plausible digit) gets its own error naming the problem; the other requests of the batch are answered
+normally. Per-request budgets (images, bytes per image, pixels per request, a deadline) are checked from
+the headers before anything is decoded, so one request cannot hold the instance for long.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,70 @@ from PIL import Image
 # The stub imports this file by path; its sibling module is found through its folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixels import SIDE, BadImageError, decode, to_mnist
+
+
+class BudgetError(BadImageError):
+    """A request asks for more work than one request may: refused before (or while) decoding."""
+
+
+@dataclass(frozen=True)
+class RequestBudget:
+    """Per-request limits (config parameters, from the spec): one request cannot hold the single
+    preprocessing instance for long, whatever its images say about themselves."""
+
+    max_images: int = 256
+    max_element_bytes: int = 4 << 20
+    max_total_pixels: int = 4096 * 4096
+    deadline_s: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RequestBudget:
+        return cls(
+            max_images=_param(config, "max_images_per_request", cls.max_images),
+            max_element_bytes=_param(config, "max_element_bytes", cls.max_element_bytes),
+            max_total_pixels=_param(config, "max_pixels_per_request", cls.max_total_pixels),
+            deadline_s=_param(config, "deadline_ms", int(cls.deadline_s * 1000)) / 1000.0,
+        )
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the header only (0 when unreadable: decode() reports that image itself)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:
+        return 0
+    return width * height
+
+
+def check_budget(items: list[bytes], budget: RequestBudget, max_pixels: int) -> None:
+    """Everything a request's size can be checked by, before a single pixel is decoded.
+
+    An image above the per-image limit is not counted: decode() refuses it with its own reason.
+    """
+    if len(items) > budget.max_images:
+        raise BudgetError(f"{len(items)} images in one request, above the limit of {budget.max_images}")
+    for i, raw in enumerate(items):
+        if len(raw) > budget.max_element_bytes:
+            raise BudgetError(
+                f"image {i} is {len(raw)} bytes, above the limit of {budget.max_element_bytes} bytes per image"
+            )
+    total = sum(n for n in (header_pixels(raw) for raw in items) if n <= max_pixels)
+    if total > budget.max_total_pixels:
+        raise BudgetError(
+            f"the request's images hold {total} pixels in all, above the limit of {budget.max_total_pixels} "
+            f"pixels per request; send fewer or smaller images"
+        )
+
+
+def check_deadline(started: float, budget: RequestBudget, done: int, total: int) -> None:
+    """Called between images: a request past its deadline stops and says how far it got."""
+    elapsed = time.monotonic() - started
+    if elapsed > budget.deadline_s:
+        raise BudgetError(
+            f"preprocessing deadline of {budget.deadline_s * 1000:.0f} ms exceeded after {done} of {total} "
+            f"images ({elapsed * 1000:.0f} ms)"
+        )
 
 
 def _param(config: dict[str, Any], key: str, default: int) -> int:
@@ -38,6 +107,7 @@ class TritonPythonModel:
         self.max_pixels = _param(self.config, "max_pixels", 4096 * 4096)
         self.min_side = _param(self.config, "min_side", 8)
         self.ink_threshold = _param(self.config, "ink_threshold", 32)
+        self.budget = RequestBudget.from_config(self.config)
         inputs = {i["name"]: i for i in self.config["input"]}
         outputs = {o["name"]: o for o in self.config["output"]}
         if "image_bytes" not in inputs or inputs["image_bytes"]["data_type"] != "TYPE_STRING":
@@ -51,12 +121,18 @@ class TritonPythonModel:
     def _one(self, request: Any) -> Any:
         data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy()
         flat = data.reshape(-1)
+        items = [item if isinstance(item, bytes) else bytes(item) for item in flat]
+        check_budget(items, self.budget, self.max_pixels)
+        started = time.monotonic()
         images = []
-        for i, item in enumerate(flat):
-            raw = item if isinstance(item, bytes) else bytes(item)
+        for i, raw in enumerate(items):
+            if i:
+                check_deadline(started, self.budget, i, len(items))
             try:
                 pixels = decode(raw, self.max_pixels, self.min_side)
                 images.append(to_mnist(pixels, self.ink_threshold))
+            except BudgetError:
+                raise
             except BadImageError as e:
                 where = f"image {i}" if flat.size > 1 else "image"
                 raise BadImageError(f"{where}: {e}") from e
