@@ -10,7 +10,7 @@ METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench soak up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router lifecycle-demo soak up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -33,6 +33,10 @@ serve: build-repo
 
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)
+
+# A second MNIST version staged, sent 10%, promoted and rolled back under load (docs/lifecycle.md).
+lifecycle-demo: install
+	$(PY) -m clients.lifecycle_demo --spec $(SPEC)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -65,6 +69,11 @@ stall: install
 bench: install
 	bash loadtest/install_perf_analyzer.sh
 	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.router_cost
+
+# What the lifecycle router costs (bench/router_cost.md): with and without it, interleaved, concurrency 16.
+bench-router: install
+	$(PY) -m loadtest.router_cost
 
 # 10 minutes of the ensemble at about 80 % of its peak: 0 failures and flat memory (build/soak/).
 soak: install

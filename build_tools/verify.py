@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,13 +166,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     repository = Path(args.repository) if args.repository else default_repo
     if not repository.is_dir():
         raise ClientError(f"repository {repository} does not exist; expected the model repository the server serves")
-    key = os.environ.get("TRITON_ADMIN_KEY")
-    header = spec.server.admin_api.header
-    if args.protocol == "grpc":
-        from build_tools.server import grpc_admin_header
+    from build_tools.server import env_admin_headers
 
-        header = grpc_admin_header(header)
-    headers = {header: key} if key else None
+    headers = env_admin_headers(spec.server.admin_api.header, args.protocol)
     version, index = fetch_server_state(args.url, args.protocol, headers)
     report = compare_deployment(
         version, index, spec.triton, repository_models(repository), repository_locks(repository)
