@@ -159,8 +159,9 @@ def run_perf_analyzer(
             "-f", str(out_csv), "--verbose-csv"]
     if shared_memory != "none":
         base += ["--shared-memory", shared_memory]
-    if input_data is not None:
-        base += ["--input-data", str(input_data)]
+    # perf_analyzer's default random FP32 data is raw random bytes (NaN, huge values), which a model with a
+    # declared input range refuses; zeros are valid for any numeric tensor.
+    base += ["--input-data", str(input_data) if input_data is not None else "zero"]
     for key, value in (headers or {}).items():
         # The server's restricted APIs (shared-memory registration) need the admin header.
         base += ["-H", f"{key}:{value}"]
