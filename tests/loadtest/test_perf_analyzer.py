@@ -59,7 +59,7 @@ def test_sweep_returns_parsed_rows_when_perf_analyzer_measures_the_real_server(
     settings = perf.PerfSettings(measurement_ms=500, max_trials=3, stability_percentage=50)
     rows = perf.sweep(embedded_server.http_url, embedded_server.grpc_url, models=("mnist_classifier",),
                       batch_sizes=(2,), concurrencies=(2,), workdir=tmp_path / "raw", settings=settings,
-                      progress=False)
+                      progress=False, headers=embedded_server.admin_headers)
     rows += perf.sweep(embedded_server.http_url, None, models=("mnist",), concurrencies=(1,),
                        shared_memory=("system",), workdir=tmp_path / "raw", settings=settings, progress=False,
                        headers=embedded_server.admin_headers)
