@@ -29,10 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from build_tools.server import grpc_admin_header
 from loadtest.common import Sample, mnist_sample, served_names
 from loadtest.errors import PerfAnalyzerError
 from loadtest.loadgen import _serialize_bytes
-from build_tools.server import grpc_admin_header
 from loadtest.servers import ROOT
 
 logger = logging.getLogger(__name__)
