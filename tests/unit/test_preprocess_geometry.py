@@ -1,0 +1,115 @@
+"""The MNIST layout contract of the preprocessing model, pixel by pixel, through its own functions.
+
+Whatever the pixel pipeline does to ink and background, its output must have MNIST's layout: the
+digit's bounding box scaled so that its longest side is exactly 20 px, and its centre of mass within
+half a pixel of the 28x28 field's centre (14, 14). A digit placed one pixel off breaks the contract
+for every image, so the mean offset is checked as well as each image's.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clients.datasets import mnist_holdout
+from tests.support.preprocess import BOX, CENTRE, SIDE, centre_of_mass, draw, ink_extent, preprocess_module
+
+pre = preprocess_module()
+DIGITS = 40
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return mnist_holdout().images[:DIGITS]
+
+
+def _layout(gray: np.ndarray) -> np.ndarray:
+    """Grayscale canvas -> the model's 28x28 output, through decode() of a PNG as served."""
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG")
+    decoded = pre.decode(buf.getvalue(), max_pixels=4096 * 4096, min_side=8)
+    out = pre.to_mnist(decoded, ink_threshold=32)
+    assert out.shape == (1, SIDE, SIDE) and out.dtype == np.float32
+    return out[0]
+
+
+def _assert_mnist_layout(outputs: list[np.ndarray], case: str) -> None:
+    offsets = []
+    for i, out in enumerate(outputs):
+        assert out.min() >= 0 and out.max() <= 255, (case, i)
+        assert max(ink_extent(out)) == BOX, f"{case} #{i}: bounding box {ink_extent(out)}, longest side must be {BOX}"
+        cy, cx = centre_of_mass(out)
+        assert abs(cy - CENTRE) <= 0.5 and abs(cx - CENTRE) <= 0.5, f"{case} #{i}: centre of mass ({cy:.2f}, {cx:.2f})"
+        offsets.append((cy - CENTRE, cx - CENTRE))
+    # Rounding to whole pixels spreads each offset over [-0.5, 0.5]; a systematic shift moves the mean.
+    mean_y, mean_x = np.mean(offsets, axis=0)
+    assert abs(mean_y) < 0.25 and abs(mean_x) < 0.25, f"{case}: mean offset ({mean_y:.2f}, {mean_x:.2f})"
+
+
+@pytest.mark.parametrize(
+    ("case", "size", "at", "scale", "invert"),
+    [
+        ("large_centred", (300, 300), (80, 80), 5, False),
+        ("inverted_paper", (200, 160), (30, 10), 4, True),
+        ("off_centre_corner", (240, 320), (150, 230), 3, False),
+        ("inverted_off_centre", (96, 96), (40, 0), 2, True),
+        ("wide_canvas_left_edge", (64, 400), (4, 0), 2, False),
+    ],
+)
+def test_to_mnist_fits_box_and_centres_mass_when_canvas_is_large_inverted_or_off_centre(
+    digits: np.ndarray, case: str, size: tuple[int, int], at: tuple[int, int], scale: int, invert: bool
+) -> None:
+    _assert_mnist_layout([_layout(draw(d, size, at, scale, invert)) for d in digits], case)
+
+
+@pytest.mark.parametrize(("height", "width"), [(100, 40), (30, 90), (57, 57), (12, 200)])
+def test_to_mnist_scales_longest_side_to_twenty_when_given_a_solid_block(height: int, width: int) -> None:
+    canvas = np.zeros((height + 60, width + 60), np.uint8)
+    canvas[17: 17 + height, 23: 23 + width] = 255
+    out = _layout(canvas)
+    h, w = ink_extent(out)
+    assert max(h, w) == BOX
+    # the aspect ratio is kept (to the nearest pixel)
+    assert min(h, w) == max(1, round(BOX * min(height, width) / max(height, width)))
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - CENTRE) <= 0.5 and abs(cx - CENTRE) <= 0.5
+
+
+def test_to_mnist_centres_off_centre_mass_when_digit_is_lopsided() -> None:
+    """An 'L': bounding box centre and centre of mass differ; it is the mass that must be centred."""
+    canvas = np.zeros((160, 160), np.uint8)
+    canvas[20:120, 30:45] = 255   # the long stroke
+    canvas[105:120, 30:110] = 255  # the foot
+    out = _layout(canvas)
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - CENTRE) <= 0.5 and abs(cx - CENTRE) <= 0.5
+    rows, cols = np.nonzero(out)
+    box_centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+    assert box_centre[0] < CENTRE - 1 or box_centre[1] < CENTRE - 1  # the box is not what got centred
+
+
+def test_to_mnist_passes_mnist_digits_bit_identical_when_already_in_layout(digits: np.ndarray) -> None:
+    for i, digit in enumerate(digits):
+        assert np.array_equal(_layout(digit), digit.astype(np.float32)), i
+
+
+def test_to_mnist_matches_uninverted_when_digit_is_dark_ink_on_paper(digits: np.ndarray) -> None:
+    for digit in digits[:10]:
+        canvas = draw(digit, (150, 150), (20, 40), 3, False)
+        assert np.array_equal(_layout(255 - canvas), _layout(canvas))
+
+
+def test_to_mnist_ignores_faint_noise_when_it_is_below_the_ink_threshold(digits: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    for digit in digits[:10]:
+        canvas = draw(digit, (150, 150), (30, 30), 3, False)
+        noisy = np.maximum(canvas, rng.integers(0, 32, canvas.shape, dtype=np.uint8))
+        assert np.array_equal(_layout(noisy), _layout(canvas))
+
+
+def test_to_mnist_raises_bad_image_when_canvas_is_blank() -> None:
+    with pytest.raises(pre.BadImageError, match="no digit found"):
+        pre.to_mnist(np.full((40, 40), 20, np.uint8), ink_threshold=32)
