@@ -9,7 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench mutation up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -56,6 +56,13 @@ bench: install
 	bash loadtest/install_perf_analyzer.sh
 	$(PY) -m loadtest.bench
 
+# Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/; MUTATION_ARGS=--sample for
+# about one mutant in five. Needs promtool (Debian package `prometheus`). See docs/mutation.md.
+MUTATION_ARGS ?=
+mutation: install
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) -m mutation.run $(MUTATION_ARGS)
+
 # The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
 up: install
 	VENV=$(VENV) .ci/compose-check.sh --up
@@ -64,4 +71,4 @@ down:
 	VENV=$(VENV) .ci/compose-check.sh --down
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build mutants .pytest_cache .ruff_cache

@@ -2,7 +2,8 @@
 
 * promtool (Debian package `prometheus`): `check config` on both Prometheus configs, `check rules` and
   `test rules` (alerts.test.yml) on the alert rules; amtool (`prometheus-alertmanager`): the
-  Alertmanager config. Skipped, with the reason, where the tool is not installed (a failure in CI: tests/support/tools.py).
+  Alertmanager config. Skipped, with the reason, where the tool is not installed (in CI, where
+  REQUIRE_TEST_TOOLS is set, a failure instead: tests/support/tools.py).
 * Docker Compose v2: `docker compose config` on both compose files, with and without their required
   settings, and the settings that matter for safety (ports on 127.0.0.1, no model-control API,
   shm size, health checks). Skipped where no Compose v2 binary is found.

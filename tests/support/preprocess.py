@@ -1,20 +1,12 @@
-"""The MNIST preprocessing model's own functions, imported as Triton imports them.
-
-The model imports ``triton_python_backend_utils``; the real module ships beside the Python backend in
-the nvidia-pytriton wheel, so it is put on ``sys.path`` (its pure-Python helpers work without the stub).
-The module is imported by its package path, ``models.mnist.preprocess.model``, so a mutation tool that
-rewrites it sees the tests call it.
-"""
+"""The MNIST preprocessing model's own functions, and pixel-geometry helpers for checking its output."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from types import ModuleType
 
 import numpy as np
 
-from build_tools.server import find_distribution
+from tests.support.backend import import_backend_model
 
 SIDE = 28
 BOX = 20
@@ -22,10 +14,7 @@ CENTRE = SIDE / 2  # MNIST's convention: the centre of mass at (14, 14) in pixel
 
 
 def preprocess_module() -> ModuleType:
-    backend = str(find_distribution().python_backend)
-    if backend not in sys.path:
-        sys.path.append(backend)
-    return importlib.import_module("models.mnist.preprocess.model")
+    return import_backend_model("models.mnist.preprocess.model")
 
 
 def centre_of_mass(img: np.ndarray) -> tuple[float, float]:

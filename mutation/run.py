@@ -1,0 +1,190 @@
+"""`make mutation`: mutation testing of the modules where a wrong answer is silent, with a report.
+
+Python modules (preprocessing, the evaluation gate, config generation, the linter; listed under
+``[tool.mutmut]`` in pyproject.toml) go through mutmut 3, which runs the no-server tests against each
+mutant. The alert rules go through :mod:`mutation.alerts` and promtool. The report
+(``build/mutation/report.md`` and ``report.json``) gives the kill rate per module and lists every
+surviving mutant with its diff and, from ``mutation/accepted.yaml``, why it is acceptable. The run fails
+when a module's kill rate is below the floor, or when a survivor has no reason on file.
+
+``--sample`` runs about one mutant in five (those numbered ...3 or ...7), for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from build_tools.errors import ToolkitError
+from mutation import alerts
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCEPTED = ROOT / "mutation" / "accepted.yaml"
+FLOOR = 0.85
+SAMPLE_PATTERNS = ("*__mutmut_*3", "*__mutmut_*7")
+ALERTS_MODULE = "compose/prometheus/alerts.yml"
+# mutmut's verdicts that mean the tests noticed the mutant.
+DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+@dataclass
+class Survivor:
+    name: str
+    module: str
+    status: str
+    diff: str
+    reason: str | None
+
+
+@dataclass
+class ModuleScore:
+    module: str
+    total: int
+    killed: int
+    statuses: dict[str, int]
+    survivors: list[Survivor] = field(default_factory=list)
+
+    @property
+    def kill_rate(self) -> float:
+        return self.killed / self.total if self.total else 1.0
+
+
+def _module_of(mutant: str) -> str:
+    """`clients.gate.x_compare__mutmut_3` -> `clients/gate.py` (the part before the mangled function)."""
+    head = mutant.split("__mutmut_")[0]
+    parts = head.split(".")
+    for i in range(len(parts), 0, -1):
+        candidate = Path(*parts[:i]).with_suffix(".py")
+        if (ROOT / candidate).is_file():
+            return str(candidate)
+    return head
+
+
+def _mutmut(*args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=ROOT, capture_output=capture, text=True)
+
+
+def run_mutmut(sample: bool, children: int) -> None:
+    if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
+        raise ToolkitError("mutmut is not installed here; run `make mutation` (pip install -e '.[mutation]')")
+    # mutmut keeps results between runs; a fresh copy of the sources makes every verdict current.
+    shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    args = ["run", "--max-children", str(children), *(SAMPLE_PATTERNS if sample else ())]
+    logger.info("mutmut %s", " ".join(args))
+    proc = _mutmut(*args, capture=False)
+    if proc.returncode != 0:
+        raise ToolkitError(f"mutmut run failed with exit code {proc.returncode}")
+
+
+def mutmut_scores(accepted: dict[str, str], sample: bool) -> list[ModuleScore]:
+    out = _mutmut("results", "--all", "true")
+    if out.returncode != 0:
+        raise ToolkitError(f"mutmut results failed: {out.stderr[-2000:]}")
+    by_module: dict[str, list[tuple[str, str]]] = {}
+    for line in out.stdout.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if not sep or "__mutmut_" not in name:
+            continue
+        if status == "not checked" and sample:
+            continue  # outside the sample
+        by_module.setdefault(_module_of(name), []).append((name, status))
+    scores = []
+    for module, results in sorted(by_module.items()):
+        statuses = Counter(status for _, status in results)
+        score = ModuleScore(module, len(results), sum(statuses[s] for s in DETECTED), dict(statuses))
+        for name, status in results:
+            if status not in DETECTED:
+                diff = _mutmut("show", name).stdout.strip()
+                score.survivors.append(Survivor(name, module, status, diff, accepted.get(name)))
+        scores.append(score)
+    return scores
+
+
+def alert_scores(accepted: dict[str, str]) -> ModuleScore:
+    outcomes = alerts.run(ROOT)
+    score = ModuleScore(ALERTS_MODULE, len(outcomes), sum(o.killed for o in outcomes),
+                        dict(Counter("killed" if o.killed else "survived" for o in outcomes)))
+    for o in outcomes:
+        if not o.killed:
+            key = f"alerts:{o.mutant.rule}:{o.mutant.description}"
+            diff = f"{ALERTS_MODULE}:{o.mutant.line} ({o.mutant.rule}): {o.mutant.description}"
+            score.survivors.append(Survivor(key, ALERTS_MODULE, "survived", diff, accepted.get(key)))
+    return score
+
+
+def render(scores: list[ModuleScore], seconds: float, sample: bool) -> str:
+    lines = [
+        "# Mutation testing report",
+        "",
+        f"{'Sampled run (mutants numbered ...3 or ...7)' if sample else 'Full run'}, {seconds:.0f} s. "
+        f"Kill rate = detected / all mutants (a mutant no test runs counts as a survivor); floor {FLOOR:.0%}.",
+        "",
+        "| module | mutants | killed | survived | kill rate |",
+        "|---|---|---|---|---|",
+    ]
+    for s in scores:
+        lines.append(f"| {s.module} | {s.total} | {s.killed} | {s.total - s.killed} | {s.kill_rate:.1%} |")
+    total = sum(s.total for s in scores)
+    killed = sum(s.killed for s in scores)
+    lines += [f"| **all** | {total} | {killed} | {total - killed} | {killed / max(total, 1):.1%} |", ""]
+    lines += ["## Surviving mutants and why each is acceptable", ""]
+    for s in scores:
+        for v in s.survivors:
+            lines += [f"### {v.name} ({v.status})", "", f"Why acceptable: {v.reason or '**NOT REVIEWED**'}", "",
+                      "```diff", v.diff, "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="make mutation", description=__doc__.splitlines()[0])
+    p.add_argument("--sample", action="store_true", help="about one mutant in five (CI)")
+    p.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
+    p.add_argument("--skip-python", action="store_true", help="only the alert rules (no mutmut run)")
+    p.add_argument("--report-dir", default="build/mutation")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        accepted = yaml.safe_load(ACCEPTED.read_text()) or {} if ACCEPTED.is_file() else {}
+        started = time.monotonic()
+        scores = []
+        if not args.skip_python:
+            run_mutmut(args.sample, args.children)
+            scores += mutmut_scores(accepted, args.sample)
+        scores.append(alert_scores(accepted))
+        seconds = time.monotonic() - started
+    except ToolkitError as e:
+        sys.stderr.write(f"make mutation: error: {str(e).splitlines()[0]}\n")
+        return 1
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(render(scores, seconds, args.sample))
+    (out / "report.json").write_text(json.dumps(
+        {"sample": args.sample, "seconds": seconds, "floor": FLOOR,
+         "modules": [{**asdict(s), "kill_rate": s.kill_rate} for s in scores]}, indent=2))
+    for s in scores:
+        sys.stdout.write(f"{s.module:<40} {s.killed:>4}/{s.total:<4} killed  {s.kill_rate:6.1%}\n")
+    sys.stdout.write(f"report: {out / 'report.md'}\n")
+    low = [s.module for s in scores if s.kill_rate < FLOOR]
+    unreviewed = [v.name for s in scores for v in s.survivors if not v.reason]
+    if low:
+        sys.stderr.write(f"make mutation: kill rate below {FLOOR:.0%}: {', '.join(low)}\n")
+    if unreviewed:
+        sys.stderr.write(f"make mutation: {len(unreviewed)} surviving mutant(s) without a reason in "
+                         f"mutation/accepted.yaml, first: {unreviewed[0]}\n")
+    return 1 if low or unreviewed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
