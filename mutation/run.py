@@ -76,11 +76,13 @@ def _mutmut(*args: str, capture: bool = True) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=ROOT, capture_output=capture, text=True)
 
 
-def run_mutmut(sample: bool, children: int) -> None:
+def run_mutmut(sample: bool, children: int, fresh: bool) -> None:
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         raise ToolkitError("mutmut is not installed here; run `make mutation` (pip install -e '.[mutation]')")
-    # mutmut keeps results between runs; a fresh copy of the sources makes every verdict current.
-    shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    # mutmut keeps its instrumented copy and verdicts in mutants/ and retests what changed; --fresh
+    # starts over (slower: generating the mutants takes minutes on a small machine).
+    if fresh:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     args = ["run", "--max-children", str(children), *(SAMPLE_PATTERNS if sample else ())]
     logger.info("mutmut %s", " ".join(args))
     proc = _mutmut(*args, capture=False)
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", action="store_true", help="about one mutant in five (CI)")
     p.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
     p.add_argument("--skip-python", action="store_true", help="only the alert rules (no mutmut run)")
+    p.add_argument("--fresh", action="store_true", help="forget mutmut's earlier results (mutants/)")
     p.add_argument("--report-dir", default="build/mutation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         scores = []
         if not args.skip_python:
-            run_mutmut(args.sample, args.children)
+            run_mutmut(args.sample, args.children, args.fresh)
             scores += mutmut_scores(accepted, args.sample)
         scores.append(alert_scores(accepted))
         seconds = time.monotonic() - started

@@ -109,7 +109,8 @@ def test_locust_run_checks_every_label_with_zero_failures_when_users_expect_the_
     embedded_server: TritonServer, tmp_path: Path
 ) -> None:
     proc = _locust(embedded_server, tmp_path, "OfflineLabelsHttpUser", "OfflineLabelsGrpcEnsembleUser",
-                   "--check-labels", "--batch-size", "4", locustfile=ERRORS_LOCUSTFILE, seconds=2, users=2)
+                   "--check-labels", "--batch-size", "4", "--max-p95-ms", "0", "--max-p99-ms", "0",
+                   locustfile=ERRORS_LOCUSTFILE, seconds=6, users=2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stats = _stats(tmp_path)
     assert int(stats["Aggregated"]["Failure Count"]) == 0
@@ -122,7 +123,7 @@ def test_locust_run_fails_every_request_when_users_expect_wrong_labels(
     embedded_server: TritonServer, tmp_path: Path
 ) -> None:
     proc = _locust(embedded_server, tmp_path, "WrongLabelsUser", "--check-labels", "--batch-size", "4",
-                   locustfile=ERRORS_LOCUSTFILE, seconds=2, users=2)
+                   "--max-p95-ms", "0", "--max-p99-ms", "0", locustfile=ERRORS_LOCUSTFILE, seconds=6, users=2)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     total = _stats(tmp_path)["Aggregated"]
     assert int(total["Failure Count"]) == int(total["Request Count"]) > 0
