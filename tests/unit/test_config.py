@@ -158,3 +158,23 @@ def test_build_refuses_to_replace_folder_when_not_written_by_build_repo(tmp_path
 def test_committed_ngc_repository_matches_spec_when_checked_out() -> None:
     """The same check CI runs: model_repository/ is exactly what deploy.yaml generates."""
     assert check_drift(load_spec(ROOT / "deploy.yaml")) == []
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+def test_dynamic_batching_carries_every_spec_setting_when_written(tmp_path: Path, preserve: bool) -> None:
+    data = models_spec(tmp_path / "models", tmp_path / "embedded")
+    data["flavors"]["ngc"] = {"output": str(tmp_path / "ngc")}
+    data["models"] = {"t_int64": data["models"]["t_int64"]}
+    data["models"]["t_int64"]["dynamic_batching"] = {
+        "preferred_batch_size": [2, 4], "max_queue_delay_microseconds": 250, "preserve_ordering": preserve,
+        "max_queue_size": 7, "default_timeout_microseconds": 900,
+    }
+    build_repositories(parse_spec(data, tmp_path))
+    for repo in (tmp_path / "ngc", tmp_path / "embedded"):
+        db = _cfg(repo, "t_int64").dynamic_batching
+        assert list(db.preferred_batch_size) == [2, 4]
+        assert db.max_queue_delay_microseconds == 250
+        assert db.preserve_ordering is preserve
+        assert db.default_queue_policy.max_queue_size == 7
+        assert db.default_queue_policy.default_timeout_microseconds == 900
+        assert db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
