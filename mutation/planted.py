@@ -141,7 +141,9 @@ def run_one(root: Path, bug: Planted, python: str) -> tuple[bool, str, float]:
         started = time.monotonic()
         proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *tests], cwd=copy,
                               capture_output=True, text=True, timeout=1800)
-        summary = (proc.stdout.strip().splitlines() or [""])[-1]
+        lines = proc.stdout.strip().splitlines()
+        failed = next((ln.split(" - ")[0].removeprefix("FAILED ") for ln in lines if ln.startswith("FAILED ")), "")
+        summary = f"{failed} ({lines[-1] if lines else ''})" if failed else (lines[-1] if lines else "")
         return proc.returncode != 0, summary, time.monotonic() - started
 
 
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="build/mutation/planted.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    rows = ["| planted bug | caught? | tests run: last line |", "|---|---|---|"]
+    rows = ["| planted bug | caught? | first failing test (pytest summary) |", "|---|---|---|"]
     missed = 0
     for bug in PLANTED:
         if args.only and not any(o in bug.name for o in args.only):

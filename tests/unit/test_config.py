@@ -178,3 +178,13 @@ def test_dynamic_batching_carries_every_spec_setting_when_written(tmp_path: Path
         assert db.default_queue_policy.max_queue_size == 7
         assert db.default_queue_policy.default_timeout_microseconds == 900
         assert db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+
+
+def test_read_config_names_the_file_when_it_is_not_a_model_config(tmp_path: Path) -> None:
+    from build_tools.errors import RepositoryError
+
+    bad = tmp_path / "m" / "config.pbtxt"
+    bad.parent.mkdir()
+    bad.write_text('name: "m"\nmax_batch_size: "eight"\n')
+    with pytest.raises(RepositoryError, match=rf"^{bad}: not a valid ModelConfig: "):
+        read_config(bad)

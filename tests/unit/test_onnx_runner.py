@@ -148,3 +148,29 @@ def test_infer_fails_only_the_group_whose_run_fails_when_onnxruntime_raises(mult
     answers = multi.infer([(good, 2), ({"a": np.zeros((1, 5), object), "b": np.zeros((1, 5), object)}, 1)])
     np.testing.assert_array_equal(answers[0][0], good["a"] + good["b"])
     assert isinstance(answers[1], str) and answers[1].startswith("onnxruntime failed: ")
+
+
+class _CountingSession:
+    """The runner's real onnxruntime session, counting the runs it is asked for."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.feeds = session, []
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> Any:
+        self.feeds.append({n: a.shape for n, a in feed.items()})
+        return self.session.run(names, feed)
+
+
+def test_infer_runs_once_per_shape_group_when_requests_batch(tmp_path: Path) -> None:
+    model = _model(tmp_path, onnx_models.dynamic_dim(tmp_path / "dyn.onnx"))
+    model.session = counting = _CountingSession(model.session)
+    requests = [{"x": np.ones((rows, length), np.float32)} for rows, length in [(2, 3), (1, 5), (3, 3), (1, 5)]]
+    _run(model, *requests)
+    assert sorted(f["x"] for f in counting.feeds) == [(2, 5), (5, 3)]  # two runs: 2+3 rows of 3, 1+1 of 5
+
+
+def test_infer_runs_each_request_alone_when_model_does_not_batch(tmp_path: Path) -> None:
+    model = _model(tmp_path, onnx_models.fixed_batch(tmp_path / "fixed.onnx"), max_batch_size=0)
+    model.session = counting = _CountingSession(model.session)
+    _run(model, {"x": np.ones((1, 3), np.float32)}, {"x": np.ones((1, 3), np.float32)})
+    assert counting.feeds == [{"x": (1, 3)}, {"x": (1, 3)}]

@@ -113,3 +113,34 @@ def test_to_mnist_ignores_faint_noise_when_it_is_below_the_ink_threshold(digits:
 def test_to_mnist_raises_bad_image_when_canvas_is_blank() -> None:
     with pytest.raises(pre.BadImageError, match="no digit found"):
         pre.to_mnist(np.full((40, 40), 20, np.uint8), ink_threshold=32)
+
+
+def _centred_block(height: int, width: int) -> np.ndarray:
+    img = np.zeros((SIDE, SIDE), np.uint8)
+    top, left = (SIDE - height) // 2, (SIDE - width) // 2
+    img[top: top + height, left: left + width] = 200
+    return img
+
+
+@pytest.mark.parametrize(("height", "width"), [(20, 10), (10, 20), (20, 20)])
+def test_to_mnist_passes_through_when_28x28_digit_fits_20_px_exactly(height: int, width: int) -> None:
+    block = _centred_block(height, width)
+    assert np.array_equal(pre.to_mnist(block, ink_threshold=32)[0], block.astype(np.float32))
+
+
+@pytest.mark.parametrize(("height", "width"), [(21, 10), (10, 21), (24, 24)])
+def test_to_mnist_refits_when_28x28_digit_is_wider_or_taller_than_20_px(height: int, width: int) -> None:
+    out = pre.to_mnist(_centred_block(height, width), ink_threshold=32)[0]
+    assert max(ink_extent(out)) == BOX
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - CENTRE) <= 0.5 and abs(cx - CENTRE) <= 0.5
+
+
+@pytest.mark.parametrize(("shift", "passes_through"), [(2, True), (3, False)])
+def test_to_mnist_recentres_28x28_digit_only_when_mass_is_over_2_px_off(shift: int, passes_through: bool) -> None:
+    block = np.roll(_centred_block(12, 8), shift, axis=1)
+    out = pre.to_mnist(block, ink_threshold=32)[0]
+    assert np.array_equal(out, block.astype(np.float32)) is passes_through
+    if not passes_through:
+        cy, cx = centre_of_mass(out)
+        assert abs(cy - CENTRE) <= 0.5 and abs(cx - CENTRE) <= 0.5
