@@ -9,14 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from build_tools.errors import ToolkitError
+from build_tools.served import load_classifier_names
 from clients.images import bytes_batch, read_files
-from clients.triton import PROTOCOLS, Classification, TritonClient
+from triton_api import PROTOCOLS, Classification, TritonClient
 
 logger = logging.getLogger(__name__)
 
 
 def classify_files(
-    client: TritonClient, files: Sequence[Path], model: str = "mnist", top_k: int = 3
+    client: TritonClient, files: Sequence[Path], model: str, top_k: int = 3
 ) -> list[list[Classification]]:
     """One request with every file as a batch element; names come from the model's metadata."""
     meta = client.model_metadata(model)
@@ -40,14 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("files", nargs="+", type=Path, help="PNG or JPEG images")
     p.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8000 for HTTP, :8001 for gRPC)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="http")
-    p.add_argument("--model", default="mnist", help="an ensemble (or model) taking encoded image bytes")
+    p.add_argument("--model", help="an ensemble (or model) taking encoded image bytes (default: the spec's "
+                   "classification ensemble)")
+    p.add_argument("--spec", help="the spec naming the served models (default: deploy.yaml)")
     p.add_argument("--top-k", type=int, default=3)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     url = args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001")
     try:
+        model = args.model or load_classifier_names(args.spec).ensemble
         with TritonClient(url, args.protocol) as client:
-            results = classify_files(client, args.files, args.model, args.top_k)
+            results = classify_files(client, args.files, model, args.top_k)
     except ToolkitError as e:
         sys.stderr.write(f"triton-classify: error: {str(e).splitlines()[0]}\n")
         return 1

@@ -25,7 +25,7 @@ def _result(
 
 def test_gate_defaults_are_the_documented_limits_when_cli_given_no_options() -> None:
     cli = settings_from_args(build_parser().parse_args([]))
-    plain = EvalSettings(urls={}, onnx=Path("m.onnx"))
+    plain = EvalSettings(urls={}, onnx=Path("m.onnx"), classifier_model="c", ensemble_model="e")
     assert (cli.min_accuracy, cli.parity_atol) == (plain.min_accuracy, plain.parity_atol) == (0.97, 1e-4)
 
 

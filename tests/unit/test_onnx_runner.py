@@ -16,7 +16,8 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import json_format
 
-from build_tools.config import onnx_config_embedded, resolve_model_io
+from build_tools.config import onnx_config_embedded
+from build_tools.interfaces import resolve_model_io
 from build_tools.spec import parse_spec
 from tests.support import onnx_models
 from tests.support.backend import import_backend_model
