@@ -93,21 +93,26 @@ def _mutmut(*args: str, capture: bool = True) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=ROOT, capture_output=capture, text=True)
 
 
-def run_mutmut(sample: bool, children: int, fresh: bool) -> None:
+def run_mutmut(sample: bool, children: int, fresh: bool, only: list[str]) -> None:
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         raise ToolkitError("mutmut is not installed here; run `make mutation` (pip install -e '.[mutation]')")
     # mutmut keeps its instrumented copy and verdicts in mutants/ and retests what changed; --fresh
     # starts over (slower: generating the mutants takes minutes on a small machine).
     if fresh:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-    args = ["run", "--max-children", str(children), *(SAMPLE_PATTERNS if sample else ())]
+    prefixes = [o.rstrip("*") for o in only]
+    if prefixes:
+        patterns = [f"{o}{s}" for o in prefixes for s in SAMPLE_PATTERNS] if sample else [f"{o}*" for o in prefixes]
+    else:
+        patterns = list(SAMPLE_PATTERNS) if sample else []
+    args = ["run", "--max-children", str(children), *patterns]
     logger.info("mutmut %s", " ".join(args))
     proc = _mutmut(*args, capture=False)
     if proc.returncode != 0:
         raise ToolkitError(f"mutmut run failed with exit code {proc.returncode}")
 
 
-def mutmut_scores(accepted: dict[str, str], sample: bool) -> list[ModuleScore]:
+def mutmut_scores(accepted: dict[str, str]) -> list[ModuleScore]:
     out = _mutmut("results", "--all", "true")
     if out.returncode != 0:
         raise ToolkitError(f"mutmut results failed: {out.stderr[-2000:]}")
@@ -116,8 +121,8 @@ def mutmut_scores(accepted: dict[str, str], sample: bool) -> list[ModuleScore]:
         name, sep, status = line.strip().rpartition(": ")
         if not sep or "__mutmut_" not in name:
             continue
-        if status == "not checked" and sample:
-            continue  # outside the sample
+        if status == "not checked":
+            continue  # not run (outside the sample, or an interrupted run)
         by_module.setdefault(_module_of(name), []).append((name, status))
     scores = []
     for module, results in sorted(by_module.items()):
@@ -150,7 +155,8 @@ def render(scores: list[ModuleScore], seconds: float, sample: bool) -> str:
     lines = [
         "# Mutation testing report",
         "",
-        f"{'Sampled run (mutants numbered ...7)' if sample else 'Full run'}, {seconds:.0f} s. "
+        f"{'Sampled run (mutants numbered ...7)' if sample else 'Run'}, {seconds:.0f} s; mutants mutmut has "
+        "not run (outside a sample or an interrupted run) are left out. "
         f"Kill rate = killed / mutants the no-server tests reach; floor {FLOOR:.0%}. Mutants in functions "
         "that only run inside the Triton server (they need the stub's pb_utils objects) are counted apart: "
         "the server tests cover those functions, and mutmut cannot run them.",
@@ -184,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
     p.add_argument("--skip-python", action="store_true", help="only the alert rules (no mutmut run)")
     p.add_argument("--fresh", action="store_true", help="forget mutmut's earlier results (mutants/)")
+    p.add_argument("--report-only", action="store_true", help="report mutmut's stored verdicts without a run")
+    p.add_argument("--only", action="append", default=[],
+                   help="mutant name prefix to run, e.g. clients.gate (repeatable; reports every module)")
     p.add_argument("--report-dir", default="build/mutation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -192,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         scores = []
         if not args.skip_python:
-            run_mutmut(args.sample, args.children, args.fresh)
-            scores += mutmut_scores(accepted, args.sample)
+            if not args.report_only:
+                run_mutmut(args.sample, args.children, args.fresh, args.only)
+            scores += mutmut_scores(accepted)
         scores.append(alert_scores(accepted))
         seconds = time.monotonic() - started
     except ToolkitError as e:
