@@ -7,6 +7,10 @@ label) and reports every call through Locust's request event, so Locust's statis
 and thresholds see them.
 Concrete users only say which protocol and which model.
 
+Refusals (the server shedding load: queue full or queue timeout, HTTP 503 / gRPC UNAVAILABLE) are not
+failures: they are reported under their own name, ``<model> b<batch> refused``, so Locust counts them
+apart from errors and shows how fast they came back.
+
 Addresses: HTTP users use Locust's ``--host`` (``http://HOST:PORT``); gRPC users use ``--grpc-host
 HOST:PORT``, or ``--host`` when it is ``grpc://HOST:PORT``, or else --host's host name with Triton's
 default gRPC port 8001.
@@ -28,13 +32,22 @@ from locust import User, task
 
 from build_tools.errors import ClientError
 from loadtest.common import check_probabilities, mnist_sample, served_names
-from loadtest.errors import ResponseCheckError
+from loadtest.loadgen import is_refusal
 from loadtest.options import grpc_address, http_address
 from triton_api import PreparedRequest, TritonClient
 
 grpc_gevent.init_gevent()
 
 _user_numbers = itertools.count()
+
+
+def _refused(error: ClientError) -> bool:
+    """Whether the client layer's error wraps a refusal (triton_api raises ClientError from the
+    tritonclient exception)."""
+    from tritonclient.utils import InferenceServerException
+
+    cause = error.__cause__
+    return isinstance(cause, InferenceServerException) and is_refusal(cause.status(), cause.message())
 
 
 class TritonUser(User):
@@ -92,6 +105,7 @@ class TritonUser(User):
         request, labels = self.requests[self.position]
         self.position = (self.position + 1) % len(self.requests)
         exception: Exception | None = None
+        refused = False
         length = 0
         start = time.perf_counter()
         try:
@@ -102,11 +116,12 @@ class TritonUser(User):
             probabilities = result.get(self.output)
             length = 0 if probabilities is None else int(probabilities.nbytes)
             check_probabilities(probabilities, self.batch, labels if self.check_labels else None)
-        except (ClientError, ResponseCheckError) as e:
-            exception = e
+        except ClientError as e:  # the client layer's errors and ResponseCheckError (a subclass)
+            refused = _refused(e)
+            exception = None if refused else e
         self.environment.events.request.fire(
             request_type=self.protocol.upper(),
-            name=self.request_name,
+            name=f"{self.request_name} refused" if refused else self.request_name,
             response_time=elapsed_ms,
             response_length=length,
             exception=exception,

@@ -24,8 +24,8 @@ from build_tools.errors import ToolkitError
 
 logger = logging.getLogger(__name__)
 
-PREPROCESS = "models/mnist/preprocess/model.py"
-PREPROCESS_COPY = "model_repository/mnist_preprocess/1/model.py"
+PREPROCESS = "models/mnist/preprocess/pixels.py"  # the pixel pipeline; model.py is the Triton glue
+PREPROCESS_COPY = "model_repository/mnist_preprocess/1/pixels.py"
 TOP = "top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))"
 LEFT = "left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))"
 FLIP = "if r.parity_disagreements:"

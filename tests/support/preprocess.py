@@ -1,12 +1,16 @@
-"""The MNIST preprocessing model's own functions, and pixel-geometry helpers for checking its output."""
+"""The MNIST preprocessing model's pixel pipeline (models/mnist/preprocess/pixels.py), and pixel-geometry
+helpers for checking its output.
+
+The pipeline is imported by its package path (pure numpy/Pillow, no Triton), so a mutation tool that
+rewrites it sees the tests call it.
+"""
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 import numpy as np
-
-from tests.support.backend import import_backend_model
 
 SIDE = 28
 BOX = 20
@@ -14,7 +18,8 @@ CENTRE = SIDE / 2  # MNIST's convention: the centre of mass at (14, 14) in pixel
 
 
 def preprocess_module() -> ModuleType:
-    return import_backend_model("models.mnist.preprocess.model")
+    """The pixel functions the served model calls: `decode`, `to_mnist`, `BadImageError`."""
+    return importlib.import_module("models.mnist.preprocess.pixels")
 
 
 def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
