@@ -175,3 +175,18 @@ def test_infer_runs_each_request_alone_when_model_does_not_batch(tmp_path: Path)
     model.session = counting = _CountingSession(model.session)
     _run(model, {"x": np.ones((1, 3), np.float32)}, {"x": np.ones((1, 3), np.float32)})
     assert counting.feeds == [{"x": (1, 3)}, {"x": (1, 3)}]
+
+
+def test_check_refuses_non_finite_and_out_of_range_values_when_batched_with_good_ones(tmp_path: Path) -> None:
+    """Issue 17's validation inside the check/infer core: the bounds are inclusive, a bad request is
+    refused alone, and NaN is refused even on an input without a declared range."""
+    model = _model(tmp_path, onnx_models.multi_input(tmp_path / "multi.onnx"), inputs={"a": {"range": [-1.0, 1.0]}})
+    edge = {"a": np.array([[-1.0, 1.0, 0.0, 0.5]], np.float32), "b": np.full((1, 4), 7.0, np.float32)}
+    over = {"a": np.array([[1.0, 1.001, 0.0, 0.0]], np.float32), "b": np.zeros((1, 4), np.float32)}
+    nan_b = {"a": np.zeros((1, 4), np.float32), "b": np.array([[0.0, np.nan, np.inf, 0.0]], np.float32)}
+    answers = _run(model, edge, over, nan_b)
+    np.testing.assert_array_equal(answers[0][0], edge["a"] + edge["b"])
+    assert isinstance(answers[1], ValueError)
+    assert str(answers[1]).startswith("input 'a' has 1 value(s) outside [-1, 1] out of 4")
+    assert isinstance(answers[2], ValueError)
+    assert str(answers[2]).startswith("input 'b' has 2 non-finite value(s) (NaN or +-Inf) out of 4")
