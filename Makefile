@@ -10,7 +10,7 @@ METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router lifecycle-demo soak up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router lifecycle-demo soak mutation up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -75,6 +75,13 @@ bench: install
 bench-router: install
 	$(PY) -m loadtest.router_cost
 
+# Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/; MUTATION_ARGS=--sample for
+# about one mutant in five. Needs promtool (Debian package `prometheus`). See docs/mutation.md.
+MUTATION_ARGS ?=
+mutation: install
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) -m mutation.run $(MUTATION_ARGS)
+
 # 10 minutes of the ensemble at about 80 % of its peak: 0 failures and flat memory (build/soak/).
 soak: install
 	$(PY) -m loadtest.soak --minutes $(or $(SOAK_MINUTES),10)
@@ -87,4 +94,4 @@ down:
 	VENV=$(VENV) .ci/compose-check.sh --down
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build mutants .pytest_cache .ruff_cache

