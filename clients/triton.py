@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -90,7 +91,11 @@ class TritonClient:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as e:
+            if _unreachable(e):
+                raise ClientError(unreachable_message(self.protocol, self.url, e.message())) from e
             raise ClientError(f"{what} failed on {self.protocol}://{self.url}: {e.message()}") from e
+        except OSError as e:  # tritonclient.http lets refused and reset connections through
+            raise ClientError(unreachable_message(self.protocol, self.url, str(e) or type(e).__name__)) from e
 
     def is_ready(self) -> bool:
         try:
@@ -150,8 +155,22 @@ class TritonClient:
     ) -> list[list[Classification]]:
         """Top-k classifications per batch element, through Triton's classification extension."""
         raw = self.infer(model, inputs, [output], version=version, class_count=top_k)[output]
-        rows = raw.reshape(-1, top_k)
+        # Triton returns at most as many entries as there are classes: split by batch element, not by top_k.
+        batch = len(next(iter(inputs.values())))
+        rows = raw.reshape(batch, -1)
         return [[Classification.parse(x) for x in row] for row in rows]
+
+
+def unreachable_message(protocol: str, url: str, detail: str) -> str:
+    return (
+        f"cannot reach Triton's {protocol} endpoint at {url} ({detail.strip().splitlines()[0] if detail else ''}); "
+        f"start the server (`make serve`) or pass its address"
+    )
+
+
+def _unreachable(e: InferenceServerException) -> bool:
+    """gRPC reports a refused connection as UNAVAILABLE; tritonclient.http's aio client as a ClientError."""
+    return str(e.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
 def _response_outputs(result: Any) -> list[dict[str, Any]]:
@@ -194,7 +213,11 @@ class AsyncTritonClient:
         try:
             meta = await self._client.get_model_metadata(model, version)
         except InferenceServerException as e:
+            if _unreachable(e):
+                raise ClientError(unreachable_message(self.protocol, self.url, e.message())) from e
             raise ClientError(f"metadata of {model!r} failed on {self.protocol}://{self.url}: {e.message()}") from e
+        except (TimeoutError, OSError, aiohttp.ClientError) as e:  # http.aio lets these through
+            raise ClientError(unreachable_message(self.protocol, self.url, str(e) or type(e).__name__)) from e
         return meta if isinstance(meta, dict) else _message_to_dict(meta)
 
     async def infer(
@@ -210,4 +233,6 @@ class AsyncTritonClient:
                 f"inference on {model!r}{f' version {version}' if version else ''} failed on "
                 f"{self.protocol}://{self.url}: {e.message()}"
             ) from e
+        except (TimeoutError, OSError, aiohttp.ClientError) as e:
+            raise ClientError(unreachable_message(self.protocol, self.url, str(e) or type(e).__name__)) from e
         return {name: result.as_numpy(name) for name in outputs}

@@ -18,6 +18,7 @@ every user of the process.
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from typing import Any, ClassVar
 
@@ -41,6 +42,21 @@ from loadtest.options import grpc_address, http_address
 grpc_gevent.init_gevent()
 
 _user_numbers = itertools.count()
+
+# While the server cannot be reached, each user waits 50 ms, 100 ms, ... up to 2 s between calls: a
+# closed loop of refused connections would otherwise spin thousands of failures a second and burn the
+# load generator's CPU. The first answer from the server ends the back-off.
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+_UNREACHABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
+
+
+def backoff_seconds(failures_in_a_row: int) -> float:
+    """The wait before the next call after this many unreachable-server failures in a row (jittered)."""
+    if failures_in_a_row <= 0:
+        return 0.0
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1))
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 def _client_error(message: str, cause: BaseException) -> ClientError:
@@ -66,6 +82,11 @@ class TritonUser(User):
         options = getattr(self.environment, "parsed_options", None)
         value = getattr(options, name, None) if options is not None else None
         return default if value is None else value
+
+    unreachable_streak = 0
+
+    def wait_time(self) -> float:
+        return backoff_seconds(self.unreachable_streak)
 
     def on_start(self) -> None:
         self.batch = int(self.batch_size or self._option("batch_size", 1))
@@ -113,6 +134,7 @@ class TritonUser(User):
         inputs, labels = self.requests[self.position]
         self.position = (self.position + 1) % len(self.requests)
         exception: Exception | None = None
+        unreachable = False
         length = 0
         start = time.perf_counter()
         try:
@@ -125,10 +147,13 @@ class TritonUser(User):
             check_probabilities(probabilities, self.batch, labels if self.check_labels else None)
         except self.client_module.InferenceServerException as e:
             exception = _client_error(f"{self.model}: {e.message() or e}", e)
+            unreachable = str(e.status()) in _UNREACHABLE_STATUSES
         except OSError as e:  # connection refused or reset (tritonclient.http lets these through)
             exception = _client_error(f"{self.model}: {type(e).__name__}: {e}", e)
+            unreachable = True
         except ResponseCheckError as e:
             exception = e
+        self.unreachable_streak = self.unreachable_streak + 1 if unreachable else 0
         self.environment.events.request.fire(
             request_type=self.protocol.upper(),
             name=self.request_name,

@@ -1,0 +1,82 @@
+"""Ready ``--input-data`` files for perf_analyzer, one per served model (``loadtest/perf_inputs/``).
+
+perf_analyzer's JSON takes a BYTES element as ``{"b64": ...}`` of its *serialized* form: a 4-byte
+little-endian length, then the bytes. A plain base64 PNG is read as a length prefix of garbage
+("expecting string of length 1196314761": the PNG signature read as a length), so these files carry
+the prefix. Numeric inputs are plain ``content`` lists with their ``shape`` (without the batch
+dimension: perf_analyzer stacks consecutive steps into a batch).
+
+Each file holds one held-out digit of every class (0..9). The files are committed; regenerate them with
+``python -m loadtest.perf_inputs`` (a test fails when they differ from what this module writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.common import CLASSIFIER, CLASSIFIER_INPUT, ENSEMBLE, ENSEMBLE_INPUT, IMAGE_SHAPE, mnist_sample
+
+FOLDER = Path(__file__).resolve().parent / "perf_inputs"
+PREPROCESS = "mnist_preprocess"  # the ensemble's first step, served on its own too
+
+
+def serialize_bytes_element(data: bytes) -> bytes:
+    """Triton's wire form of one BYTES element: a 4-byte little-endian length, then the bytes."""
+    return len(data).to_bytes(4, "little") + data
+
+
+def _one_per_class() -> list[int]:
+    labels = mnist_sample().labels
+    return [int(np.flatnonzero(labels == digit)[0]) for digit in range(10)]
+
+
+def input_data() -> dict[str, dict[str, list[dict[str, dict[str, object]]]]]:
+    """model name -> perf_analyzer input-data document."""
+    sample = mnist_sample()
+    picks = _one_per_class()
+    tensors = [
+        {CLASSIFIER_INPUT: {"content": [int(v) for v in sample.images[i].reshape(-1)], "shape": list(IMAGE_SHAPE)}}
+        for i in picks
+    ]
+    pngs = [base64.b64encode(serialize_bytes_element(sample.pngs[i])).decode("ascii") for i in picks]
+    encoded = [{ENSEMBLE_INPUT: {"b64": b64}} for b64 in pngs]
+    return {CLASSIFIER: {"data": tensors}, ENSEMBLE: {"data": encoded}, PREPROCESS: {"data": encoded}}
+
+
+def render(document: dict[str, object]) -> str:
+    return json.dumps(document, separators=(",", ":")) + "\n"
+
+
+def write(folder: Path = FOLDER) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model, document in input_data().items():
+        path = folder / f"{model}.json"
+        path.write_text(render(document))
+        written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from build_tools.console import make_parser, run
+
+    parser = make_parser("python -m loadtest.perf_inputs", __doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=FOLDER, help="folder to write the files to")
+
+    def command(args: argparse.Namespace) -> int:
+        for path in write(args.out):
+            sys.stdout.write(f"{path}\n")
+        return 0
+
+    return run(parser, command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
