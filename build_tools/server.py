@@ -342,8 +342,12 @@ class TritonServer:
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGINT (Triton's graceful shutdown), then SIGTERM, then SIGKILL to the whole group."""
+    def stop(self, timeout_s: float = 20.0, report: bool = True) -> int | None:
+        """SIGINT (Triton's graceful shutdown), then SIGTERM, then SIGKILL to the whole group.
+
+        A bad end (a crash, or needing SIGKILL) is kept in ``exit_problem`` and logged as an error
+        unless ``report`` is False (the context manager raises it instead).
+        """
         proc = self.process
         if proc is None:
             return None
@@ -369,7 +373,8 @@ class TritonServer:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         self.exit_problem = _exit_problem(proc.returncode, sent)
         if self.exit_problem:
-            logger.error("tritonserver %s; log %s ends with:\n%s", self.exit_problem, self.log_path, self.log_tail(20))
+            logger.log(logging.ERROR if report else logging.DEBUG, "tritonserver %s; log %s ends with:\n%s",
+                       self.exit_problem, self.log_path, self.log_tail(20))
         else:
             logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
@@ -380,7 +385,7 @@ class TritonServer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        self.stop(report=exc_type is not None)
         # A server that crashed (even while unloading) is a failure, unless one is already on its way.
         if self.exit_problem and exc_type is None:
             raise ServerError(f"tritonserver {self.exit_problem}; see its log {self.log_path}")

@@ -4,7 +4,8 @@ perf_analyzer's JSON takes a BYTES element as ``{"b64": ...}`` of its *serialize
 little-endian length, then the bytes. A plain base64 PNG is read as a length prefix of garbage
 ("expecting string of length 1196314761": the PNG signature read as a length), so these files carry
 the prefix. Numeric inputs are plain ``content`` lists with their ``shape`` (without the batch
-dimension: perf_analyzer stacks consecutive steps into a batch).
+dimension: perf_analyzer stacks consecutive steps into a batch), written as floats for FP32 inputs
+(perf_analyzer refuses JSON integers there: "unable to find float data in json").
 
 Each file holds one held-out digit of every class (0..9). The files are committed; regenerate them with
 ``python -m loadtest.perf_inputs`` (a test fails when they differ from what this module writes).
@@ -42,7 +43,7 @@ def input_data() -> dict[str, dict[str, list[dict[str, dict[str, object]]]]]:
     sample = mnist_sample()
     picks = _one_per_class()
     tensors = [
-        {CLASSIFIER_INPUT: {"content": [int(v) for v in sample.images[i].reshape(-1)], "shape": list(IMAGE_SHAPE)}}
+        {CLASSIFIER_INPUT: {"content": [float(v) for v in sample.images[i].reshape(-1)], "shape": list(IMAGE_SHAPE)}}
         for i in picks
     ]
     pngs = [base64.b64encode(serialize_bytes_element(sample.pngs[i])).decode("ascii") for i in picks]

@@ -80,7 +80,8 @@ def test_readme_stock_client_commands_classify_every_example_when_run_as_pasted(
 def test_readme_perf_analyzer_commands_measure_every_model_when_run_as_pasted(embedded_server: TritonServer) -> None:
     """Issue 16 (6): a plain b64 PNG failed ("expecting string of length 1196314761"); the binary was not on PATH.
 
-    The measurement window is shortened (appended flags win) so the three runs take seconds.
+    The measurement is shortened and any window accepted (appended flags win): the runs take seconds,
+    and a busy machine cannot fail them for stability.
     """
     from loadtest import perf
 
@@ -91,7 +92,7 @@ def test_readme_perf_analyzer_commands_measure_every_model_when_run_as_pasted(em
     models = {shlex.split(c)[shlex.split(c).index("-m") + 1] for c in commands}
     assert models == {"mnist_classifier", "mnist", "mnist_preprocess"}
     for command in commands:
-        argv = [*_as_pasted(command, embedded_server), "-p", "500", "-s", "100", "-r", "3"]
+        argv = [*_as_pasted(command, embedded_server), "-p", "500", "-s", "1000", "-r", "3"]
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
         assert "Throughput:" in result.stdout, result.stdout[-2000:]
