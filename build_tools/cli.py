@@ -16,10 +16,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from build_tools import verify
+from build_tools.build import build_repositories
 from build_tools.console import add_subparsers, make_parser, port_number, positive_float, run
 from build_tools.errors import LintError, ToolkitError
 from build_tools.lint import lint_spec
-from build_tools.repository import build_repositories, check_drift
+from build_tools.repository import check_drift
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import FLAVORS, load_spec
 
@@ -125,19 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
-    _register_extensions(sub)
+    verify.register(sub)
     return parser
-
-
-def _register_extensions(sub: argparse._SubParsersAction) -> None:
-    """Subcommands owned by other modules (plan building, verification) register themselves here."""
-    try:
-        from build_tools import tensorrt
-    except ImportError:
-        return
-    register = getattr(tensorrt, "register_cli", None)
-    if register is not None:
-        register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,5 +44,9 @@ class ClientError(ToolkitError):
     """A request to a running Triton server failed (wraps tritonclient errors)."""
 
 
+class ServerUnreachableError(ClientError):
+    """No Triton answers at the address (refused, reset, or gRPC UNAVAILABLE): callers may back off."""
+
+
 class PlanBuildError(ToolkitError):
     """A TensorRT plan could not be built, failed its accuracy gate, or its versions do not match."""

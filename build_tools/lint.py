@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from build_tools.config import (
-    ModelIO,
-    default_instance_groups,
-    resolve_ensemble_io,
-    resolve_model_io,
-    trt_model_name,
-)
+from build_tools.config import default_instance_groups
+from build_tools.interfaces import Interfaces, ModelIO, resolve_interfaces, trt_model_name
 from build_tools.spec import FLAVORS, DeploySpec, FlavorName, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -131,13 +126,12 @@ def _lint_formats(name: str, model: ModelSpec, spec: DeploySpec, findings: list[
             findings.append(f"models.{name}.tensorrt.calibration_data: int8 precision needs calibration data")
 
 
-def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
+def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
     """All findings for the spec, and the resolved interface of every model and ensemble."""
     findings: list[str] = []
-    ios: dict[str, ModelIO] = {}
+    ios = resolve_interfaces(spec)
     for name, model in spec.models.items():
-        io = resolve_model_io(spec, name)
-        ios[name] = io
+        io = ios[name]
         findings.extend(io.findings)
         _lint_batching(name, model, findings)
         _lint_instances(name, model, spec, findings)
@@ -155,9 +149,7 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], dict[str, ModelIO]]:
                         f"ensembles.{name}.substitutions.{flavor}.{original}: {replacement!r} is not a "
                         f"model this spec builds; known: {sorted(known)}"
                     )
-        io = resolve_ensemble_io(spec, name, ios)
-        ios[name] = io
-        findings.extend(io.findings)
+        findings.extend(ios[name].findings)
     # One message per problem, in spec order: findings from shared resolution can repeat.
     unique = list(dict.fromkeys(findings))
     for f in unique:

@@ -1,8 +1,9 @@
-"""Repository assembly: turn a linted spec into the ngc and embedded model repositories on disk.
+"""Repository assembly: write the folders build_tools.config plans for each flavor, run the build steps
+it is given, and swap the result in; plus the drift check.
 
 Each flavor is planned in memory first (`plan_flavor`: configs plus the files each model folder holds),
-then written to a temporary sibling folder and swapped in, so a failed build never leaves a half-written
-repository behind.
+then written to a temporary sibling folder, completed by the explicit build steps (e.g. TensorRT plans)
+and swapped in, so a failed build never leaves a half-written repository behind.
 """
 
 from __future__ import annotations
@@ -11,33 +12,23 @@ import filecmp
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from build_tools import config as cfg
+from build_tools.config import ModelFolder
 from build_tools.errors import LintError, RepositoryError
+from build_tools.interfaces import Interfaces
 from build_tools.lint import lint_spec
 from build_tools.spec import FLAVORS, DeploySpec, FlavorName
 
 logger = logging.getLogger(__name__)
 
-RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model.py"
 # Marks a folder as written by build-repo, so a rebuild may replace it without touching anything else.
 MARKER = ".triton-repo"
 # Model binaries are build outputs: the ngc repository in git holds everything else.
 BINARY_SUFFIXES = (".onnx", ".plan", ".json.lock")
-
-
-@dataclass
-class ModelFolder:
-    """One model folder: its config and every file under it (relative path -> source file)."""
-
-    name: str
-    config: mc.ModelConfig
-    files: dict[str, Path | bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,82 +39,25 @@ class FlavorPlan:
     notes: list[str] = field(default_factory=list)
 
 
-# Hook for build steps that produce extra files (TensorRT plans): called with the spec, the flavor plan
-# and the staging folder after the configs are written. Registered by build_tools.tensorrt when present.
-PostBuildHook = Callable[[DeploySpec, FlavorPlan, Path], list[str]]
-_post_build_hooks: list[PostBuildHook] = []
+@dataclass(frozen=True)
+class BuildContext:
+    """What a build step sees: the spec, its resolved interfaces, the flavor's plan and its staging folder."""
+
+    spec: DeploySpec
+    interfaces: Interfaces
+    plan: FlavorPlan
+    staging: Path
 
 
-def register_post_build_hook(hook: PostBuildHook) -> None:
-    if hook not in _post_build_hooks:
-        _post_build_hooks.append(hook)
+# A step that adds files after the configs are written (e.g. TensorRT plans) and returns notes for the
+# user. Steps are passed to build_repositories explicitly; build_tools.build.STANDARD_STEPS is the list
+# every caller uses.
+BuildStep = Callable[[BuildContext], list[str]]
 
 
-def _labels_files(folder: ModelFolder, io: cfg.ModelIO) -> None:
-    for t in io.outputs:
-        if t.labels is not None:
-            folder.files[t.labels.name] = t.labels
-
-
-def _warmup_files(spec: DeploySpec, name: str, folder: ModelFolder, io: cfg.ModelIO) -> None:
-    model = spec.models[name]
-    types = {t.name: t.data_type for t in io.inputs}
-    for w in model.warmup:
-        for input_name, file in w.files.items():
-            path = spec.resolve(file)
-            rel = f"warmup/{cfg.warmup_filename(w.name, input_name)}"
-            if types.get(input_name) == "STRING":
-                # Triton reads BYTES warmup data serialized: each element is a 4-byte little-endian
-                # length followed by its bytes (a raw file fails with "incomplete string data").
-                folder.files[rel] = cfg.serialize_bytes_element(path.read_bytes())
-            else:
-                folder.files[rel] = path
-
-
-def _python_sources(src: Path, version: int, folder: ModelFolder) -> None:
-    if src.is_dir():
-        for f in sorted(src.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts:
-                folder.files[f"{version}/{f.relative_to(src).as_posix()}"] = f
-    else:
-        folder.files[f"{version}/model.py"] = src
-
-
-def plan_flavor(spec: DeploySpec, flavor: FlavorName, ios: dict[str, cfg.ModelIO]) -> FlavorPlan:
+def plan_flavor(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> FlavorPlan:
     """Every model folder of one flavor, in memory."""
-    folders: list[ModelFolder] = []
-    for name, model in spec.models.items():
-        io = ios[name]
-        if model.kind == "python":
-            folder = ModelFolder(name, cfg.python_config(name, model, io, flavor))
-            for version, src in model.version_sources.items():
-                _python_sources(spec.resolve(src), version, folder)
-        elif flavor == "ngc":
-            folder = ModelFolder(name, cfg.onnx_config_ngc(name, model, io))
-            for version, src in model.version_sources.items():
-                folder.files[f"{version}/{cfg.ONNX_FILENAME}"] = spec.resolve(src)
-        else:
-            folder = ModelFolder(name, cfg.onnx_config_embedded(name, model, io))
-            for version, src in model.version_sources.items():
-                folder.files[f"{version}/{cfg.ONNX_FILENAME}"] = spec.resolve(src)
-                folder.files[f"{version}/model.py"] = RUNNER_SOURCE
-        _labels_files(folder, io)
-        _warmup_files(spec, name, folder, io)
-        folders.append(folder)
-        if flavor == "ngc" and "tensorrt_plan" in model.formats:
-            trt_name = cfg.trt_model_name(name, model)
-            trt = ModelFolder(trt_name, cfg.tensorrt_config(trt_name, model, io))
-            _labels_files(trt, io)
-            _warmup_files(spec, name, trt, io)
-            folders.append(trt)
-    for name, ens in spec.ensembles.items():
-        steps = [cfg.step_model_name(spec, ens, flavor, s.model) for s in ens.steps]
-        folder = ModelFolder(name, cfg.ensemble_config(name, ens, ios[name], steps))
-        # Ensembles need an (empty) version folder to load.
-        folder.files["1/.keep"] = b""
-        _labels_files(folder, ios[name])
-        folders.append(folder)
-    return FlavorPlan(flavor, spec.resolve(spec.flavors[flavor].output), folders)
+    return FlavorPlan(flavor, spec.resolve(spec.flavors[flavor].output), cfg.flavor_folders(spec, flavor, ios))
 
 
 def _write(plan: FlavorPlan, staging: Path) -> None:
@@ -160,7 +94,7 @@ def _swap_in(staging: Path, output: Path) -> None:
         staging.rename(output)
 
 
-def lint_or_raise(spec: DeploySpec) -> dict[str, cfg.ModelIO]:
+def lint_or_raise(spec: DeploySpec) -> Interfaces:
     findings, ios = lint_spec(spec)
     if findings:
         raise LintError(findings)
@@ -168,9 +102,10 @@ def lint_or_raise(spec: DeploySpec) -> dict[str, cfg.ModelIO]:
 
 
 def build_repositories(
-    spec: DeploySpec, flavors: Iterable[FlavorName] | None = None
+    spec: DeploySpec, steps: Sequence[BuildStep], flavors: Iterable[FlavorName] | None = None
 ) -> dict[FlavorName, FlavorPlan]:
-    """Lint, then write every requested (and enabled) flavor. Nothing is written if lint fails."""
+    """Lint, then write every requested (and enabled) flavor and run `steps` on it, in order, before it is
+    swapped in. Nothing is written if lint or a step fails."""
     ios = lint_or_raise(spec)
     chosen = [f for f in (flavors or FLAVORS) if f in spec.flavors and spec.flavors[f].enabled]
     plans = {f: plan_flavor(spec, f, ios) for f in chosen}
@@ -184,8 +119,9 @@ def build_repositories(
         staging.chmod(0o755)
         try:
             _write(plan, staging)
-            for hook in _post_build_hooks:
-                plan.notes.extend(hook(spec, plan, staging))
+            context = BuildContext(spec, ios, plan, staging)
+            for step in steps:
+                plan.notes.extend(step(context))
             _swap_in(staging, plan.output)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -13,7 +13,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from build_tools.config import ModelIO, TensorIO, default_instance_groups, resolve_model_io
+from build_tools.config import default_instance_groups
+from build_tools.interfaces import Interfaces, ModelIO, TensorIO, resolve_model_io
 from build_tools.spec import DeploySpec, FlavorName
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def python_backend_shm_estimate(
     flavor: FlavorName,
     default_bytes: int = PYTHON_SHM_DEFAULT_BYTES,
     growth_bytes: int = PYTHON_SHM_GROWTH_BYTES,
+    interfaces: Interfaces | None = None,
 ) -> ShmEstimate:
     """Per model: instances x (default region + the growth steps one full batch of tensors needs)."""
     models = []
@@ -78,7 +80,7 @@ def python_backend_shm_estimate(
             # KIND_GPU places `count` instances on every listed GPU; without a list we assume one GPU.
             per_gpu = len(g.gpus) if g.kind == "KIND_GPU" and g.gpus else 1
             instances += g.count * per_gpu
-        io = resolve_model_io(spec, name)
+        io = interfaces[name] if interfaces is not None else resolve_model_io(spec, name)
         if io.findings:
             logger.debug("shm estimate for %s uses a partial interface: %s", name, io.findings)
         steps = max(1, math.ceil(_io_bytes_per_execution(io, model.max_batch_size) / growth_bytes))
@@ -92,8 +94,8 @@ def python_backend_shm_bytes(spec: DeploySpec, flavor: FlavorName) -> int:
     return python_backend_shm_estimate(spec, flavor).total_bytes
 
 
-def shm_note(spec: DeploySpec, flavor: FlavorName) -> str | None:
-    est = python_backend_shm_estimate(spec, flavor)
+def shm_note(spec: DeploySpec, flavor: FlavorName, interfaces: Interfaces | None = None) -> str | None:
+    est = python_backend_shm_estimate(spec, flavor, interfaces=interfaces)
     if not est.models:
         return None
     detail = ", ".join(f"{m.model} {m.instances}x{m.bytes_per_instance // MIB} MiB" for m in est.models)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -22,14 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from build_tools.errors import ServerError
+from triton_api import TritonClient
 
 logger = logging.getLogger(__name__)
 
@@ -294,25 +292,19 @@ class TritonServer:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        url = f"http://{self.http_url}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
-
     def model_index(self) -> list[dict[str, str]]:
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return list(json.loads(r.read()))
+        with TritonClient(self.http_url, "http", timeout_s=5.0) as client:
+            return client.repository_index()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until the server and every model in its repositories are ready, or raise."""
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
+        with TritonClient(self.http_url, "http", timeout_s=5.0) as client:
+            self._wait_ready(client, deadline, timeout_s)
+
+    def _wait_ready(self, client: TritonClient, deadline: float, timeout_s: float) -> None:
+        assert self.process is not None
         while True:
             code = self.process.poll()
             if code is not None:
@@ -320,9 +312,8 @@ class TritonServer:
                     f"tritonserver exited with code {code} during startup; log {self.log_path} ends with:\n"
                     f"{self.log_tail()}"
                 )
-            status, _ = self._get("/v2/health/ready")
-            if status == 200:
-                not_ready = [m for m in self.model_index() if m.get("state") != "READY"]
+            if client.is_ready():
+                not_ready = [m for m in client.repository_index() if m.get("state") != "READY"]
                 if not not_ready:
                     return
                 failed = [m for m in not_ready if m.get("state") == "UNAVAILABLE" and m.get("reason")]

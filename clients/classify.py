@@ -10,15 +10,15 @@ from pathlib import Path
 
 from build_tools.console import make_parser, positive_int, run
 from build_tools.errors import ToolkitError, UsageError
-from clients.endpoints import DEFAULT_PORTS, parse_endpoint
+from build_tools.served import load_classifier_names
 from clients.images import bytes_batch, read_files
-from clients.triton import PROTOCOLS, Classification, TritonClient
+from triton_api import DEFAULT_PORTS, PROTOCOLS, Classification, TritonClient, parse_endpoint
 
 logger = logging.getLogger(__name__)
 
 
 def classify_files(
-    client: TritonClient, files: Sequence[Path], model: str = "mnist", top_k: int = 3
+    client: TritonClient, files: Sequence[Path], model: str, top_k: int = 3
 ) -> list[list[Classification]]:
     """One request with every file as a batch element; names come from the model's metadata."""
     missing = [str(f) for f in files if not Path(f).is_file()]
@@ -50,15 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT of the server (http:// or grpc:// accepted; default 127.0.0.1:8000 for HTTP, "
                         "127.0.0.1:8001 for gRPC)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="how to talk to the server")
-    p.add_argument("--model", default="mnist", help="an ensemble (or model) taking encoded image bytes")
+    p.add_argument("--model", help="an ensemble (or model) taking encoded image bytes (default: the spec's "
+                   "classification ensemble)")
+    p.add_argument("--spec", help="the spec naming the served models (default: deploy.yaml)")
     p.add_argument("--top-k", type=positive_int, default=3, help="labels to print per image")
     return p
 
 
 def _command(args: argparse.Namespace) -> int:
     url = parse_endpoint(args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}", args.protocol)
+    model = args.model or load_classifier_names(args.spec).ensemble
     with TritonClient(url, args.protocol) as client:
-        results = classify_files(client, args.files, args.model, args.top_k)
+        results = classify_files(client, args.files, model, args.top_k)
     sys.stdout.write("\n".join(format_results(args.files, results)) + "\n")
     return 0
 

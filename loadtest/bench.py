@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from build_tools.errors import ToolkitError
+from build_tools.served import SPEC_ENV
 from loadtest import loadgen, procstat
-from loadtest.common import mnist_sample
+from loadtest.common import mnist_sample, served_names
 from loadtest.errors import LoadTestError
 from loadtest.servers import (
     DEFAULT_SPEC,
@@ -282,14 +283,15 @@ def run_perf_section(server: Any, cpus: CpuSplit, workdir: Path) -> list[Any]:
         logger.warning("perf_analyzer not installed (%s): its section is skipped", perf.INSTALL_HINT)
         return []
     logger.info("perf_analyzer section (%s)", binary)
+    names = served_names()
     with affinity(cpus.client if cpus.pinned else None):
-        rows = perf.sweep(server.http_url, server.grpc_url, models=("mnist_classifier",), batch_sizes=(1, 64),
+        rows = perf.sweep(server.http_url, server.grpc_url, models=(names.classifier,), batch_sizes=(1, 64),
                           concurrencies=(1, 16), shared_memory=("none",), workdir=workdir,
                           settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False)
-        rows += perf.sweep(None, server.grpc_url, models=("mnist_classifier",), batch_sizes=(64,),
+        rows += perf.sweep(None, server.grpc_url, models=(names.classifier,), batch_sizes=(64,),
                            concurrencies=(4,), shared_memory=("system",), workdir=workdir,
                            settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False)
-        rows += perf.sweep(server.http_url, server.grpc_url, models=("mnist",), concurrencies=(16,),
+        rows += perf.sweep(server.http_url, server.grpc_url, models=(names.ensemble,), concurrencies=(16,),
                            workdir=workdir, settings=perf.PerfSettings(measurement_ms=1500, max_trials=4),
                            progress=False)
     for r in rows:
@@ -329,9 +331,10 @@ def evaluate_targets(report: dict[str, Any], config: BenchConfig) -> dict[str, A
             return None
         return (num["images_per_s"] if images else num["throughput_rps"]) / den
 
-    flask = find(report, "Flask dev", "flask-dev/mnist_classifier", 1, c)
+    names = served_names()
+    flask = find(report, "Flask dev", f"flask-dev/{names.classifier}", 1, c)
     for proto in ("http", "grpc"):
-        cls, ens = f"triton-{proto}/mnist_classifier", f"triton-{proto}/mnist"
+        cls, ens = f"triton-{proto}/{names.classifier}", f"triton-{proto}/{names.ensemble}"
         tri = find(report, on, cls, 1, c)
         suffix = "" if proto == "http" else "_grpc"
         p = proto.upper()
@@ -580,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-cpus", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="1 s loads at c1,16 (a smoke test, not a result)")
     args = parser.parse_args(argv)
+    # Every load tool (loadgen, perf) names the models after this spec.
+    os.environ[SPEC_ENV] = str(args.spec.resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("build_tools").setLevel(logging.WARNING)
     config = BenchConfig(out=args.out, spec=args.spec, duration_s=args.duration, warmup_s=args.warmup,

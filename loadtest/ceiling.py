@@ -18,13 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loadtest.common import mnist_sample
+from loadtest.common import mnist_sample, served_names
 from loadtest.loadgen import percentile_ms
-from loadtest.servers import ROOT
 
 logger = logging.getLogger(__name__)
 
-MODEL = ROOT / "models" / "mnist" / "mnist_cnn.onnx"
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -48,7 +46,7 @@ class CeilingResult:
 
 
 def measure(
-    model: Path = MODEL, batch_sizes: tuple[int, ...] = BATCH_SIZES, seconds_per_batch: float = 0.8,
+    model: Path | None = None, batch_sizes: tuple[int, ...] = BATCH_SIZES, seconds_per_batch: float = 0.8,
     threads: int | None = None,
 ) -> CeilingResult:
     import onnxruntime as ort
@@ -59,6 +57,7 @@ def measure(
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    model = model or served_names().onnx
     session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     sample = mnist_sample()

@@ -1,4 +1,5 @@
-"""What every load tool shares: the models' names, the sample digits, and the response checks.
+"""What every load tool shares: the served models' names (from the spec), the sample digits, and the
+response checks.
 
 The sample is the project's canonical MNIST hold-out split (500 digits, 50 per class): raw tensors for
 the classifier, the same digits encoded as PNG for the ensemble (a 28x28 MNIST digit passes the
@@ -15,13 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from build_tools.served import ClassifierNames, load_classifier_names
 from loadtest.errors import ResponseCheckError
 
-CLASSIFIER = "mnist_classifier"
-CLASSIFIER_INPUT = "image"
-ENSEMBLE = "mnist"
-ENSEMBLE_INPUT = "image_bytes"
-OUTPUT = "probabilities"
+
+@functools.lru_cache(maxsize=1)
+def served_names() -> ClassifierNames:
+    """The classifier and ensemble the load tools call, from the spec ($TRITON_DEPLOY_SPEC or deploy.yaml)."""
+    return load_classifier_names()
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_BYTES = 4 * 28 * 28  # one FP32 image
@@ -83,13 +86,13 @@ def check_probabilities(
     ``expected``, every predicted label must equal it.
     """
     if probabilities is None:
-        raise ResponseCheckError(f"response has no {OUTPUT!r} output")
+        raise ResponseCheckError("the response has no probabilities output")
     if probabilities.shape != (batch_size, NUM_CLASSES):
         raise ResponseCheckError(
-            f"{OUTPUT!r} has shape {list(probabilities.shape)}, expected [{batch_size}, {NUM_CLASSES}]"
+            f"the probabilities have shape {list(probabilities.shape)}, expected [{batch_size}, {NUM_CLASSES}]"
         )
     if not np.isfinite(probabilities).all() or probabilities.min() < 0 or probabilities.max() > 1.0001:
-        raise ResponseCheckError(f"{OUTPUT!r} holds values outside [0, 1] (not probabilities)")
+        raise ResponseCheckError("the output holds values outside [0, 1] (not probabilities)")
     labels = probabilities.argmax(axis=1)
     if expected is not None and not np.array_equal(labels, expected):
         wrong = np.flatnonzero(labels != expected)

@@ -24,16 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.common import (
-    CLASSIFIER,
-    CLASSIFIER_INPUT,
-    ENSEMBLE,
-    ENSEMBLE_INPUT,
-    NUM_CLASSES,
-    OUTPUT,
-    Sample,
-    check_probabilities,
-)
+from loadtest.common import NUM_CLASSES, Sample, check_probabilities, served_names
 from loadtest.errors import LoadTestError, ResponseCheckError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +38,7 @@ GrpcDecoder = Callable[[bytes, int], np.ndarray]
 class Target:
     """What to send where: prebuilt requests (cycled through) and how to read the answers."""
 
-    name: str  # e.g. "triton-http/mnist_classifier"
+    name: str  # e.g. "triton-http/<classifier model>"
     protocol: str  # "http" or "grpc"
     address: str  # "host:port"
     requests: list[bytes]
@@ -94,12 +85,12 @@ def _http_request(address: str, path: str, body: bytes, content_type: str, extra
     return head.encode("latin-1") + body
 
 
-def _triton_body(model_input: str, datatype: str, shape: list[int], raw: bytes) -> tuple[bytes, int]:
+def _triton_body(model_input: str, output: str, datatype: str, shape: list[int], raw: bytes) -> tuple[bytes, int]:
     header = json.dumps(
         {
             "inputs": [{"name": model_input, "shape": shape, "datatype": datatype,
                         "parameters": {"binary_data_size": len(raw)}}],
-            "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}],
+            "outputs": [{"name": output, "parameters": {"binary_data": True}}],
         },
         separators=(",", ":"),
     ).encode()
@@ -117,7 +108,7 @@ def decode_triton_http(status: int, headers: dict[bytes, bytes], body: bytes, ba
     json_len = int(headers.get(b"inference-header-content-length", b"0"))
     if json_len == 0 or len(body) - json_len != batch * NUM_CLASSES * 4:
         raise ResponseCheckError(f"response holds {len(body) - json_len} binary bytes, expected "
-                                 f"{batch * NUM_CLASSES * 4} ({OUTPUT} FP32 [{batch}, {NUM_CLASSES}])")
+                                 f"{batch * NUM_CLASSES * 4} (FP32 probabilities [{batch}, {NUM_CLASSES}])")
     return np.frombuffer(body, dtype=np.float32, offset=json_len).reshape(batch, NUM_CLASSES)
 
 
@@ -135,7 +126,7 @@ def decode_triton_grpc(body: bytes, batch: int) -> np.ndarray:
         raise ResponseCheckError("gRPC response has no raw output")
     raw = response.raw_output_contents[0]
     if len(raw) != batch * NUM_CLASSES * 4:
-        raise ResponseCheckError(f"{OUTPUT} holds {len(raw)} bytes, expected {batch * NUM_CLASSES * 4}")
+        raise ResponseCheckError(f"the output holds {len(raw)} bytes, expected {batch * NUM_CLASSES * 4}")
     return np.frombuffer(raw, dtype=np.float32).reshape(batch, NUM_CLASSES)
 
 
@@ -149,18 +140,26 @@ def _count(sample: Sample, batch_size: int) -> int:
     return max(64, -(-len(sample) // batch_size))
 
 
+def _model(ensemble: bool) -> tuple[str, str, str]:
+    """(model, input, output) of the classifier or the ensemble, named by the spec."""
+    n = served_names()
+    if ensemble:
+        return n.ensemble, n.ensemble_input, n.ensemble_output
+    return n.classifier, n.classifier_input, n.classifier_output
+
+
 def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
-    model = ENSEMBLE if ensemble else CLASSIFIER
+    model, model_input, output = _model(ensemble)
     path = f"/v2/models/{model}/infer"
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
         if ensemble:
             pngs, lab = sample.png_batch(start, batch_size)
-            body, json_len = _triton_body(ENSEMBLE_INPUT, "BYTES", [batch_size, 1],
+            body, json_len = _triton_body(model_input, output, "BYTES", [batch_size, 1],
                                           _serialize_bytes(list(pngs[:, 0])))
         else:
             images, lab = sample.tensor_batch(start, batch_size)
-            body, json_len = _triton_body(CLASSIFIER_INPUT, "FP32", list(images.shape), images.tobytes())
+            body, json_len = _triton_body(model_input, output, "FP32", list(images.shape), images.tobytes())
         requests.append(_http_request(address, path, body, "application/octet-stream",
                                       f"Inference-Header-Content-Length: {json_len}\r\n"))
         labels.append(lab)
@@ -170,22 +169,22 @@ def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemb
 def triton_grpc_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
     from tritonclient.grpc import service_pb2
 
-    model = ENSEMBLE if ensemble else CLASSIFIER
+    model, model_input, output = _model(ensemble)
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
         request = service_pb2.ModelInferRequest(model_name=model)
         tensor = request.inputs.add()
         if ensemble:
             pngs, lab = sample.png_batch(start, batch_size)
-            tensor.name, tensor.datatype = ENSEMBLE_INPUT, "BYTES"
+            tensor.name, tensor.datatype = model_input, "BYTES"
             tensor.shape.extend([batch_size, 1])
             request.raw_input_contents.append(_serialize_bytes(list(pngs[:, 0])))
         else:
             images, lab = sample.tensor_batch(start, batch_size)
-            tensor.name, tensor.datatype = CLASSIFIER_INPUT, "FP32"
+            tensor.name, tensor.datatype = model_input, "FP32"
             tensor.shape.extend(images.shape)
             request.raw_input_contents.append(images.tobytes())
-        request.outputs.add(name=OUTPUT)
+        request.outputs.add(name=output)
         requests.append(request.SerializeToString())
         labels.append(lab)
     return Target(f"triton-grpc/{model}", "grpc", address, requests, labels, batch_size, decode_triton_grpc)
@@ -200,7 +199,7 @@ def flask_target(address: str, sample: Sample, batch_size: int = 1, name: str = 
         body = json.dumps(payload, separators=(",", ":")).encode()
         requests.append(_http_request(address, "/predict", body, "application/json"))
         labels.append(lab)
-    return Target(f"{name}/{CLASSIFIER}", "http", address, requests, labels, batch_size, decode_flask)
+    return Target(f"{name}/{served_names().classifier}", "http", address, requests, labels, batch_size, decode_flask)
 
 
 

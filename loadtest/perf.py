@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from loadtest.common import CLASSIFIER, ENSEMBLE, ENSEMBLE_INPUT, Sample, mnist_sample
+from loadtest.common import Sample, mnist_sample, served_names
 from loadtest.errors import PerfAnalyzerError
 from loadtest.loadgen import _serialize_bytes
 from loadtest.servers import ROOT
@@ -131,7 +131,7 @@ def parse_csv(path: Path, model: str, protocol: str, shared_memory: str, batch_s
 def write_input_data(path: Path, sample: Sample | None = None, count: int = 100) -> Path:
     """The ensemble's --input-data JSON: ``count`` PNG digits of the sample, one BYTES element per step."""
     sample = sample or mnist_sample()
-    steps = [{ENSEMBLE_INPUT: {"b64": base64.b64encode(_serialize_bytes([png])).decode("ascii")}}
+    steps = [{served_names().ensemble_input: {"b64": base64.b64encode(_serialize_bytes([png])).decode("ascii")}}
              for png in sample.pngs[:count]]
     path.write_text(json.dumps({"data": steps}))
     return path
@@ -180,7 +180,7 @@ def run_perf_analyzer(
 
 
 def sweep(
-    http_url: str | None, grpc_url: str | None, models: Sequence[str] = (CLASSIFIER, ENSEMBLE),
+    http_url: str | None, grpc_url: str | None, models: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (1, 16), concurrencies: Sequence[int] = (1, 4, 16),
     shared_memory: Sequence[str] = ("none",), binary: Path | None = None, workdir: Path | None = None,
     settings: PerfSettings | None = None, progress: bool = True,
@@ -192,10 +192,13 @@ def sweep(
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="perf_analyzer.")) if workdir is None else workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    input_data = write_input_data(workdir / "ensemble_input.json") if ENSEMBLE in models else None
+    names = served_names()
+    models = list(models) if models else [names.classifier, names.ensemble]
+    ensemble = names.ensemble
+    input_data = write_input_data(workdir / "ensemble_input.json") if ensemble in models else None
     urls = {"http": http_url, "grpc": grpc_url}
     plan = [(m, p, shm, b, c) for m in models for p in ("http", "grpc") if urls[p]
-            for shm in shared_memory for b in (batch_sizes if m != ENSEMBLE else (1,)) for c in concurrencies]
+            for shm in shared_memory for b in (batch_sizes if m != ensemble else (1,)) for c in concurrencies]
     rows: list[PerfRow] = []
     try:
         iterator: Iterable[tuple[str, str, str, int, int]] = plan
@@ -205,7 +208,7 @@ def sweep(
             iterator = tqdm(plan, desc="perf_analyzer", unit="run", file=sys.stderr)
         for model, protocol, shm, batch, conc in iterator:
             rows += run_perf_analyzer(binary, str(urls[protocol]), model, protocol, batch, conc, workdir,
-                                      shared_memory=shm, input_data=input_data if model == ENSEMBLE else None,
+                                      shared_memory=shm, input_data=input_data if model == ensemble else None,
                                       settings=settings)
     finally:
         if own_dir:
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--http-url", help="HOST:PORT of a running server's HTTP endpoint")
     parser.add_argument("--grpc-url", help="HOST:PORT of a running server's gRPC endpoint")
-    parser.add_argument("--models", default=f"{CLASSIFIER},{ENSEMBLE}")
+    parser.add_argument("--models", default="", help="comma list (default: the spec's classifier and ensemble)")
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--shared-memory", default="none", help="comma list of none,system")
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtest.servers import build_repository, split_cpus, triton
 
     settings = PerfSettings(measurement_ms=args.measurement_ms)
-    kwargs = dict(models=args.models.split(","), batch_sizes=_ints(args.batch_sizes),
+    kwargs = dict(models=[m for m in args.models.split(",") if m] or None, batch_sizes=_ints(args.batch_sizes),
                   concurrencies=_ints(args.concurrency), shared_memory=args.shared_memory.split(","),
                   workdir=args.out / "raw", settings=settings)
     try:

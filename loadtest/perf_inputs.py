@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.common import CLASSIFIER, CLASSIFIER_INPUT, ENSEMBLE, ENSEMBLE_INPUT, IMAGE_SHAPE, mnist_sample
+from build_tools.served import default_spec_path
+from build_tools.spec import load_spec
+from loadtest.common import IMAGE_SHAPE, mnist_sample, served_names
 
 FOLDER = Path(__file__).resolve().parent / "perf_inputs"
-PREPROCESS = "mnist_preprocess"  # the ensemble's first step, served on its own too
 
 
 def serialize_bytes_element(data: bytes) -> bytes:
@@ -39,16 +40,24 @@ def _one_per_class() -> list[int]:
 
 
 def input_data() -> dict[str, dict[str, list[dict[str, dict[str, object]]]]]:
-    """model name -> perf_analyzer input-data document."""
+    """model name -> perf_analyzer input-data document: the spec's classifier (tensors), its
+    classification ensemble (encoded PNGs), and each ensemble step that takes the raw bytes too."""
+    names = served_names()
     sample = mnist_sample()
     picks = _one_per_class()
-    tensors = [
-        {CLASSIFIER_INPUT: {"content": [float(v) for v in sample.images[i].reshape(-1)], "shape": list(IMAGE_SHAPE)}}
+    documents: dict[str, dict[str, list[dict[str, dict[str, object]]]]] = {}
+    documents[names.classifier] = {"data": [
+        {names.classifier_input: {"content": [float(v) for v in sample.images[i].reshape(-1)],
+                                  "shape": list(IMAGE_SHAPE)}}
         for i in picks
-    ]
+    ]}
     pngs = [base64.b64encode(serialize_bytes_element(sample.pngs[i])).decode("ascii") for i in picks]
-    encoded = [{ENSEMBLE_INPUT: {"b64": b64}} for b64 in pngs]
-    return {CLASSIFIER: {"data": tensors}, ENSEMBLE: {"data": encoded}, PREPROCESS: {"data": encoded}}
+    documents[names.ensemble] = {"data": [{names.ensemble_input: {"b64": b64}} for b64 in pngs]}
+    for step in load_spec(default_spec_path()).ensembles[names.ensemble].steps:
+        for tensor, source in step.input_map.items():
+            if source == names.ensemble_input:
+                documents[step.model] = {"data": [{tensor: {"b64": b64}} for b64 in pngs]}
+    return documents
 
 
 def render(document: dict[str, object]) -> str:

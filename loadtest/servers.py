@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from build_tools.repository import build_repositories
+from build_tools.build import build_repositories
 from build_tools.server import ServerOptions, TritonServer, free_port
 from build_tools.spec import FlavorSpec, parse_spec
 from loadtest.errors import BaselineServerError, LoadTestError

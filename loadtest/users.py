@@ -1,9 +1,10 @@
-"""Locust users that load the served models through tritonclient (HTTP and gRPC).
+"""Locust users that load the served models through the triton_api client (HTTP and gRPC).
 
-``TritonUser`` (abstract) owns everything: it makes one tritonclient per simulated user, prebuilds the
-requests from the MNIST sample, times each call, checks the answer (shape [batch, 10], valid
-probabilities, a label 0..9, and with ``--check-labels`` the expected label) and reports every call
-through Locust's request event, so Locust's statistics, CSV/HTML reports and thresholds see them.
+``TritonUser`` (abstract) owns everything: it makes one client per simulated user, prebuilds the
+requests from the sample digits (model and tensor names from the spec), times each call, checks the
+answer (shape [batch, 10], valid probabilities, a label 0..9, and with ``--check-labels`` the expected
+label) and reports every call through Locust's request event, so Locust's statistics, CSV/HTML reports
+and thresholds see them.
 Concrete users only say which protocol and which model.
 
 Addresses: HTTP users use Locust's ``--host`` (``http://HOST:PORT``); gRPC users use ``--grpc-host
@@ -26,18 +27,11 @@ import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import User, task
 
-from build_tools.errors import ClientError
-from loadtest.common import (
-    CLASSIFIER,
-    CLASSIFIER_INPUT,
-    ENSEMBLE,
-    ENSEMBLE_INPUT,
-    OUTPUT,
-    check_probabilities,
-    mnist_sample,
-)
+from build_tools.errors import ClientError, ServerUnreachableError
+from loadtest.common import check_probabilities, mnist_sample, served_names
 from loadtest.errors import ResponseCheckError
 from loadtest.options import grpc_address, http_address
+from triton_api import PreparedRequest, TritonClient
 
 grpc_gevent.init_gevent()
 
@@ -48,7 +42,6 @@ _user_numbers = itertools.count()
 # load generator's CPU. The first answer from the server ends the back-off.
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
-_UNREACHABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
 
 
 def backoff_seconds(failures_in_a_row: int) -> float:
@@ -57,12 +50,6 @@ def backoff_seconds(failures_in_a_row: int) -> float:
         return 0.0
     ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1))
     return ceiling * random.uniform(0.5, 1.0)
-
-
-def _client_error(message: str, cause: BaseException) -> ClientError:
-    error = ClientError(message)
-    error.__cause__ = cause
-    return error
 
 
 class TritonUser(User):
@@ -76,7 +63,13 @@ class TritonUser(User):
 
     @property
     def model(self) -> str:
-        return ENSEMBLE if self.ensemble else CLASSIFIER
+        names = served_names()
+        return names.ensemble if self.ensemble else names.classifier
+
+    @property
+    def output(self) -> str:
+        names = served_names()
+        return names.ensemble_output if self.ensemble else names.classifier_output
 
     def _option(self, name: str, default: Any) -> Any:
         options = getattr(self.environment, "parsed_options", None)
@@ -92,46 +85,31 @@ class TritonUser(User):
         self.batch = int(self.batch_size or self._option("batch_size", 1))
         self.check_labels = bool(self._option("check_labels", False))
         if self.protocol == "grpc":
-            import tritonclient.grpc as tc
-
-            self.client_module: Any = tc
             self.url = grpc_address(self.host, self._option("grpc_host", None))
-            self.client: Any = tc.InferenceServerClient(self.url)
-            self.outputs = [tc.InferRequestedOutput(OUTPUT)]
         else:
-            import tritonclient.http as tc
-
-            self.client_module = tc
             self.url = http_address(self.host)
-            self.client = tc.InferenceServerClient(self.url, connection_timeout=30.0, network_timeout=60.0)
-            self.outputs = [tc.InferRequestedOutput(OUTPUT, binary_data=True)]
+        self.client = TritonClient(self.url, "grpc" if self.protocol == "grpc" else "http", timeout_s=60.0)
         self.requests = self._build_requests()
         # Users start at different points of the sample, so concurrent users send different digits.
         self.position = (next(_user_numbers) * 7) % len(self.requests)
         self.request_name = f"{self.model} b{self.batch}"
 
-    def _build_requests(self) -> list[tuple[list[Any], np.ndarray]]:
-        tc = self.client_module
+    def _build_requests(self) -> list[tuple[PreparedRequest, np.ndarray]]:
         sample = mnist_sample()
-        input_name = self.input_name or (ENSEMBLE_INPUT if self.ensemble else CLASSIFIER_INPUT)
+        names = served_names()
+        input_name = self.input_name or (names.ensemble_input if self.ensemble else names.classifier_input)
         built = []
         for start in range(0, len(sample), self.batch):
             if self.ensemble:
                 data, labels = sample.png_batch(start, self.batch)
-                tensor = tc.InferInput(input_name, list(data.shape), "BYTES")
             else:
                 data, labels = sample.tensor_batch(start, self.batch)
-                tensor = tc.InferInput(input_name, list(data.shape), "FP32")
-            if self.protocol == "http":
-                tensor.set_data_from_numpy(data, binary_data=True)
-            else:
-                tensor.set_data_from_numpy(data)
-            built.append(([tensor], labels))
+            built.append((self.client.prepare(self.model, {input_name: data}, [self.output]), labels))
         return built
 
     @task
     def infer(self) -> None:
-        inputs, labels = self.requests[self.position]
+        request, labels = self.requests[self.position]
         self.position = (self.position + 1) % len(self.requests)
         exception: Exception | None = None
         unreachable = False
@@ -139,20 +117,15 @@ class TritonUser(User):
         start = time.perf_counter()
         try:
             try:
-                result = self.client.infer(self.model, inputs, outputs=self.outputs)
+                result = self.client.send(request)
             finally:
                 elapsed_ms = (time.perf_counter() - start) * 1000.0
-            probabilities = result.as_numpy(OUTPUT)
+            probabilities = result.get(self.output)
             length = 0 if probabilities is None else int(probabilities.nbytes)
             check_probabilities(probabilities, self.batch, labels if self.check_labels else None)
-        except self.client_module.InferenceServerException as e:
-            exception = _client_error(f"{self.model}: {e.message() or e}", e)
-            unreachable = str(e.status()) in _UNREACHABLE_STATUSES
-        except OSError as e:  # connection refused or reset (tritonclient.http lets these through)
-            exception = _client_error(f"{self.model}: {type(e).__name__}: {e}", e)
-            unreachable = True
-        except ResponseCheckError as e:
+        except (ClientError, ResponseCheckError) as e:
             exception = e
+            unreachable = isinstance(e, ServerUnreachableError)
         self.unreachable_streak = self.unreachable_streak + 1 if unreachable else 0
         self.environment.events.request.fire(
             request_type=self.protocol.upper(),

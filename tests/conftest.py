@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from build_tools.repository import build_repositories
+from build_tools.build import build_repositories
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
 from tests.support.onnx_models import models_spec

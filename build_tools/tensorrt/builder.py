@@ -219,10 +219,16 @@ def reuse_problems(
     return problems
 
 
-def build_plan(spec: DeploySpec, target: PlanTarget, backend: PlanBackend) -> PlanArtifact:
-    """Build, lock-check and gate one plan in the build folder; raises PlanBuildError on any refusal."""
+def build_plan(
+    spec: DeploySpec, target: PlanTarget, backend: PlanBackend, graph: GraphInterface | None = None
+) -> PlanArtifact:
+    """Build, lock-check and gate one plan in the build folder; raises PlanBuildError on any refusal.
+
+    graph: the target's ONNX interface when the caller already resolved it (read from the file otherwise).
+    """
     model = spec.models[target.model]
-    graph = read_interface(target.onnx_path)
+    if graph is None:
+        graph = read_interface(target.onnx_path)
     profiles = derive_profiles(target.model, model, graph)
     precision = precision_settings(model.tensorrt.precision)
     out = build_dir(spec) / target.trt_model / str(target.version) / PLAN_FILENAME

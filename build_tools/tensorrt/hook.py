@@ -1,4 +1,7 @@
-"""The build-repo step that puts TensorRT plans (and their locks) into the ngc repository.
+"""The build step that puts TensorRT plans (and their locks) into the ngc repository.
+
+It is one of build_tools.build.STANDARD_STEPS, passed to `build_repositories` explicitly; it reads each
+version's ONNX interface from the resolved interfaces instead of re-reading the graph.
 
 For every version of every model whose formats include tensorrt_plan:
 1. a plan already in the repository is kept when its lock shows it was built from the same ONNX file,
@@ -6,7 +9,6 @@ For every version of every model whose formats include tensorrt_plan:
 2. otherwise it is built, lock-checked and gated (builder.build_plan) when a builder is available;
 3. otherwise, for `tensorrt.optional: true`, build-repo notes that the plan is missing and goes on
    (the repository is complete without it); for `optional: false` it stops with PlanBuildError.
-It also notes the Python backend's shared-memory needs for the ngc flavor.
 """
 
 from __future__ import annotations
@@ -17,10 +19,7 @@ from pathlib import Path
 
 from build_tools.config import PLAN_FILENAME
 from build_tools.errors import PlanBuildError
-from build_tools.onnx_io import read_interface
-from build_tools.repository import FlavorPlan
-from build_tools.resources import shm_note
-from build_tools.spec import DeploySpec
+from build_tools.repository import BuildContext
 from build_tools.tensorrt.backend import NoBuilderError, PlanBackend
 from build_tools.tensorrt.builder import (
     build_plan,
@@ -40,14 +39,12 @@ def _place(plan: Path, dest: Path) -> None:
     shutil.copyfile(lock_path(plan), lock_path(dest))
 
 
-def plan_build_hook(spec: DeploySpec, plan: FlavorPlan, staging: Path) -> list[str]:
-    """repository.PostBuildHook: add plans to the ngc staging folder; returns notes for build-repo."""
+def plan_step(ctx: BuildContext) -> list[str]:
+    """repository.BuildStep: add plans to the ngc staging folder; returns notes for build-repo."""
+    spec, plan, staging = ctx.spec, ctx.plan, ctx.staging
     if plan.flavor != "ngc":
         return []
     notes: list[str] = []
-    note = shm_note(spec, "ngc")
-    if note:
-        notes.append(note)
     names = [n for n, m in spec.models.items() if m.kind == "onnx" and "tensorrt_plan" in m.formats]
     if not names:
         return notes
@@ -58,8 +55,9 @@ def plan_build_hook(spec: DeploySpec, plan: FlavorPlan, staging: Path) -> list[s
     for name in names:
         model = spec.models[name]
         for target in plan_targets(spec, name):
+            graph = ctx.interfaces[name].graphs[target.version]
             # Spec problems (e.g. a dynamic axis without a range) stop the build on every machine.
-            profiles = derive_profiles(name, model, read_interface(target.onnx_path))
+            profiles = derive_profiles(name, model, graph)
             dest = staging / target.trt_model / str(target.version) / PLAN_FILENAME
             previous = plan.output / target.trt_model / str(target.version) / PLAN_FILENAME
             if backend is None and missing is None:
@@ -97,7 +95,7 @@ def plan_build_hook(spec: DeploySpec, plan: FlavorPlan, staging: Path) -> list[s
                     f"{target.trt_model} UNAVAILABLE until the plan is built in the serving image (docs/tensorrt.md)"
                 )
                 continue
-            artifact = build_plan(spec, target, backend)
+            artifact = build_plan(spec, target, backend, graph)
             _place(artifact.plan_path, dest)
             lock = artifact.lock
             notes.append(

@@ -18,7 +18,7 @@ or, to be fair to it, under gunicorn with several worker processes::
 
     gunicorn -w 3 -b 127.0.0.1:5000 'loadtest.baseline.app:create_app()'
 
-Environment: ``BASELINE_MODEL`` (default: the project's models/mnist/mnist_cnn.onnx) and
+Environment: ``BASELINE_MODEL`` (default: the spec's classifier ONNX file) and
 ``BASELINE_ORT_THREADS`` (ONNX Runtime intra-op threads per process; default 1).
 """
 
@@ -33,8 +33,9 @@ import numpy as np
 import onnxruntime as ort
 from flask import Flask, jsonify, request
 
+from build_tools.served import load_classifier_names
+
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = ROOT / "models" / "mnist" / "mnist_cnn.onnx"
 SIDE = 28
 
 
@@ -72,7 +73,7 @@ def to_batch(payload: Any) -> np.ndarray:
 
 
 def create_app(model_path: Path | str | None = None, threads: int | None = None) -> Flask:
-    model_path = model_path or os.environ.get("BASELINE_MODEL") or DEFAULT_MODEL
+    model_path = model_path or os.environ.get("BASELINE_MODEL") or load_classifier_names().onnx
     threads = threads if threads is not None else int(os.environ.get("BASELINE_ORT_THREADS", "1"))
     session = load_session(model_path, threads)
     input_name = session.get_inputs()[0].name
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The seed's Flask baseline (Flask development server).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--model", default=None, help=f"ONNX file (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, help="ONNX file (default: the spec's classifier)")
     args = parser.parse_args(argv)
     app = create_app(args.model)
     app.run(host=args.host, port=args.port)  # the seed's call: development server, threaded

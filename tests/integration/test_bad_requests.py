@@ -10,7 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from build_tools.errors import ClientError
 from build_tools.server import TritonServer
-from clients.triton import PROTOCOLS, TritonClient
+from triton_api import PROTOCOLS, TritonClient
 
 pytestmark = pytest.mark.server
 

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from build_tools.server import TritonServer
-from clients.triton import TritonClient
+from triton_api import TritonClient, metric_value, scrape
 
 pytestmark = pytest.mark.server
 
 
 def _metric(text: str, name: str, model: str) -> float:
-    pattern = rf'^{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$'
-    values = [float(v) for v in re.findall(pattern, text, flags=re.MULTILINE)]
-    assert values, f"{name} for {model} missing from the metrics endpoint"
-    return sum(values)
+    value = metric_value(text, name, model=model)
+    assert value is not None, f"{name} for {model} missing from the metrics endpoint"
+    return value
 
 
 def _scrape(server: TritonServer) -> str:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        return r.read().decode()
+    return scrape(server.metrics_url)
 
 
 def test_dynamic_batching_merges_requests_when_load_is_concurrent(embedded_server: TritonServer) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from build_tools.server import TritonServer
 from build_tools.spec import DeploySpec
-from clients.triton import PROTOCOLS, TritonClient
+from triton_api import PROTOCOLS, TritonClient
 
 pytestmark = pytest.mark.server
 ATOL = 1e-5

@@ -21,7 +21,7 @@ from build_tools.server import TritonServer
 from clients.datasets import mnist_holdout
 from clients.evaluate import EvalSettings, evaluate
 from clients.images import bytes_batch, encode_png
-from clients.triton import PROTOCOLS, TritonClient
+from triton_api import PROTOCOLS, TritonClient
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,8 @@ def test_served_predictions_equal_offline_when_holdout_evaluated(
 ) -> None:
     settings = EvalSettings(
         urls={"http": embedded_server.http_url, "grpc": embedded_server.grpc_url},
-        onnx=ONNX, protocols=[protocol], batch_size=32, concurrency=4, progress=False,
+        onnx=ONNX, classifier_model="mnist_classifier", ensemble_model="mnist",
+        protocols=[protocol], batch_size=32, concurrency=4, progress=False,
     )
     ev = evaluate(settings, holdout)
     assert ev.ok, ev.failures

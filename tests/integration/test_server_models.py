@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools.config import read_config
 from build_tools.server import TritonServer
-from clients.triton import TritonClient
+from triton_api import TritonClient
 
 pytestmark = pytest.mark.server
 

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import build_tools.tensorrt  # noqa: F401  (registers the plan hook)
-from build_tools.repository import build_repositories
+from build_tools.build import build_repositories
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt.api import visible_gpu_count
 from build_tools.tensorrt.backend import NoBuilderError, PlanBackend

@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from build_tools.served import load_classifier_names
 from loadtest import loadgen
-from loadtest.baseline.app import DEFAULT_MODEL, create_app
+from loadtest.baseline.app import create_app
 from loadtest.common import mnist_sample
 from loadtest.servers import baseline
 
@@ -20,7 +21,7 @@ def client():  # type: ignore[no-untyped-def]
 
 
 def _reference(images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(load_classifier_names().onnx), providers=["CPUExecutionProvider"])
     return session.run(None, {"image": images})[0]
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from build_tools.build import build_repositories
 from build_tools.config import read_config
-from build_tools.repository import MARKER, build_repositories, check_drift
+from build_tools.repository import MARKER, check_drift
 from build_tools.spec import DeploySpec, load_spec, parse_spec
 from tests.support.onnx_models import models_spec
 
@@ -158,3 +159,36 @@ def test_build_refuses_to_replace_folder_when_not_written_by_build_repo(tmp_path
 def test_committed_ngc_repository_matches_spec_when_checked_out() -> None:
     """The same check CI runs: model_repository/ is exactly what deploy.yaml generates."""
     assert check_drift(load_spec(ROOT / "deploy.yaml")) == []
+
+
+def test_build_steps_receive_the_resolved_interfaces_when_passed_explicitly(
+    built: tuple[DeploySpec, Path, Path], tmp_path: Path
+) -> None:
+    """Steps are arguments, not registrations: they see the interfaces, and a failing one writes nothing."""
+    from build_tools import repository
+    from build_tools.repository import BuildContext
+
+    spec, _, _ = built
+    spec = spec.model_copy(update={"flavors": {"embedded": spec.flavors["embedded"].model_copy(
+        update={"output": str(tmp_path / "out")})}})
+    seen: list[BuildContext] = []
+
+    def record(ctx: BuildContext) -> list[str]:
+        seen.append(ctx)
+        assert (ctx.staging / "t_classifier" / "config.pbtxt").is_file()  # configs are written first
+        return [f"saw {len(ctx.interfaces)} interfaces"]
+
+    plans = repository.build_repositories(spec, [record], ["embedded"])
+    assert plans["embedded"].notes == [f"saw {len(spec.models) + len(spec.ensembles)} interfaces"]
+    io = seen[0].interfaces["t_classifier"]
+    assert sorted(io.graphs) == [1, 2]  # every version's graph, read once, for later steps
+    assert [t.name for t in io.inputs] == [t.name for t in io.graphs[2].inputs]
+    assert set(io.files) == {"classes.txt"}  # labels travel with the interface; config only adds sources
+
+    def fail(ctx: BuildContext) -> list[str]:
+        raise RuntimeError("step failed")
+
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+    with pytest.raises(RuntimeError, match="step failed"):
+        repository.build_repositories(spec, [fail], ["embedded"])
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before

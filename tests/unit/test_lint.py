@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from build_tools.build import build_repositories
 from build_tools.errors import LintError
 from build_tools.lint import lint_spec
-from build_tools.repository import build_repositories
 from build_tools.spec import parse_spec
 from tests.support import onnx_models
 

@@ -23,7 +23,7 @@ from build_tools.tensorrt.lock import (
     versions_match,
     write_lock,
 )
-from build_tools.tensorrt.verify import compare_deployment, repository_locks, repository_models
+from build_tools.verify import compare_deployment, repository_locks, repository_models
 
 TARGET = TritonSpec()  # 24.10 / 2.51.0 / 10.5.0
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-import build_tools.tensorrt  # noqa: F401  (registers the plan hook with build_repositories)
+from build_tools.build import build_repositories
 from build_tools.config import parse_pbtxt, to_pbtxt
 from build_tools.errors import PlanBuildError
 from build_tools.lint import lint_spec
-from build_tools.repository import build_repositories, plan_flavor
+from build_tools.repository import plan_flavor
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt import builder as builder_mod
 from tests.support.onnx_models import tiny_classifier

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from build_tools.build import build_repositories
 from build_tools.errors import PlanBuildError
-from build_tools.repository import build_repositories
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt import builder as builder_mod
 from build_tools.tensorrt.backend import BuildRequest, CalibrationSet
@@ -328,8 +328,6 @@ def _spec(tmp_path: Path, tensorrt: dict[str, Any] | None = None, **model: Any) 
 def test_build_repositories_places_a_locked_plan_when_trtexec_builds_and_the_gate_passes(
     tmp_path: Path, fake_trtexec: Path
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401  (registers the plan hook)
-
     plans = build_repositories(_spec(tmp_path), ["ngc"])
     plan = tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan"
     assert plan.is_file()
@@ -345,8 +343,6 @@ def test_build_repositories_places_a_locked_plan_when_trtexec_builds_and_the_gat
 def test_build_repositories_refuses_the_plan_when_trtexec_is_another_tensorrt_version(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     monkeypatch.setenv("FAKE_TRT_VERSION", "10.4.0")
     with pytest.raises(PlanBuildError, match=r"refusing to place the plan: .*built with TensorRT 10\.4\.0 but the "
                                              r"target image tritonserver:24\.10-py3 has TensorRT 10\.5\.0"):
@@ -357,8 +353,6 @@ def test_build_repositories_refuses_the_plan_when_trtexec_is_another_tensorrt_ve
 def test_build_repositories_refuses_the_plan_when_the_gate_fails(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     monkeypatch.setenv("FAKE_TRT_PERTURB", "reverse")
     with pytest.raises(PlanBuildError, match=r"tiny_trt/1/model\.plan: accuracy gate failed, the plan is not written"):
         build_repositories(_spec(tmp_path), ["ngc"])
@@ -368,8 +362,6 @@ def test_build_repositories_refuses_the_plan_when_the_gate_fails(
 def test_build_repositories_keeps_the_previous_plan_when_its_inputs_are_unchanged(
     tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     argv_log = tmp_path / "argv.log"
     monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
     build_repositories(_spec(tmp_path), ["ngc"])
@@ -381,8 +373,6 @@ def test_build_repositories_keeps_the_previous_plan_when_its_inputs_are_unchange
 
 
 def test_build_repositories_rebuilds_the_plan_when_the_onnx_model_changed(tmp_path: Path, fake_trtexec: Path) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     build_repositories(_spec(tmp_path), ["ngc"])
     before = read_lock(tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan")
     _classifier(tmp_path / "tiny.onnx", seed=7)
@@ -393,8 +383,6 @@ def test_build_repositories_rebuilds_the_plan_when_the_onnx_model_changed(tmp_pa
 
 
 def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_path: Path, fake_trtexec: Path) -> None:
-    import build_tools.tensorrt  # noqa: F401
-
     spec = _spec(tmp_path, {"evaluation_data": None, "random_input_range": [0, 2]}, max_batch_size=256,
                  dynamic_batching={"preferred_batch_size": [256]})
     build_repositories(spec, ["ngc"])
@@ -402,3 +390,47 @@ def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_p
     assert lock.gate["samples"] == 1000
     assert "seeded random samples in [0.0, 2.0)" in str(lock.gate["source"])
     assert json.loads(lock.to_json())["gate"]["passed"] is True
+
+
+def test_demo_build_keeps_the_plan_and_its_lock_when_build_repo_built_them_first(
+    tmp_path: Path, fake_trtexec: Path
+) -> None:
+    """`make demo` after a plan build: build-repo (the CLI) places a plan, then the demo's build step, run
+    in a fresh interpreter as `make demo` runs it, must keep the plan and its lock (it used to drop both:
+    the plan step was only registered when the CLI imported build_tools.tensorrt)."""
+    import subprocess
+
+    import yaml
+
+    _spec(tmp_path)  # writes the ONNX model and the evaluation data
+    data = {
+        "flavors": {"ngc": {"output": "model_repository"}},
+        "models": {"tiny": {
+            "source": "tiny.onnx", "formats": ["onnx", "tensorrt_plan"], "max_batch_size": 8,
+            "dynamic_batching": {"preferred_batch_size": [4, 8]},
+            "tensorrt": {"precision": "fp16", "evaluation_data": "eval.npy"},
+        }, "pre": {
+            "kind": "python", "source": "pre.py", "max_batch_size": 8,
+            "inputs": [{"name": "x", "data_type": "FP32", "dims": [4]}],
+            "outputs": [{"name": "y", "data_type": "FP32", "dims": [4]}],
+        }},
+    }
+    (tmp_path / "pre.py").write_text("class TritonPythonModel:\n    pass\n")
+    spec_file = tmp_path / "deploy.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    root = Path(__file__).resolve().parents[2]
+    build = subprocess.run([sys.executable, "-m", "build_tools.cli", "build-repo", "--spec", str(spec_file)],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    plan = tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan"
+    lock = plan.with_name("model.plan.json.lock")
+    before = (plan.read_bytes(), lock.read_bytes())
+
+    demo_step = ("import sys\nfrom build_tools.spec import load_spec\nfrom clients.demo import build\n"
+                 "print('\\n'.join(build(load_spec(sys.argv[1]))['ngc'].notes))")
+    demo = subprocess.run([sys.executable, "-c", demo_step, str(spec_file)], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    assert (plan.read_bytes(), lock.read_bytes()) == before
+    assert "tiny_trt/1/model.plan: kept the plan built" in demo.stdout
+    assert "python backend shared memory: 1 instance(s)" in demo.stdout

@@ -18,6 +18,13 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from build_tools.runner_params import (
+    RUNNER_PARAM_INTER,
+    RUNNER_PARAM_INTRA,
+    RUNNER_PARAM_ONNX_FILE,
+    RUNNER_PARAM_OPT_LEVEL,
+)
+
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -35,16 +42,16 @@ class TritonPythonModel:
         self.config = json.loads(args["model_config"])
         self.name = args["model_name"]
         self.max_batch_size = int(self.config.get("max_batch_size", 0))
-        onnx_file = _param(self.config, "onnx_file", "model.onnx")
+        onnx_file = _param(self.config, RUNNER_PARAM_ONNX_FILE, "model.onnx")
         path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(_param(self.config, "intra_op_threads", "1"))
-        opts.inter_op_num_threads = int(_param(self.config, "inter_op_threads", "1"))
-        level = _param(self.config, "graph_optimization_level", "all")
+        opts.intra_op_num_threads = int(_param(self.config, RUNNER_PARAM_INTRA, "1"))
+        opts.inter_op_num_threads = int(_param(self.config, RUNNER_PARAM_INTER, "1"))
+        level = _param(self.config, RUNNER_PARAM_OPT_LEVEL, "all")
         if level not in _OPT_LEVELS:
             raise pb_utils.TritonModelException(
-                f"{self.name}: parameter graph_optimization_level={level!r}; allowed: {sorted(_OPT_LEVELS)}"
+                f"{self.name}: parameter {RUNNER_PARAM_OPT_LEVEL}={level!r}; allowed: {sorted(_OPT_LEVELS)}"
             )
         opts.graph_optimization_level = _OPT_LEVELS[level]
         try:

@@ -1,12 +1,15 @@
-"""One small client over tritonclient's HTTP and gRPC APIs, so callers never branch on the protocol.
+"""The one Triton client: tritonclient's HTTP and gRPC APIs (sync and asyncio) behind one interface.
 
-Inputs and outputs are numpy arrays keyed by tensor name; data types come from the arrays. Every
-tritonclient error is wrapped in ClientError (`raise ... from e`) with the model and the server's
-message, so the CLI can print one line.
+Everything that talks to Triton (clients, the Locust users, `verify`, the CLI and the server harness's
+readiness checks) goes through here, so callers never branch on the protocol. Inputs and outputs are
+numpy arrays keyed by tensor name; data types come from the arrays. Every tritonclient error, and a
+server that cannot be reached, becomes a ClientError (`raise ... from e`) naming the call, the server
+and the server's message, so a CLI can print one line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from build_tools.errors import ClientError
+from build_tools.errors import ClientError, ServerUnreachableError
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +50,30 @@ def _triton_dtype(array: np.ndarray) -> str:
     return str(np_to_triton_dtype(array.dtype))
 
 
-def _infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
-    """tritonclient InferInputs (of the http or grpc module `mod`) holding the arrays."""
+def infer_inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+    """tritonclient InferInputs (of the http or grpc module `mod`) holding the arrays (binary on HTTP)."""
     built = []
     for name, array in inputs.items():
         inp = mod.InferInput(name, list(array.shape), _triton_dtype(array))
         inp.set_data_from_numpy(array)
         built.append(inp)
     return built
+
+
+def client_module(protocol: Protocol) -> Any:
+    """tritonclient.http or tritonclient.grpc (its InferInput, InferRequestedOutput, exception types)."""
+    return httpclient if protocol == "http" else grpcclient
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """An inference request serialized once and sent many times (load generators)."""
+
+    model: str
+    inputs: list[Any]
+    outputs: list[Any]
+    output_names: tuple[str, ...]
+    version: str = ""
 
 
 class TritonClient:
@@ -88,19 +107,29 @@ class TritonClient:
 
     # -- server state ------------------------------------------------------------------------------
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.protocol == "grpc" and "client_timeout" not in kwargs:
+            kwargs["client_timeout"] = self.timeout_s
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as e:
             if _unreachable(e):
-                raise ClientError(unreachable_message(self.protocol, self.url, e.message())) from e
+                raise ServerUnreachableError(unreachable_message(self.protocol, self.url, e.message())) from e
             raise ClientError(f"{what} failed on {self.protocol}://{self.url}: {e.message()}") from e
-        except OSError as e:  # tritonclient.http lets refused and reset connections through
-            raise ClientError(unreachable_message(self.protocol, self.url, str(e) or type(e).__name__)) from e
+        except OSError as e:  # refused or reset connections (tritonclient.http lets these through)
+            detail = f"{type(e).__name__}: {e}"
+            raise ServerUnreachableError(unreachable_message(self.protocol, self.url, detail)) from e
 
     def is_ready(self) -> bool:
+        """Server readiness; False (not an error) while the server is not up yet."""
         try:
-            return bool(self._client.is_server_ready())
-        except (InferenceServerException, OSError):
+            return bool(self._call("server readiness", self._client.is_server_ready))
+        except ClientError:
+            return False
+
+    def is_model_ready(self, model: str, version: str = "") -> bool:
+        try:
+            return bool(self._call(f"readiness of {model!r}", self._client.is_model_ready, model, version))
+        except ClientError:
             return False
 
     def server_metadata(self) -> dict[str, Any]:
@@ -118,10 +147,19 @@ class TritonClient:
         return meta if isinstance(meta, dict) else _message_to_dict(meta)
 
     def repository_index(self) -> list[dict[str, Any]]:
+        """Every model the server knows: name, version, state and reason (strings), as HTTP reports them."""
         index = self._call("repository index", self._client.get_model_repository_index)
         if isinstance(index, list):
-            return index
+            return [dict(m) for m in index]
         return [_message_to_dict(m) for m in index.models]
+
+    def load_model(self, model: str, config: Mapping[str, Any] | str | None = None) -> None:
+        """Load (or reload) a model; `config` (a JSON string or a dict) overrides its config.pbtxt."""
+        override = json.dumps(config) if isinstance(config, Mapping) else config
+        self._call(f"load of {model!r}", self._client.load_model, model, config=override)
+
+    def unload_model(self, model: str, unload_dependents: bool = False) -> None:
+        self._call(f"unload of {model!r}", self._client.unload_model, model, unload_dependents=unload_dependents)
 
     # -- inference ---------------------------------------------------------------------------------
     def _outputs(self, outputs: Sequence[str] | None, class_count: int) -> list[Any] | None:
@@ -136,19 +174,40 @@ class TritonClient:
         outputs: Sequence[str] | None = None,
         version: str = "",
         class_count: int = 0,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one request; returns every requested (or every) output as numpy."""
         result = self._call(
             f"inference on {model!r}" + (f" version {version}" if version else ""),
             self._client.infer,
             model,
-            _infer_inputs(self._mod, inputs),
+            infer_inputs(self._mod, inputs),
             model_version=version,
             outputs=self._outputs(outputs, class_count),
-            **({} if self.protocol == "http" else {"client_timeout": self.timeout_s}),
+            parameters=dict(parameters) if parameters else None,
         )
         names = outputs or [o["name"] for o in _response_outputs(result)]
         return {name: result.as_numpy(name) for name in names}
+
+    def prepare(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], version: str = ""
+    ) -> PreparedRequest:
+        """Build the request's tensors now, so `send` only sends (what a load generator times)."""
+        return PreparedRequest(
+            model, infer_inputs(self._mod, inputs), self._outputs(outputs, 0) or [], tuple(outputs), version
+        )
+
+    def send(self, request: PreparedRequest) -> dict[str, np.ndarray]:
+        """Send a prepared request; returns its requested outputs as numpy."""
+        result = self._call(
+            f"inference on {request.model!r}" + (f" version {request.version}" if request.version else ""),
+            self._client.infer,
+            request.model,
+            request.inputs,
+            model_version=request.version,
+            outputs=request.outputs,
+        )
+        return {name: result.as_numpy(name) for name in request.output_names}
 
     def classify(
         self, model: str, inputs: Mapping[str, np.ndarray], output: str, top_k: int = 1, version: str = ""
@@ -214,10 +273,11 @@ class AsyncTritonClient:
             meta = await self._client.get_model_metadata(model, version)
         except InferenceServerException as e:
             if _unreachable(e):
-                raise ClientError(unreachable_message(self.protocol, self.url, e.message())) from e
+                raise ServerUnreachableError(unreachable_message(self.protocol, self.url, e.message())) from e
             raise ClientError(f"metadata of {model!r} failed on {self.protocol}://{self.url}: {e.message()}") from e
         except (TimeoutError, OSError, aiohttp.ClientError) as e:  # http.aio lets these through
-            raise ClientError(unreachable_message(self.protocol, self.url, str(e) or type(e).__name__)) from e
+            detail = str(e) or type(e).__name__
+            raise ServerUnreachableError(unreachable_message(self.protocol, self.url, detail)) from e
         return meta if isinstance(meta, dict) else _message_to_dict(meta)
 
     async def infer(
@@ -226,7 +286,7 @@ class AsyncTritonClient:
         requested = [self._mod.InferRequestedOutput(name) for name in outputs]
         try:
             result = await self._client.infer(
-                model, _infer_inputs(self._mod, inputs), model_version=version, outputs=requested
+                model, infer_inputs(self._mod, inputs), model_version=version, outputs=requested
             )
         except InferenceServerException as e:
             raise ClientError(
@@ -234,5 +294,6 @@ class AsyncTritonClient:
                 f"{self.protocol}://{self.url}: {e.message()}"
             ) from e
         except (TimeoutError, OSError, aiohttp.ClientError) as e:
-            raise ClientError(unreachable_message(self.protocol, self.url, str(e) or type(e).__name__)) from e
+            detail = str(e) or type(e).__name__
+            raise ServerUnreachableError(unreachable_message(self.protocol, self.url, detail)) from e
         return {name: result.as_numpy(name) for name in outputs}

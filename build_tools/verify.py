@@ -1,9 +1,9 @@
-"""`triton-repo verify`: does a running server match what the repository was built for?
+"""`triton-repo verify`: does a running server match the repository and spec it was built from?
 
 It asks the server for its version (server metadata) and every model's state (repository index), reads
 the lock files in the repository, and checks: server version against the spec (and the release table),
 every plan's TensorRT version and release against the target, every model of the repository READY.
-`compare_deployment` is the pure part; `fetch_server_state` talks to the server.
+`compare_deployment` is the pure part; `fetch_server_state` talks to the server through triton_api.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from build_tools.tensorrt.lock import (
     read_lock,
     spec_target_problems,
 )
-from clients.endpoints import parse_endpoint
+from triton_api import PROTOCOLS, TritonClient, parse_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -125,40 +125,12 @@ def compare_deployment(
     return report
 
 
-def _json_index(raw: Any) -> list[dict[str, Any]]:
-    if isinstance(raw, dict):  # gRPC as_json: {"models": [...]}
-        raw = raw.get("models", [])
-    return [dict(e) for e in raw or []]
-
-
 def fetch_server_state(url: str, protocol: str) -> tuple[str, list[dict[str, Any]]]:
-    """(server version, repository index) from a running server; tritonclient errors become ClientError."""
-    from tritonclient.utils import InferenceServerException
-
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc as grpcclient
-
-            client: Any = grpcclient.InferenceServerClient(url=url)
-            meta = client.get_server_metadata(as_json=True, client_timeout=TIMEOUT_S)
-            index = client.get_model_repository_index(as_json=True, client_timeout=TIMEOUT_S)
-        else:
-            import tritonclient.http as httpclient
-
-            client = httpclient.InferenceServerClient(
-                url=url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
-            )
-            meta = client.get_server_metadata()
-            index = client.get_model_repository_index()
-        client.close()
-    except InferenceServerException as e:
-        raise ClientError(
-            f"{protocol} {url}: the server metadata / repository index request failed: {e.message()}; expected "
-            f"a running Triton there (with the model repository extension)"
-        ) from e
-    except (OSError, ConnectionError) as e:
-        raise ClientError(f"{protocol} {url}: cannot reach the server ({e}); expected Triton listening there") from e
-    return str(meta.get("version", "")), _json_index(index)
+    """(server version, repository index) from a running server; failures are ClientError."""
+    if protocol not in PROTOCOLS:
+        raise ClientError(f"protocol {protocol!r} is not supported; expected one of {PROTOCOLS}")
+    with TritonClient(url, protocol, timeout_s=TIMEOUT_S) as client:
+        return str(client.server_metadata().get("version", "")), client.repository_index()
 
 
 def repository_models(repository: Path) -> list[str]:

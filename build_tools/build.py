@@ -1,0 +1,39 @@
+"""The standard build: which steps complete a repository after its configs are written, for every caller.
+
+The CLI, the demo, the tests, the compose repo-builder and the load tests all call `build_repositories`
+from here, so they all build the same repository from the same spec. Steps are listed, not registered:
+nothing depends on which module was imported first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from build_tools import repository
+from build_tools.repository import BuildContext, BuildStep, FlavorPlan
+from build_tools.resources import shm_note
+from build_tools.spec import DeploySpec, FlavorName
+from build_tools.tensorrt.hook import plan_step
+
+logger = logging.getLogger(__name__)
+
+
+def shm_note_step(ctx: BuildContext) -> list[str]:
+    """Note the Python backend's shared-memory needs of the ngc flavor (its container's shm_size)."""
+    if ctx.plan.flavor != "ngc":
+        return []
+    note = shm_note(ctx.spec, "ngc", ctx.interfaces)
+    return [note] if note else []
+
+
+STANDARD_STEPS: tuple[BuildStep, ...] = (shm_note_step, plan_step)
+
+
+def build_repositories(
+    spec: DeploySpec,
+    flavors: Iterable[FlavorName] | None = None,
+    steps: Sequence[BuildStep] = STANDARD_STEPS,
+) -> dict[FlavorName, FlavorPlan]:
+    """Lint, write every requested (and enabled) flavor and run the standard steps on it."""
+    return repository.build_repositories(spec, steps, flavors)

@@ -1,0 +1,9 @@
+"""Parameter keys of the embedded ONNX Runtime runner: written by build_tools.config, read by the runner.
+
+A leaf module (no imports) so the runner, which runs inside Triton's Python-backend stub, can import it.
+"""
+
+RUNNER_PARAM_ONNX_FILE = "onnx_file"
+RUNNER_PARAM_INTRA = "intra_op_threads"
+RUNNER_PARAM_INTER = "inter_op_threads"
+RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
