@@ -167,8 +167,8 @@ def test_locust_users_back_off_when_the_server_cannot_be_reached(tmp_path: Path)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]  # every request failed: the thresholds fail the run
     requests, failures = _json_stats(tmp_path / "run")["total"]
-    # 4 users x 12 s with waits of 50 ms doubling to 2 s: about 12 each (no back-off: thousands a second).
-    assert 1 <= failures == requests <= 100, failures
+    # 4 users x 12 s with waits of 50 ms doubling to 2 s: about 8 each (no back-off: thousands).
+    assert 1 <= failures == requests <= 60, failures
 
 
 def test_backoff_seconds_doubles_to_its_cap_when_failures_repeat() -> None:
