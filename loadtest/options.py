@@ -6,8 +6,24 @@ which tests and tools that only need these functions must not pay for.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 from urllib.parse import urlparse
+
+# While the server cannot be reached, each user waits 50 ms, 100 ms, ... up to 2 s between calls: a
+# closed loop of refused connections would otherwise spin thousands of failures a second and burn the
+# load generator's CPU. The first answer from the server ends the back-off.
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+def backoff_seconds(failures_in_a_row: int) -> float:
+    """The wait before the next call after this many unreachable-server failures in a row (jittered)."""
+    if failures_in_a_row <= 0:
+        return 0.0
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1))
+    return ceiling * random.uniform(0.5, 1.0)
+
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001

@@ -19,7 +19,6 @@ every user of the process.
 from __future__ import annotations
 
 import itertools
-import random
 import time
 from typing import Any, ClassVar
 
@@ -30,26 +29,13 @@ from locust import User, task
 from build_tools.errors import ClientError, ServerUnreachableError
 from loadtest.common import check_probabilities, mnist_sample, served_names
 from loadtest.errors import ResponseCheckError
-from loadtest.options import grpc_address, http_address
+from loadtest.options import backoff_seconds, grpc_address, http_address
 from triton_api import PreparedRequest, TritonClient
 
 grpc_gevent.init_gevent()
 
 _user_numbers = itertools.count()
 
-# While the server cannot be reached, each user waits 50 ms, 100 ms, ... up to 2 s between calls: a
-# closed loop of refused connections would otherwise spin thousands of failures a second and burn the
-# load generator's CPU. The first answer from the server ends the back-off.
-BACKOFF_FIRST_S = 0.05
-BACKOFF_MAX_S = 2.0
-
-
-def backoff_seconds(failures_in_a_row: int) -> float:
-    """The wait before the next call after this many unreachable-server failures in a row (jittered)."""
-    if failures_in_a_row <= 0:
-        return 0.0
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1))
-    return ceiling * random.uniform(0.5, 1.0)
 
 
 class TritonUser(User):

@@ -172,7 +172,7 @@ def test_locust_users_back_off_when_the_server_cannot_be_reached(tmp_path: Path)
 
 
 def test_backoff_seconds_doubles_to_its_cap_when_failures_repeat() -> None:
-    from loadtest.users import BACKOFF_FIRST_S, BACKOFF_MAX_S, backoff_seconds
+    from loadtest.options import BACKOFF_FIRST_S, BACKOFF_MAX_S, backoff_seconds
 
     assert backoff_seconds(0) == 0.0
     for n in range(1, 12):
