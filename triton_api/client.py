@@ -222,8 +222,8 @@ class TritonClient:
 
 def unreachable_message(protocol: str, url: str, detail: str) -> str:
     return (
-        f"cannot reach Triton's {protocol} endpoint at {url} ({detail.strip().splitlines()[0] if detail else ''}); "
-        f"start the server (`make serve`) or pass its address"
+        f"cannot reach the server at {protocol}://{url} ({detail.strip().splitlines()[0] if detail else ''}); "
+        f"expected Triton listening there: start it (`make serve`) or pass its address"
     )
 
 
