@@ -27,6 +27,10 @@ from build_tools.spec import FLAVORS, load_spec
 
 logger = logging.getLogger("triton-repo")
 
+# Loopback unless configured: a server reachable from other machines is an explicit choice.
+DEFAULT_HOST = "127.0.0.1"
+HOST_ENV = "TRITON_HOST"
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
@@ -114,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="deploy.yaml", help="the deployment spec")
     p.add_argument("--model-repository", action="append", default=[],
                    help="serve this folder instead of the spec's embedded repository (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    p.add_argument(
+        "--host", default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
+        help=f"address to bind (${HOST_ENV} when set; 0.0.0.0 to publish a container's ports)",
+    )
     p.add_argument("--http-port", type=port_number, default=8000, help="HTTP endpoint port (0: pick a free one)")
     p.add_argument("--grpc-port", type=port_number, default=8001, help="gRPC endpoint port (0: pick a free one)")
     p.add_argument("--metrics-port", type=port_number, default=8002, help="metrics port (0: pick a free one)")

@@ -7,7 +7,11 @@ nothing beyond the `tensorrt` module and the NVIDIA driver: no pycuda, cuda-pyth
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
+import os
+import threading
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from build_tools.errors import PlanBuildError
+from build_tools.onnx_io import GraphInterface
 from build_tools.tensorrt.backend import BuildInfo, BuildRequest, CalibrationSet, NoBuilderError, PlanRunner
+from build_tools.tensorrt.trtexec import decode_version
 
 logger = logging.getLogger(__name__)
 
@@ -140,24 +146,110 @@ class CudaDriver:
         self._call("cuStreamSynchronize", ctypes.c_void_p(stream))
 
 
-def _collecting_logger(trt: Any) -> Any:
-    """A TensorRT logger that forwards to logging and keeps the messages for error reports."""
+KEEP_MESSAGES = 200  # errors and warnings kept for error reports, newest last
 
-    class Collecting(trt.ILogger):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.lines: list[str] = []
 
-        def log(self, severity: Any, msg: str) -> None:
-            self.lines.append(f"[{severity}] {msg}")
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                logger.error("TensorRT: %s", msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                logger.warning("TensorRT: %s", msg)
-            else:
-                logger.debug("TensorRT: %s", msg)
+class MessageLog:
+    """What TensorRT said that an error report needs: its errors and warnings, the last `keep` of them.
 
-    return Collecting()
+    INFO goes to debug logging only and VERBOSE is dropped: a build emits thousands of those, and the
+    one logger of a process lives as long as the process.
+    """
+
+    def __init__(self, keep: int = KEEP_MESSAGES) -> None:
+        self._lines: deque[tuple[int, str]] = deque(maxlen=keep)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, level: str, message: str) -> None:
+        if level in ("error", "internal_error"):
+            logger.error("TensorRT: %s", message)
+        elif level == "warning":
+            logger.warning("TensorRT: %s", message)
+        else:
+            if level == "info":
+                logger.debug("TensorRT: %s", message)
+            return
+        with self._lock:
+            self._count += 1
+            self._lines.append((self._count, f"[{level.upper()}] {message}"))
+
+    def mark(self) -> int:
+        """A point in the log; `since(mark)` returns what was kept after it."""
+        with self._lock:
+            return self._count
+
+    def since(self, mark: int, last: int = 30) -> list[str]:
+        with self._lock:
+            return [line for n, line in self._lines if n > mark][-last:]
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+
+_SHARED: dict[str, Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_logger(trt: Any) -> Any:
+    """The one TensorRT logger of this process for this module, created on first use.
+
+    TensorRT keeps the logger it was first given for the whole process, so every Builder, parser and
+    Runtime here gets this same object; its `messages` (a MessageLog) then hold the runtime's errors
+    too, which a second logger would never receive.
+    """
+    key = getattr(trt, "__name__", "tensorrt")
+    with _SHARED_LOCK:
+        existing = _SHARED.get(key)
+        if existing is not None:
+            return existing
+        sev = trt.ILogger.Severity
+        levels = {
+            sev.INTERNAL_ERROR: "internal_error",
+            sev.ERROR: "error",
+            sev.WARNING: "warning",
+            sev.INFO: "info",
+            sev.VERBOSE: "verbose",
+        }
+
+        class ProcessLogger(trt.ILogger):  # type: ignore[misc,name-defined]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.messages = MessageLog()
+
+            def log(self, severity: Any, msg: str) -> None:
+                self.messages.add(levels.get(severity, "info"), msg)
+
+        _SHARED[key] = ProcessLogger()
+        return _SHARED[key]
+
+
+def library_version() -> str | None:
+    """The version of the libnvinfer this process loaded (getInferLibVersion), None when unknown."""
+    for soname in ("libnvinfer.so.10", "libnvinfer.so.8"):
+        try:
+            lib = ctypes.CDLL(soname, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+        except OSError:
+            continue
+        fn = lib.getInferLibVersion
+        fn.restype = ctypes.c_int32
+        fn.argtypes = []
+        return decode_version(int(fn()))
+    return None
+
+
+def bindings_mismatch(module_version: str, lib_version: str | None) -> str | None:
+    """Why the Python module and the TensorRT libraries it runs on disagree (None: they agree or the
+    library version is unknown). The bindings-only wheel runs on the image's own libraries."""
+    if lib_version is None:
+        return None
+    mod = module_version.split(".")[:3]
+    if mod == lib_version.split(".")[:3]:
+        return None
+    return (
+        f"the TensorRT Python module is {module_version} but the TensorRT libraries it loaded are {lib_version}; "
+        f"install the bindings of the libraries' version (pip install tensorrt-cu12-bindings=={lib_version})"
+    )
 
 
 def _calibrator(trt: Any, cuda: CudaDriver, calib: CalibrationSet) -> Any:
@@ -204,20 +296,28 @@ class TensorRTApiBackend:
     """Builds and runs plans in-process with the TensorRT Python API."""
 
     name = "python"
+    max_gate_runs: int | None = None  # in-process: any number of batches costs no process start
 
-    def __init__(self) -> None:
-        import tensorrt as trt
-
+    def __init__(self, module: str = "tensorrt") -> None:
+        trt = importlib.import_module(module)
         self.trt = trt
+        self.module = module
+        mismatch = bindings_mismatch(str(trt.__version__), library_version())
+        if mismatch:
+            raise PlanBuildError(mismatch)
 
     @property
     def version(self) -> str:
         return str(self.trt.__version__)
 
+    def check_supported(self, graph: GraphInterface) -> None:
+        """The Python API builds and runs every input name and output type the gate compares."""
+
     def build(self, request: BuildRequest) -> BuildInfo:
         trt = self.trt
         cuda = CudaDriver()
-        log = _collecting_logger(trt)
+        log = shared_logger(trt)
+        mark = log.messages.mark()
         builder = trt.Builder(log)
         # TensorRT 10 networks are always explicit-batch; the flag only exists (and is needed) before 10.
         major = int(self.version.split(".")[0])
@@ -261,7 +361,7 @@ class TensorRTApiBackend:
         if serialized is None:
             raise PlanBuildError(
                 f"TensorRT {self.version} could not build {request.plan_path} from {request.onnx_path}; "
-                f"its log ends with:\n" + "\n".join(log.lines[-30:])
+                f"its errors and warnings:\n" + ("\n".join(log.messages.since(mark)) or "<none>")
             )
         request.plan_path.parent.mkdir(parents=True, exist_ok=True)
         with open(request.plan_path, "wb") as f:
@@ -269,7 +369,7 @@ class TensorRTApiBackend:
         request.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         request.timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
         return BuildInfo(self.version, cuda.device_name(), cuda.compute_capability(), self.name,
-                         "\n".join(log.lines[-10:]))
+                         "\n".join(log.messages.since(mark, 10)))
 
     def _use_timing_cache(self, config: Any, path: Path) -> None:
         # The cache only holds kernel timings: a stale or foreign one costs build time, never correctness.
@@ -282,12 +382,13 @@ class TensorRTApiBackend:
     def runner(self, plan_path: Path, dynamic_inputs: Iterable[str]) -> PlanRunner:
         trt = self.trt
         cuda = CudaDriver()
-        log = _collecting_logger(trt)
+        log = shared_logger(trt)
+        mark = log.messages.mark()
         runtime = trt.Runtime(log)
         engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if engine is None:
             raise PlanBuildError(
-                f"TensorRT {self.version} cannot load {plan_path}: " + "; ".join(log.lines[-5:])
+                f"TensorRT {self.version} cannot load {plan_path}: " + "; ".join(log.messages.since(mark, 5))
             )
         context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -317,7 +418,9 @@ class TensorRTApiBackend:
                     context.set_tensor_address(n, ptr)
                     results[n] = (host, ptr)
                 if not context.execute_async_v3(stream):
-                    raise PlanBuildError(f"{plan_path}: TensorRT execution failed: " + "; ".join(log.lines[-5:]))
+                    raise PlanBuildError(
+                        f"{plan_path}: TensorRT execution failed: " + "; ".join(log.messages.since(mark, 5))
+                    )
                 cuda.synchronize(stream)
                 for host, ptr in results.values():
                     cuda.to_host(host, ptr)

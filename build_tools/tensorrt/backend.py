@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from build_tools.errors import PlanBuildError
+from build_tools.onnx_io import GraphInterface
 from build_tools.tensorrt.profile import InputProfile, PrecisionSettings
 
 PlanRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -52,6 +53,12 @@ class BuildInfo:
 
 class PlanBackend(Protocol):
     name: str
+    # How many separate runs the gate may start (None: no limit). trtexec starts one process per run.
+    max_gate_runs: int | None
+
+    def check_supported(self, graph: GraphInterface) -> None:
+        """Raise PlanBuildError, before anything is built, for a model this builder cannot build or gate."""
+        ...
 
     def build(self, request: BuildRequest) -> BuildInfo: ...
 

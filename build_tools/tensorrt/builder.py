@@ -1,8 +1,9 @@
 """Build one plan end to end: choose a builder, derive the profile, build, lock, gate.
 
-Builder choice: the TensorRT Python API when `tensorrt` imports, else `trtexec` on PATH (or in $TRTEXEC),
-else NoBuilderError. TRITON_REPO_PLAN_BUILDER=python|trtexec forces one (and skips the GPU check,
-leaving the tool to report a missing GPU itself).
+Builder choice: the TensorRT Python API when `tensorrt` (or the bindings-only `tensorrt_bindings`) imports,
+else `trtexec` ($TRTEXEC, PATH, or where the serving image keeps it), else NoBuilderError.
+TRITON_REPO_PLAN_BUILDER=python|trtexec forces one (and skips the GPU check, leaving the tool to report a
+missing GPU itself). The choice and its reason are logged.
 """
 
 from __future__ import annotations
@@ -31,53 +32,68 @@ from build_tools.tensorrt.profile import (
     derive_profiles,
     precision_settings,
 )
-from build_tools.tensorrt.trtexec import TrtexecBackend, find_trtexec
+from build_tools.tensorrt.trtexec import (
+    PYTHON_API_HINT,
+    TrtexecBackend,
+    locate_trtexec,
+    trtexec_search_description,
+)
 
 logger = logging.getLogger(__name__)
 
 BUILDER_ENV = "TRITON_REPO_PLAN_BUILDER"
+TENSORRT_MODULES = ("tensorrt", "tensorrt_bindings")
 BUILD_DIR = "build/tensorrt"
 TIMING_CACHE = "timing.cache"
 
 
-def _tensorrt_importable() -> bool:
-    try:
-        return importlib.util.find_spec("tensorrt") is not None
-    except (ImportError, ValueError):
-        return False
+def _tensorrt_module_name() -> str | None:
+    """`tensorrt` (the full package), else `tensorrt_bindings` (the bindings-only wheel that uses the
+    TensorRT libraries already in the serving image), else None."""
+    for name in TENSORRT_MODULES:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except (ImportError, ValueError):
+            continue
+    return None
 
 
 def select_backend() -> PlanBackend:
-    """The plan builder this machine offers, or NoBuilderError saying what is missing."""
-    from build_tools.tensorrt.api import visible_gpu_count
+    """The plan builder this machine offers, or NoBuilderError saying what is missing. Logs the choice
+    and why at INFO."""
+    from build_tools.tensorrt.api import TensorRTApiBackend, visible_gpu_count
 
     choice = os.environ.get(BUILDER_ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", "python", "trtexec"):
         raise PlanBuildError(f"{BUILDER_ENV}={choice!r} is not a builder; expected auto, python or trtexec")
-    import_error = "not installed"
-    if choice in ("auto", "python") and _tensorrt_importable():
+    forced = f" ({BUILDER_ENV}={choice})" if choice != "auto" else ""
+    module = _tensorrt_module_name() if choice in ("auto", "python") else None
+    python_why = "not tried" if choice == "trtexec" else f"neither of {', '.join(TENSORRT_MODULES)} is installed"
+    if module is not None:
         try:
-            from build_tools.tensorrt.api import TensorRTApiBackend
-
-            backend = TensorRTApiBackend()
-        except Exception as e:  # the registry's placeholder wheels raise on import
-            import_error = f"import failed: {e}"
+            backend = TensorRTApiBackend(module)
+        except Exception as e:  # placeholder wheels and bindings without their libraries raise on import
+            python_why = f"`import {module}` failed: {e}"
             if choice == "python":
-                raise NoBuilderError(f"{BUILDER_ENV}=python but `import tensorrt` failed: {e}") from e
+                raise NoBuilderError(f"{BUILDER_ENV}=python but {python_why}") from e
         else:
             if choice == "auto" and visible_gpu_count() == 0:
                 raise NoBuilderError(f"TensorRT {backend.version} is importable but no NVIDIA GPU is visible")
+            logger.info("plan builder: the TensorRT %s Python API (module %s)%s", backend.version, module, forced)
             return backend
     if choice == "python":
-        raise NoBuilderError(f"{BUILDER_ENV}=python but the tensorrt module is not importable")
-    binary = find_trtexec()
-    if binary:
+        raise NoBuilderError(f"{BUILDER_ENV}=python but {python_why}")
+    found = locate_trtexec()
+    if found:
         if choice == "auto" and visible_gpu_count() == 0:
-            raise NoBuilderError(f"trtexec found ({binary}) but no NVIDIA GPU is visible")
-        return TrtexecBackend(binary)
+            raise NoBuilderError(f"trtexec found ({found.path}) but no NVIDIA GPU is visible")
+        logger.info("plan builder: trtexec at %s (%s)%s; the Python API was not used: %s",
+                    found.path, found.reason, forced, python_why)
+        return TrtexecBackend(found.path)
     raise NoBuilderError(
-        f"TensorRT not importable ({import_error}) and trtexec not on PATH (nor in $TRTEXEC); plans are built in "
-        f"the serving image on a GPU (docs/tensorrt.md)"
+        f"no TensorRT Python API ({python_why}) and no trtexec ({trtexec_search_description()}); "
+        f"plans are built in the serving image on a GPU (docs/tensorrt.md)"
     )
 
 
@@ -232,6 +248,8 @@ def build_plan(
     profiles = derive_profiles(target.model, model, graph)
     precision = precision_settings(model.tensorrt.precision)
     out = build_dir(spec) / target.trt_model / str(target.version) / PLAN_FILENAME
+    # Before anything is built: a model this builder cannot build or gate fails with the way out.
+    backend.check_supported(graph)
     calibration = calibration_set(spec, target, graph, profiles) if precision.needs_calibration else None
     request = BuildRequest(
         onnx_path=target.onnx_path,
@@ -260,19 +278,26 @@ def build_plan(
         onnx_sha256=sha256_file(target.onnx_path),
         plan_sha256=sha256_file(out),
         profile=profile_record(model, profiles),
-        built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     # The lock comes before the gate: a plan the target image cannot load is not worth evaluating.
     problems = lock_problems(lock, spec.triton, target.label)
     if problems:
         raise PlanBuildError("refusing to place the plan: " + "; ".join(problems))
     arrays, source = evaluation_arrays(spec, target.model, graph, profiles)
+    # One run per batch of the profile's largest size: the fewest runs the plan accepts.
+    batch_size, batched = max(model.max_batch_size, 1), model.max_batch_size > 0
+    arrays, cut = gate_mod.limit_runs(arrays, batch_size, batched, backend.max_gate_runs)
+    if cut:
+        logger.warning("%s: the %s gate runs on the %s; the Python API gates on all of them (%s)",
+                       target.label, backend.name, cut, PYTHON_API_HINT)
+        source = f"{source}, {cut}"
     report = gate_mod.run_gate(
         backend.runner(out, [p.name for p in profiles]),
         target.onnx_path,
         arrays,
-        batch_size=max(model.max_batch_size, 1),
-        batched=model.max_batch_size > 0,
+        batch_size=batch_size,
+        batched=batched,
         precision=precision.precision,
         min_top1_agreement=model.tensorrt.min_top1_agreement,
         source=source,

@@ -310,6 +310,27 @@ def iter_chunks(
         yield {n: np.ascontiguousarray(a[start : start + batch_size]) for n, a in arrays.items()}
 
 
+def runs_needed(count: int, batch_size: int, batched: bool) -> int:
+    """How many plan runs the gate makes for `count` samples: one per batch of up to batch_size."""
+    return -(-count // batch_size) if batched else count
+
+
+def limit_runs(
+    arrays: Mapping[str, np.ndarray], batch_size: int, batched: bool, max_runs: int | None
+) -> tuple[dict[str, np.ndarray], str]:
+    """The samples a runner limited to max_runs runs can take (the first ones), and a note when cut."""
+    count = next(iter(arrays.values())).shape[0]
+    runs = runs_needed(count, batch_size, batched)
+    if max_runs is None or runs <= max_runs:
+        return dict(arrays), ""
+    keep = max_runs * (batch_size if batched else 1)
+    note = (
+        f"first {keep} of {count} samples: the profile takes {batch_size if batched else 1} sample(s) per run and "
+        f"this builder starts a process per run, at most {max_runs}"
+    )
+    return {n: a[:keep] for n, a in arrays.items()}, note
+
+
 def _collect(parts: list[dict[str, np.ndarray]], batched: bool) -> dict[str, np.ndarray]:
     join = np.concatenate if batched else np.stack
     return {n: join([p[n] for p in parts]) for n in parts[0]}

@@ -8,12 +8,15 @@ For every version of every model whose formats include tensorrt_plan:
    precision and profile, for the same target TensorRT/release (and this GPU, when one is visible);
 2. otherwise it is built, lock-checked and gated (builder.build_plan) when a builder is available;
 3. otherwise, for `tensorrt.optional: true`, build-repo notes that the plan is missing and goes on
-   (the repository is complete without it); for `optional: false` it stops with PlanBuildError.
+   (the repository is complete without it); for `optional: false`, or with TRITON_REPO_REQUIRE_PLANS=1
+   (the repo-builder container), it stops with PlanBuildError.
+Each plan gets one note: `plan <label>: built|reused|skipped, <why>`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -32,6 +35,9 @@ from build_tools.tensorrt.profile import derive_profiles
 
 logger = logging.getLogger(__name__)
 
+# Set by the repo-builder container: there, an optional plan that cannot be built is an error, not a note.
+REQUIRE_PLANS_ENV = "TRITON_REPO_REQUIRE_PLANS"
+
 
 def _place(plan: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +55,7 @@ def plan_step(ctx: BuildContext) -> list[str]:
     if not names:
         return notes
     require_consistent_target(spec.triton)
+    require_all = plans_required()
     backend: PlanBackend | None = None
     missing: NoBuilderError | None = None
     gpu_cc: str | None = None
@@ -74,33 +81,42 @@ def plan_step(ctx: BuildContext) -> list[str]:
                 lock = read_lock(previous)
                 _place(previous, dest)
                 notes.append(
-                    f"{target.label}: kept the plan built {lock.built_at or 'earlier'} with TensorRT "
-                    f"{lock.tensorrt_version} on {lock.gpu_name} (sm {lock.compute_capability}); its inputs are "
-                    f"unchanged"
+                    f"plan {target.label}: reused, built {lock.built_at or 'earlier'} with TensorRT "
+                    f"{lock.tensorrt_version} on {lock.gpu_name} (sm {lock.compute_capability}) from unchanged inputs"
                 )
                 continue
             if previous.is_file():
                 logger.info("%s: not keeping the previous plan: %s", target.label, "; ".join(reasons))
             if backend is None:
-                why = f"{target.label} not built: {missing}"
+                why = f"{missing}"
                 if previous.is_file():
                     why += f" (the previous plan was dropped: {'; '.join(reasons)})"
-                if not model.tensorrt.optional:
+                if not model.tensorrt.optional or require_all:
+                    rule = (
+                        f"{REQUIRE_PLANS_ENV}=1" if model.tensorrt.optional
+                        else f"models.{name}.tensorrt.optional is false"
+                    )
                     raise PlanBuildError(
-                        f"{why}; models.{name}.tensorrt.optional is false, so build-repo stops. Build the "
+                        f"plan {target.label} not built: {why}; {rule}, so build-repo stops. Build the "
                         f"repository in the serving image on a GPU (docs/tensorrt.md)"
                     ) from missing
                 notes.append(
-                    f"{why}. The repository is complete without it (tensorrt.optional), but Triton reports "
-                    f"{target.trt_model} UNAVAILABLE until the plan is built in the serving image (docs/tensorrt.md)"
+                    f"plan {target.label}: skipped, {why}. The repository is complete without it "
+                    f"(tensorrt.optional), but Triton reports {target.trt_model} UNAVAILABLE until the plan is built "
+                    f"in the serving image (docs/tensorrt.md)"
                 )
                 continue
             artifact = build_plan(spec, target, backend, graph)
             _place(artifact.plan_path, dest)
             lock = artifact.lock
             notes.append(
-                f"{target.label}: built a {lock.precision} plan with TensorRT {lock.tensorrt_version} "
+                f"plan {target.label}: built, {lock.precision} with TensorRT {lock.tensorrt_version} "
                 f"({lock.builder}) on {lock.gpu_name} (sm {lock.compute_capability}) for tritonserver:"
                 f"{lock.triton_release}-py3; gate passed: {artifact.gate.summary()}"
             )
     return notes
+
+
+def plans_required() -> bool:
+    """True when every plan the spec asks for must be built, `optional` ones included (the repo-builder)."""
+    return os.environ.get(REQUIRE_PLANS_ENV, "").strip().lower() in ("1", "true", "yes")

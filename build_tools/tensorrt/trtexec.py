@@ -15,31 +15,82 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from build_tools.errors import PlanBuildError
+from build_tools.onnx_io import GraphInterface
 from build_tools.tensorrt.backend import BuildInfo, BuildRequest, PlanRunner
 
 logger = logging.getLogger(__name__)
 
-TRTEXEC_ENV = "TRTEXEC"  # full path of trtexec when it is not on PATH
+TRTEXEC_ENV = "TRTEXEC"  # full path of trtexec when it is neither on PATH nor where the image keeps it
+# Where TensorRT's packages (and so the tritonserver images) keep trtexec: not on the image's PATH.
+# Triton's own QA scripts call it by this path.
+IMAGE_TRTEXEC_PATHS: tuple[str, ...] = ("/usr/src/tensorrt/bin/trtexec",)
 BUILD_TIMEOUT_S = 3600.0
 RUN_TIMEOUT_S = 600.0
 TAIL_LINES = 30
+# One trtexec process per gate batch re-initialises CUDA and reloads the plan (seconds each): a profile
+# that only takes one sample per run (max_batch_size 0 or 1) gates on at most this many samples.
+MAX_GATE_RUNS = 32
+
+
+@dataclass(frozen=True)
+class TrtexecLocation:
+    path: str
+    reason: str
+
+
+def locate_trtexec() -> TrtexecLocation | None:
+    """trtexec from $TRTEXEC, else PATH, else where the serving image keeps it; None when absent."""
+    explicit = os.environ.get(TRTEXEC_ENV)
+    if explicit:
+        return TrtexecLocation(explicit, f"${TRTEXEC_ENV}")
+    on_path = shutil.which("trtexec")
+    if on_path:
+        return TrtexecLocation(on_path, "on PATH")
+    for candidate in IMAGE_TRTEXEC_PATHS:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return TrtexecLocation(candidate, "where TensorRT's packages install it (not on PATH)")
+    return None
+
+
+def trtexec_search_description() -> str:
+    return ", ".join([f"${TRTEXEC_ENV}", "PATH", *IMAGE_TRTEXEC_PATHS])
 
 
 def find_trtexec() -> str | None:
-    explicit = os.environ.get(TRTEXEC_ENV)
-    if explicit:
-        return explicit
-    return shutil.which("trtexec")
+    found = locate_trtexec()
+    return found.path if found else None
+
+
+# trtexec splits its tensor specs on ',' before it looks at quotes, and a name is quoted with "'": a name
+# holding either cannot be written at all (TensorRT 10.5 sampleOptions.cpp).
+_UNQUOTABLE = re.compile(r"[,']")
+
+
+def check_tensor_name(name: str) -> None:
+    if _UNQUOTABLE.search(name):
+        raise PlanBuildError(
+            f"input {name!r}: trtexec cannot take a tensor name containing ',' or \"'\" in its shape and input "
+            f"flags; build this plan with the TensorRT Python API instead ({PYTHON_API_HINT}), or rename the "
+            f"input in the ONNX graph"
+        )
+
+
+PYTHON_API_HINT = (
+    "pip install tensorrt-cu12-bindings==<the image's TensorRT version> in the serving image, then "
+    "TRITON_REPO_PLAN_BUILDER=python; docs/tensorrt.md"
+)
 
 
 def _tensor_name(name: str) -> str:
-    # trtexec splits specs on ',' and ':'; names holding those must be wrapped in single quotes.
-    return f"'{name}'" if re.search(r"[:,'\s]", name) else name
+    check_tensor_name(name)
+    # trtexec splits a spec on its last ':'; names holding ':' or blanks are wrapped in single quotes.
+    return f"'{name}'" if re.search(r"[:\s]", name) else name
 
 
 def shapes_arg(flag: str, shapes: Mapping[str, Sequence[int]]) -> str:
@@ -147,7 +198,7 @@ def execute(cmd: list[str], expected: Iterable[Path], what: str, timeout_s: floa
     return out
 
 
-def _decode_banner(value: int) -> str:
+def decode_version(value: int) -> str:
     # NV_TENSORRT_VERSION: major*10000 + minor*100 + patch from TensorRT 10 on, major*1000 + ... before.
     if value >= 10000:
         return f"{value // 10000}.{(value // 100) % 100}.{value % 100}"
@@ -163,7 +214,7 @@ def parse_build_log(text: str) -> tuple[str | None, str | None, str | None]:
     else:
         m = re.search(r"\[TensorRT v(\d+)\]", text)
         if m:
-            version = _decode_banner(int(m.group(1)))
+            version = decode_version(int(m.group(1)))
     gpu = re.search(r"Selected Device:\s*(.+?)\s*$", text, re.MULTILINE)
     cc = re.search(r"Compute Capability:\s*(\d+\.\d+)", text)
     return version, gpu.group(1) if gpu else None, cc.group(1) if cc else None
@@ -201,13 +252,30 @@ def parse_output_json(text: str, source: str = "trtexec --exportOutput") -> dict
     return out
 
 
+# Output types --exportOutput cannot write as numbers: trtexec prints UINT8 values as raw characters
+# (only INT8 is widened to an integer before printing), which is not JSON.
+UNEXPORTABLE_OUTPUT_TYPES = frozenset({"UINT8"})
+
+
 class TrtexecBackend:
     """Builds with `trtexec --onnx ... --saveEngine`, runs with `trtexec --loadEngine ... --exportOutput`."""
 
     name = "trtexec"
+    max_gate_runs: int | None = MAX_GATE_RUNS
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
+
+    def check_supported(self, graph: GraphInterface) -> None:
+        for t in graph.inputs:
+            check_tensor_name(t.name)
+        for t in graph.outputs:
+            if t.data_type in UNEXPORTABLE_OUTPUT_TYPES:
+                raise PlanBuildError(
+                    f"output {t.name!r} is {t.data_type}: trtexec --exportOutput writes {t.data_type} values as raw "
+                    f"characters, not numbers, so the accuracy gate cannot read them; build this plan with the "
+                    f"TensorRT Python API instead ({PYTHON_API_HINT})"
+                )
 
     def build(self, request: BuildRequest) -> BuildInfo:
         request.plan_path.parent.mkdir(parents=True, exist_ok=True)

@@ -158,21 +158,34 @@ def perturbed_copy(src: Path, dst: Path, seed: int = 0, scale: float = 0.05) -> 
     return dst
 
 
-def tiny_classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> Path:
-    """image [N,1,size,size] -> probabilities [N,classes]: Flatten, MatMul, Add, Softmax (opset 13)."""
+def tiny_classifier(
+    path: Path, classes: int = 3, size: int = 4, seed: int = 0, *, input_name: str = "image",
+    uint8_output: bool = False,
+) -> Path:
+    """image [N,1,size,size] -> probabilities [N,classes]: Flatten, MatMul, Add, Softmax (opset 13).
+
+    uint8_output adds `top` [N,1] UINT8, the top class (ArgMax, Cast), as label outputs often are.
+    """
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.normal(size=(size * size, classes)).astype(np.float32), "W")
     b = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "B")
     nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+        helper.make_node("Flatten", [input_name], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
         helper.make_node("Add", ["logits0", "B"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])]
+    if uint8_output:
+        nodes += [
+            helper.make_node("ArgMax", ["logits"], ["top64"], axis=1, keepdims=1),
+            helper.make_node("Cast", ["top64"], ["top"], to=TensorProto.UINT8),
+        ]
+        outputs.append(helper.make_tensor_value_info("top", TensorProto.UINT8, ["N", 1]))
     graph = helper.make_graph(
         nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 1, size, size])],
+        outputs,
         initializer=[w, b],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

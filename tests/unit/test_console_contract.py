@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,11 @@ import pytest
 from build_tools.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+# The project's console scripts as installed (pyproject.toml's [project.scripts]).
+SCRIPTS = sorted(
+    ep.name for ep in metadata.entry_points(group="console_scripts")
+    if ep.dist is not None and ep.dist.name == "triton-deploy-kit"
+)
 DIGIT = str(ROOT / "models/mnist/examples/digit_7.png")
 
 

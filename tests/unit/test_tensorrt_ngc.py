@@ -16,6 +16,8 @@ from build_tools.lint import lint_spec
 from build_tools.repository import plan_flavor
 from build_tools.spec import DeploySpec, parse_spec
 from build_tools.tensorrt import builder as builder_mod
+from build_tools.tensorrt import hook as hook_mod
+from build_tools.tensorrt import trtexec as trtexec_mod
 from tests.support.onnx_models import tiny_classifier
 
 
@@ -66,6 +68,8 @@ def no_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", f"{empty}{os.pathsep}/usr/bin{os.pathsep}/bin")
     monkeypatch.delenv("TRTEXEC", raising=False)
     monkeypatch.setenv(builder_mod.BUILDER_ENV, "trtexec")
+    monkeypatch.setattr(trtexec_mod, "IMAGE_TRTEXEC_PATHS", (str(empty / "trtexec"),))
+    monkeypatch.delenv(hook_mod.REQUIRE_PLANS_ENV, raising=False)
 
 
 def _folders(spec: DeploySpec) -> dict[str, mc.ModelConfig]:
@@ -119,8 +123,7 @@ def test_build_repositories_notes_the_missing_plan_when_no_builder_and_the_plan_
     assert (repo / "tiny_trt" / "config.pbtxt").is_file()
     assert not (repo / "tiny_trt" / "1" / "model.plan").exists()
     notes = "\n".join(plans["ngc"].notes)
-    assert "tiny_trt/1/model.plan not built: TensorRT not importable" in notes
-    assert "trtexec not on PATH" in notes
+    assert "plan tiny_trt/1/model.plan: skipped, no TensorRT Python API (not tried) and no trtexec" in notes
     assert "Triton reports tiny_trt UNAVAILABLE until the plan is built in the serving image" in notes
 
 

@@ -89,7 +89,11 @@ else:
         f.write("[\n")
         for i, (info, o) in enumerate(zip(sess.get_outputs(), outs)):
             sep = "  " if i == 0 else ", "
-            vals = ", ".join("nan" if np.isnan(v) else repr(float(v)) for v in o.ravel())
+            if o.dtype == np.uint8:
+                # Like trtexec: UINT8 values go to the stream as characters (only INT8 is widened).
+                vals = ", ".join(chr(int(v)) for v in o.ravel())
+            else:
+                vals = ", ".join("nan" if np.isnan(v) else repr(float(v)) for v in o.ravel())
             f.write(sep + '{ "name" : "' + info.name + '"\n')
             f.write('  , "dimensions" : "' + "x".join(str(d) for d in o.shape) + '"\n')
             f.write('  , "values" : [ ' + vals + " ]\n  }\n")
@@ -118,8 +122,8 @@ def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0) -> Path:
-    return tiny_classifier(path, classes, size, seed)
+def _classifier(path: Path, classes: int = 3, size: int = 4, seed: int = 0, **kwargs: Any) -> Path:
+    return tiny_classifier(path, classes, size, seed, **kwargs)
 
 
 def _request(tmp_path: Path, precision: str = "fp16", profiles: list[InputProfile] | None = None,
@@ -337,7 +341,7 @@ def test_build_repositories_places_a_locked_plan_when_trtexec_builds_and_the_gat
     assert lock.profile["inputs"] == {"image": {"min": [1, 1, 4, 4], "opt": [8, 1, 4, 4], "max": [8, 1, 4, 4]}}
     assert lock.gate["passed"] is True and lock.gate["samples"] == 24
     notes = "\n".join(plans["ngc"].notes)
-    assert "tiny_trt/1/model.plan: built a fp16 plan with TensorRT 10.5.0 (trtexec)" in notes
+    assert "plan tiny_trt/1/model.plan: built, fp16 with TensorRT 10.5.0 (trtexec)" in notes
 
 
 def test_build_repositories_refuses_the_plan_when_trtexec_is_another_tensorrt_version(
@@ -368,7 +372,7 @@ def test_build_repositories_keeps_the_previous_plan_when_its_inputs_are_unchange
     calls = len(argv_log.read_text().splitlines())
     plans = build_repositories(_spec(tmp_path), ["ngc"])
     assert len(argv_log.read_text().splitlines()) == calls  # no second build
-    assert any("kept the plan built" in n for n in plans["ngc"].notes)
+    assert any(n.startswith("plan tiny_trt/1/model.plan: reused, built ") for n in plans["ngc"].notes)
     assert (tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan.json.lock").is_file()
 
 
@@ -379,7 +383,7 @@ def test_build_repositories_rebuilds_the_plan_when_the_onnx_model_changed(tmp_pa
     plans = build_repositories(_spec(tmp_path), ["ngc"])
     after = read_lock(tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan")
     assert before.onnx_sha256 != after.onnx_sha256
-    assert any("built a fp16 plan" in n for n in plans["ngc"].notes)
+    assert any(n.startswith("plan tiny_trt/1/model.plan: built, fp16") for n in plans["ngc"].notes)
 
 
 def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_path: Path, fake_trtexec: Path) -> None:
@@ -392,12 +396,82 @@ def test_build_repositories_gates_on_random_inputs_when_no_evaluation_data(tmp_p
     assert json.loads(lock.to_json())["gate"]["passed"] is True
 
 
+# --------------------------------------------------------------------------------------------------
+# What trtexec cannot serve, and how many processes the gate starts (issue 18)
+
+
+def _runs(argv_log: Path) -> int:
+    """trtexec invocations that ran a plan (the gate), from the fake's argv log."""
+    lines = argv_log.read_text().splitlines()
+    return sum(any(a.startswith("--loadEngine=") for a in json.loads(line)) for line in lines)
+
+
+def test_build_repositories_gates_in_one_trtexec_run_per_profile_max_batch_when_the_model_batches(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    build_repositories(_spec(tmp_path), ["ngc"])  # 24 samples, profile max batch 8
+    assert _runs(argv_log) == 3
+
+
+def test_build_repositories_caps_the_trtexec_gate_processes_when_the_profile_takes_one_sample_per_run(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    monkeypatch.setattr(TrtexecBackend, "max_gate_runs", 4)
+    plans = build_repositories(_spec(tmp_path, max_batch_size=1, dynamic_batching=None), ["ngc"])
+    assert _runs(argv_log) == 4  # not one process for each of the 24 samples
+    lock = read_lock(tmp_path / "model_repository" / "tiny_trt" / "1" / "model.plan")
+    assert lock.gate["samples"] == 4
+    assert "first 4 of 24 samples" in lock.gate["source"]
+    assert any("gate passed" in n and "first 4 of 24 samples" in n for n in plans["ngc"].notes)
+
+
+def test_trtexec_gate_run_limit_is_bounded_by_default() -> None:
+    assert TrtexecBackend.max_gate_runs == 32
+
+
+def test_build_repositories_refuses_uint8_outputs_before_building_when_the_builder_is_trtexec(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    _classifier(tmp_path / "tiny.onnx", uint8_output=True)
+    with pytest.raises(PlanBuildError, match=r"output 'top' is UINT8: trtexec --exportOutput writes UINT8 values as "
+                                             r"raw characters.*TensorRT Python API instead \(pip install "
+                                             r"tensorrt-cu12-bindings"):
+        build_repositories(_spec(tmp_path), ["ngc"])
+    assert not argv_log.exists()  # refused before any trtexec process
+    assert not (tmp_path / "model_repository").exists()
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's"])
+def test_shapes_arg_raises_when_a_name_cannot_be_quoted_for_trtexec(name: str) -> None:
+    with pytest.raises(PlanBuildError, match=r"trtexec cannot take a tensor name containing ','.*TensorRT Python API"):
+        shapes_arg("shapes", {name: (1, 4)})
+
+
+def test_build_repositories_refuses_an_unquotable_input_name_before_building_when_the_builder_is_trtexec(
+    tmp_path: Path, fake_trtexec: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_log = tmp_path / "argv.log"
+    monkeypatch.setenv("FAKE_TRT_ARGV_LOG", str(argv_log))
+    _classifier(tmp_path / "tiny.onnx", input_name="pixels,raw")
+    with pytest.raises(PlanBuildError, match=r"input 'pixels,raw': trtexec cannot take a tensor name"):
+        build_repositories(_spec(tmp_path), ["ngc"])
+    assert not argv_log.exists()
+
+
 def test_demo_build_keeps_the_plan_and_its_lock_when_build_repo_built_them_first(
     tmp_path: Path, fake_trtexec: Path
 ) -> None:
     """`make demo` after a plan build: build-repo (the CLI) places a plan, then the demo's build step, run
     in a fresh interpreter as `make demo` runs it, must keep the plan and its lock (it used to drop both:
     the plan step was only registered when the CLI imported build_tools.tensorrt)."""
+    # The demo is a client (the `clients` extra); the Python 3.10 repo-builder job installs only the core.
+    pytest.importorskip("PIL", reason="clients.demo needs Pillow (the clients extra), absent from the core install")
     import subprocess
 
     import yaml
@@ -432,5 +506,5 @@ def test_demo_build_keeps_the_plan_and_its_lock_when_build_repo_built_them_first
                           text=True, timeout=120)
     assert demo.returncode == 0, demo.stderr
     assert (plan.read_bytes(), lock.read_bytes()) == before
-    assert "tiny_trt/1/model.plan: kept the plan built" in demo.stdout
+    assert "plan tiny_trt/1/model.plan: reused, built" in demo.stdout
     assert "python backend shared memory: 1 instance(s)" in demo.stdout
