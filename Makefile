@@ -7,9 +7,11 @@ SPEC ?= deploy.yaml
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest bench perf-analyzer docker up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench soak \
+	perf-analyzer docker up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -28,7 +30,7 @@ check-repo: install
 	$(VENV)/bin/triton-repo build-repo --spec $(SPEC) --check
 
 serve: build-repo
-	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)
 
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)
@@ -51,6 +53,15 @@ train: install
 loadtest: install
 	$(PY) -m loadtest.run
 
+# CI's guard against the batcher's 500 ms stall (docs/stall.md): under a minute, fails on any request
+# over 400 ms or any failed request, never on throughput.
+load-check: install
+	$(PY) -m loadtest.stall --hog 0 --concurrency 4,8 --duration 3 --warmup 1 --fail-ms 400 --out build/load-check
+
+# The stall reproduction with a CPU hog beside the server: before (queue policy) and after (the spec).
+stall: install
+	$(PY) -m loadtest.stall --variant queue-policy --variant spec --duration 60
+
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
 bench: perf-analyzer
 	$(PY) -m loadtest.bench
@@ -58,6 +69,10 @@ bench: perf-analyzer
 # Triton's perf_analyzer as .venv/bin/perf_analyzer (on PATH with the virtualenv active).
 perf-analyzer: install
 	VENV=$(VENV) bash loadtest/install_perf_analyzer.sh
+
+# 10 minutes of the ensemble at about 80 % of its peak: 0 failures and flat memory (build/soak/).
+soak: install
+	$(PY) -m loadtest.soak --minutes $(or $(SOAK_MINUTES),10)
 
 # The CPU compose stack (Triton + Prometheus + Alertmanager) on any Docker host; see docs/compose.md.
 up: install

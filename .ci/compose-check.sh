@@ -281,17 +281,18 @@ pick_ports() {
   eval "$("$PY" - <<'EOF'
 import os, socket
 held = []
-for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT"):
+for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_HEALTH_PORT", "PROMETHEUS_PORT",
+             "ALERTMANAGER_PORT"):
     port = int(os.environ.get(name) or 0)
     if not port:
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))  # all kept open until chosen: five distinct ports
+        s.bind(("127.0.0.1", 0))  # all kept open until chosen: six distinct ports
         held.append(s)
         port = s.getsockname()[1]
     print(f"export {name}={port}")
 EOF
 )"
-  log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT," \
+  log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT health $TRITON_HEALTH_PORT," \
     "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT"
 }
 stack_up() {

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from build_tools import verify
+from build_tools.batching import stall_warnings
 from build_tools.build import build_repositories
 from build_tools.console import add_subparsers, make_parser, port_number, positive_float, run
 from build_tools.errors import LintError, ToolkitError
 from build_tools.lint import lint_spec
 from build_tools.repository import check_drift
 from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import FLAVORS, load_spec
+from build_tools.spec import FLAVORS, DeploySpec, ServerSpec, load_spec
 
 logger = logging.getLogger("triton-repo")
 
@@ -32,8 +33,15 @@ DEFAULT_HOST = "127.0.0.1"
 HOST_ENV = "TRITON_HOST"
 
 
+def _warn(spec: DeploySpec) -> None:
+    """Settings that build but serve badly: one line each on stderr, never a failure."""
+    for warning in stall_warnings(spec):
+        sys.stderr.write(f"triton-repo: warning: {warning}\n")
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    _warn(spec)
     if args.check:
         problems = check_drift(spec, "ngc")
         if problems:
@@ -55,6 +63,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_lint(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    _warn(spec)
     findings, _ = lint_spec(spec)
     if findings:
         raise LintError(findings)
@@ -64,10 +73,13 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     repos = [Path(r) for r in args.model_repository]
-    if not repos:
-        spec = load_spec(args.spec)
+    # The spec gives the repository (unless named) and the `server:` settings: restricted APIs, exit
+    # timeout, the stub watchdog. A container serving a built repository may have no spec: defaults.
+    spec = load_spec(args.spec) if not repos or Path(args.spec).is_file() else None
+    if not repos and spec is not None:
         repos = [spec.resolve(spec.flavors["embedded"].output)]
-    options = ServerOptions(
+    options = ServerOptions.from_spec(
+        spec.server if spec is not None else ServerSpec(),
         model_repositories=repos,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -77,6 +89,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # The prepared backends and the log stay in the project's build folder, next to the repository.
         workdir=Path(args.workdir) if args.workdir else Path("build") / "serve",
         startup_timeout_s=args.timeout,
+        model_control_explicit=args.model_control == "explicit",
+        health_port=args.health_port,
         extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
     )
     stop = threading.Event()
@@ -90,13 +104,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"  HTTP    http://{server.http_url}\n"
             f"  gRPC    {server.grpc_url}\n"
             f"  metrics {server.metrics_url}\n"
+            f"  health  {server.health_url} (stub watchdog: 503 while a model has a dead stub)\n"
             f"  log     {server.log_path}\n"
+            f"  restricted APIs ({', '.join(options.restricted_apis) or 'none'}) need the header "
+            f"{options.admin_header}: {'$TRITON_ADMIN_KEY' if os.environ.get('TRITON_ADMIN_KEY') else '<random key>'}\n"
             "Press Ctrl-C to stop.\n"
         )
         sys.stdout.flush()
         while not stop.wait(0.5):
             if not server.is_alive():
                 raise ToolkitError(f"tritonserver exited unexpectedly; log tail:\n{server.log_tail()}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    # The tuner drives the load generator; imported here so the other commands do not need it.
+    from loadtest import tune
+
+    spec_path = Path(args.spec)
+    result = tune.tune(spec_path, args.model, args.concurrency, args.p99_ms, args.duration, Path(args.out),
+                       progress=tune.main_progress)
+    sys.stdout.write(f"chosen for {args.model}: {result.chosen.label()}\n  {result.reason}\n"
+                     f"  report: {Path(args.out) / f'tune_{args.model}.md'}\n")
+    if args.write:
+        tune.write_back(spec_path, args.model, result.chosen)
+        sys.stdout.write(f"  written to {spec_path} (comments kept); run `make build-repo`\n")
     return 0
 
 
@@ -125,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=port_number, default=8000, help="HTTP endpoint port (0: pick a free one)")
     p.add_argument("--grpc-port", type=port_number, default=8001, help="gRPC endpoint port (0: pick a free one)")
     p.add_argument("--metrics-port", type=port_number, default=8002, help="metrics port (0: pick a free one)")
+    p.add_argument("--health-port", type=port_number, default=8003, help="the stub watchdog's /health and /metrics")
+    p.add_argument(
+        "--model-control", choices=("none", "explicit"), default="none",
+        help="explicit: a dead stub is healed by reloading its model; none: by restarting the server",
+    )
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
     p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds to wait for readiness")
@@ -133,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable; also $TRITON_EXTRA_ARGS)",
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("tune", help="search a model's serving settings against a latency target on the real server")
+    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--model", required=True, help="a model of the spec (an ensemble's steps are tuned one by one)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (gRPC)")
+    p.add_argument("--p99-ms", type=float, help="target: highest throughput with p99 at most this (default: "
+                   "highest throughput with no request over 250 ms)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per setting")
+    p.add_argument("--out", default="build/tune", help="report folder (Markdown, JSON, PNG)")
+    p.add_argument("--write", action="store_true", help="write the chosen settings back into the spec")
+    p.set_defaults(func=_cmd_tune)
 
     verify.register(sub)
     return parser

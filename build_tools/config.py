@@ -21,6 +21,7 @@ from build_tools.runner_params import (
     RUNNER_PARAM_INTRA,
     RUNNER_PARAM_ONNX_FILE,
     RUNNER_PARAM_OPT_LEVEL,
+    RUNNER_PARAM_RANGE_PREFIX,
 )
 from build_tools.spec import DeploySpec, EnsembleSpec, FlavorName, InstanceGroupSpec, ModelSpec
 
@@ -65,13 +66,17 @@ def _dynamic_batching(cfg: mc.ModelConfig, model: ModelSpec) -> None:
     cfg.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
     if db.preserve_ordering:
         cfg.dynamic_batching.preserve_ordering = True
-    if db.max_queue_size is not None or db.default_timeout_microseconds is not None:
+    if (db.max_queue_size is not None or db.default_timeout_microseconds is not None
+            or db.allow_timeout_override):
+        # Load shedding: a full queue or an expired timeout is refused at once (REJECT), never delayed.
         policy = cfg.dynamic_batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
         if db.max_queue_size is not None:
             policy.max_queue_size = db.max_queue_size
         if db.default_timeout_microseconds is not None:
             policy.default_timeout_microseconds = db.default_timeout_microseconds
-            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        if db.allow_timeout_override:
+            policy.allow_timeout_override = True
 
 
 def default_instance_groups(model: ModelSpec, flavor: FlavorName) -> list[InstanceGroupSpec]:
@@ -154,6 +159,11 @@ def onnx_config_embedded(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelCo
     cfg.parameters[RUNNER_PARAM_INTRA].string_value = str(model.runtime.intra_op_threads)
     cfg.parameters[RUNNER_PARAM_INTER].string_value = str(model.runtime.inter_op_threads)
     cfg.parameters[RUNNER_PARAM_OPT_LEVEL].string_value = model.runtime.graph_optimization_level
+    if isinstance(model.inputs, dict):
+        for input_name, override in sorted(model.inputs.items()):
+            if override.range is not None:
+                low, high = override.range
+                cfg.parameters[RUNNER_PARAM_RANGE_PREFIX + input_name].string_value = f"{low!r},{high!r}"
     return cfg
 
 

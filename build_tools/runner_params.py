@@ -7,3 +7,4 @@ RUNNER_PARAM_ONNX_FILE = "onnx_file"
 RUNNER_PARAM_INTRA = "intra_op_threads"
 RUNNER_PARAM_INTER = "inter_op_threads"
 RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
+RUNNER_PARAM_RANGE_PREFIX = "input_range."  # + input name: "low,high" (values outside are refused)

@@ -14,12 +14,14 @@ import ctypes
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ from pathlib import Path
 from types import TracebackType
 
 from build_tools.errors import ServerError
+from build_tools.healer import Healer, HealthEndpoint, http_reload, remove_regions
+from build_tools.logrotate import RotatingLog
+from build_tools.spec import DEFAULT_RESTRICTED_APIS, ServerSpec
 from triton_api import TritonClient
 
 logger = logging.getLogger(__name__)
@@ -89,35 +94,18 @@ def prepare_backends(dest: Path, dist: TritonDistribution | None = None) -> Path
     python_dir.mkdir(parents=True, exist_ok=True)
     for f in dist.python_backend.iterdir():
         if f.is_file():
-            _install_file(f, python_dir / f.name)
-    _install_file(stub, python_dir / stub.name, mode=0o755)
+            _install(f, python_dir / f.name)
+    _install(stub, python_dir / stub.name)
+    (python_dir / stub.name).chmod(0o755)
     return dest
 
 
-def _install_file(src: Path, dest: Path, mode: int | None = None) -> None:
-    """Copy beside the target, then rename over it.
-
-    Another server may be running from this folder: writing into its stub fails with ETXTBSY
-    ("Text file busy"), while a rename leaves the running one its old inode.
-    """
-    if (
-        dest.is_file()
-        and (mode is None or dest.stat().st_mode & 0o777 == mode)
-        and dest.stat().st_size == src.stat().st_size
-        and dest.read_bytes() == src.read_bytes()
-    ):
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _install(src: Path, dst: Path) -> None:
+    """Copy, then rename into place: a restart may find the old stub binary still executing (a
+    killed stub not reaped yet), and writing over a running binary fails with ETXTBSY."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -162,6 +150,38 @@ class ServerOptions:
     summary_latencies: bool = True
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Least privilege: these API groups answer only requests carrying `admin_header: admin_key`
+    # (over HTTP and gRPC). The key is $TRITON_ADMIN_KEY, else random per start: then only the harness
+    # itself (readiness, the healer's reloads) can use them.
+    restricted_apis: Sequence[str] = DEFAULT_RESTRICTED_APIS
+    admin_header: str = "triton-admin-key"
+    admin_key: str | None = None
+    # Triton's own bound on draining in-flight requests at shutdown (--exit-timeout-secs).
+    exit_timeout_s: int = 30
+    # The stub watchdog (build_tools/healer.py) and its /health + /metrics endpoint (0 = free port).
+    heal: bool = True
+    heal_interval_s: float = 0.5
+    max_heals_per_10min: int = 10
+    health_port: int | None = 0
+    # The server log rotates past this size, keeping this many older files (.1 is the newest).
+    log_max_bytes: int = 64 << 20
+    log_backups: int = 3
+
+    @classmethod
+    def from_spec(cls, server: ServerSpec, **kwargs: object) -> ServerOptions:
+        """Options with the spec's `server:` settings (deploy.yaml), the rest from kwargs."""
+        values: dict[str, object] = {
+            "restricted_apis": tuple(server.admin_api.restricted),
+            "admin_header": server.admin_api.header,
+            "exit_timeout_s": server.exit_timeout_s,
+            "heal": server.healer.enabled,
+            "heal_interval_s": server.healer.interval_s,
+            "max_heals_per_10min": server.healer.max_heals_per_10min,
+            "log_max_bytes": server.log.max_mib << 20,
+            "log_backups": server.log.backups,
+        }
+        values.update(kwargs)
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class TritonServer:
@@ -179,6 +199,24 @@ class TritonServer:
         self.startup_seconds: float | None = None
         # Set by stop() when the server ended badly (crashed, or needed SIGKILL); None after a clean exit.
         self.exit_problem: str | None = None
+        self.admin_key = options.admin_key or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(24)
+        self.healer: Healer | None = None
+        self.health: HealthEndpoint | None = None
+        self.health_port: int | None = None
+        self._lifecycle = threading.RLock()  # start/stop/restart, from the caller or the healer
+        self._restarting = False
+        self._ports_fixed = False
+        self._log: RotatingLog | None = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The HTTP header that opens the restricted API groups (empty when none are restricted)."""
+        return {self.options.admin_header: self.admin_key} if self.options.restricted_apis else {}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The same for gRPC: Triton 2.51 expects the metadata key prefixed `triton-grpc-protocol-`."""
+        return {grpc_admin_header(k): v for k, v in self.admin_headers.items()}
 
     # -- addresses -------------------------------------------------------------------------------
     @property
@@ -196,6 +234,11 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def health_url(self) -> str | None:
+        """The watchdog's /health: 200 only when Triton is ready and every model's stubs are alive."""
+        return None if self.health_port is None else f"http://{self._client_host}:{self.health_port}/health"
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _command(self, dist: TritonDistribution, backends: Path) -> list[str]:
@@ -217,7 +260,12 @@ class TritonServer:
             "--allow-metrics=true",
             "--allow-gpu-metrics=false" if not _has_gpu() else "--allow-gpu-metrics=true",
             f"--log-verbose={o.log_verbose}",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
         ]
+        if o.restricted_apis:
+            restricted = f"{','.join(o.restricted_apis)}:{o.admin_header}={self.admin_key}"
+            # gRPC calls them protocols in 2.51 (--grpc-restricted-protocol), with the same groups.
+            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         if o.model_control_explicit:
             cmd += ["--model-control-mode=explicit", "--load-model=*"]
         if o.summary_latencies and not any("summary_latencies" in a for a in o.extra_args):
@@ -234,6 +282,8 @@ class TritonServer:
         return env
 
     def _pick_ports(self) -> None:
+        if self._ports_fixed:  # a restart keeps the ports clients already know
+            return
         taken: set[int] = set()
         for attr in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, attr)
@@ -244,8 +294,15 @@ class TritonServer:
                 raise ServerError(f"{attr.replace('_', ' ')} {port} is already in use on {self.options.host}")
             taken.add(port)
             setattr(self, attr, port)
+        self._ports_fixed = True
 
     def start(self) -> TritonServer:
+        with self._lifecycle:
+            self._start_process()
+            self._start_watchdog()
+        return self
+
+    def _start_process(self) -> None:
         if self.process is not None:
             raise ServerError("server already started")
         for repo in self.options.model_repositories:
@@ -266,17 +323,21 @@ class TritonServer:
                     self.http_port, self.grpc_port, self.metrics_port, self.log_path)
         logger.debug("command: %s", " ".join(cmd))
         started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._environment(dist),
-                # Own process group, so stop() reaches the Python-backend stubs too.
-                start_new_session=True,
-                preexec_fn=_set_pdeathsig,
-            )
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            # Through a pipe into a size-bounded, rotating file (Triton itself never rotates).
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self._environment(dist),
+            # Own process group, so stop() reaches the Python-backend stubs too.
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,
+        )
+        assert self.process.stdout is not None
+        # A restart by the healer appends: the log of the failure stays readable.
+        self._log = RotatingLog(self.process.stdout, self.log_path, self.options.log_max_bytes,
+                                self.options.log_backups, append=self._restarting)
         try:
             self.wait_ready(self.options.startup_timeout_s)
         except BaseException:
@@ -284,23 +345,65 @@ class TritonServer:
             raise
         self.startup_seconds = time.monotonic() - started
         logger.info("tritonserver ready in %.1f s", self.startup_seconds)
-        return self
+
+    def _start_watchdog(self) -> None:
+        o = self.options
+        if not o.heal or self.healer is not None:
+            if self.healer is not None:
+                self.healer.baseline()
+            return
+        reload = http_reload(self.http_url, self.admin_headers) if o.model_control_explicit else None
+        self.healer = Healer(
+            lambda: self.process.pid if self.process is not None else None,
+            reload,
+            self.restart,
+            interval_s=o.heal_interval_s,
+            max_heals_per_10min=o.max_heals_per_10min,
+        )
+        self.healer.start()
+        if o.health_port is not None:
+            self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+            self.health_port = self.health.port
+            logger.info("stub watchdog on, health endpoint %s", self.health_url)
+
+    def ready(self) -> bool:
+        """Triton's own readiness (server and models), as its HTTP endpoint reports it."""
+        if self.process is None:
+            return False
+        with TritonClient(self.http_url, "http", timeout_s=2.0) as client:
+            return client.is_ready()
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports (the healer's last resort outside explicit mode)."""
+        with self._lifecycle:
+            self._restarting = True
+            try:
+                logger.warning("restarting tritonserver")
+                # Not the full exit timeout: Triton waits all of it for the model whose stub is dead
+                # (measured: "Found 1 live models" until the timeout); 5 s lets in-flight requests end.
+                self._stop_process(5.0)
+                self._start_process()
+            finally:
+                self._restarting = False
 
     def log_tail(self, lines: int = 40) -> str:
+        if self._log is not None and (self.process is None or self.process.poll() is not None):
+            self._log.join(2.0)  # the server has exited: let the copier write its last lines
         if self.log_path is None or not self.log_path.exists():
             return "<no log>"
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
     def model_index(self) -> list[dict[str, str]]:
-        with TritonClient(self.http_url, "http", timeout_s=5.0) as client:
+        # The repository index is a restricted API by default: the harness sends the admin header.
+        with TritonClient(self.http_url, "http", timeout_s=5.0, headers=self.admin_headers) as client:
             return client.repository_index()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until the server and every model in its repositories are ready, or raise."""
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        with TritonClient(self.http_url, "http", timeout_s=5.0) as client:
+        with TritonClient(self.http_url, "http", timeout_s=5.0, headers=self.admin_headers) as client:
             self._wait_ready(client, deadline, timeout_s)
 
     def _wait_ready(self, client: TritonClient, deadline: float, timeout_s: float) -> None:
@@ -331,14 +434,37 @@ class TritonServer:
             time.sleep(0.25)
 
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self._restarting:
+            return True
+        with self._lifecycle:
+            return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 20.0, report: bool = True) -> int | None:
-        """SIGINT (Triton's graceful shutdown), then SIGTERM, then SIGKILL to the whole group.
+    def stop(self, timeout_s: float | None = None, report: bool = True) -> int | None:
+        """Stop the watchdog, then the server: SIGINT (Triton's graceful shutdown, bounded by
+        exit_timeout_s), then SIGTERM, then SIGKILL to the whole group; then remove any shared-memory
+        region a dead stub left behind. Returns within timeout_s + 10 s.
 
-        A bad end (a crash, or needing SIGKILL) is kept in ``exit_problem`` and logged as an error
-        unless ``report`` is False (the context manager raises it instead).
-        """
+        A bad end (a crash, even while unloading, or needing SIGKILL) is kept in ``exit_problem`` and
+        logged as an error unless ``report`` is False (the context manager raises it instead)."""
+        if self.healer is not None:
+            self.healer.request_stop()  # no new heal starts; one under way finishes first (the lock)
+        if self.health is not None:
+            self.health.close()
+            self.health = None
+        with self._lifecycle:
+            code = self._stop_process(self.options.exit_timeout_s + 5.0 if timeout_s is None else timeout_s)
+            if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        # Joined only now: a server the healer restarted is its thread's child (PR_SET_PDEATHSIG would
+        # SIGKILL it when that thread ends), so the thread ends after the graceful stop.
+        if self.healer is not None:
+            self.healer.stop()
+        if self.exit_problem:
+            logger.log(logging.ERROR if report else logging.DEBUG, "tritonserver %s; log %s ends with:\n%s",
+                       self.exit_problem, self.log_path, self.log_tail(20))
+        return code
+
+    def _stop_process(self, timeout_s: float) -> int | None:
         proc = self.process
         if proc is None:
             return None
@@ -360,13 +486,17 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
         finally:
             self.process = None
-            if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._log is not None:
+                self._log.join(5.0)  # every line the server and its stubs wrote is in the file
+            if self.healer is not None:
+                # Regions of killed stubs (and, after a forced stop, of all stubs) stay in /dev/shm otherwise.
+                left = remove_regions(self.healer.shm_regions)
+                if left:
+                    logger.info("removed %d shared-memory region(s) the stopped server left in /dev/shm: %s",
+                                len(left), left)
+                self.healer.shm_regions.clear()
         self.exit_problem = _exit_problem(proc.returncode, sent)
-        if self.exit_problem:
-            logger.log(logging.ERROR if report else logging.DEBUG, "tritonserver %s; log %s ends with:\n%s",
-                       self.exit_problem, self.log_path, self.log_tail(20))
-        else:
+        if not self.exit_problem:
             logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
 
@@ -392,6 +522,12 @@ def _exit_problem(code: int | None, sent: list[signal.Signals]) -> str | None:
             return f"did not stop on SIGINT and was ended with {name}"
         return f"crashed with {name} (exit code {code})"
     return f"exited with code {code}" + (" while stopping" if sent else "")
+
+
+def grpc_admin_header(header: str) -> str:
+    """The gRPC metadata key for a restricted-protocol header (measured on 2.51: the server answers
+    "expecting header 'triton-grpc-protocol-<header>'")."""
+    return f"triton-grpc-protocol-{header}"
 
 
 def _has_gpu() -> bool:

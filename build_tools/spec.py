@@ -43,6 +43,8 @@ class DynamicBatchingSpec(_Strict):
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
     max_queue_size: Annotated[int, Field(ge=0)] | None = None
     default_timeout_microseconds: Annotated[int, Field(ge=0)] | None = None
+    # Clients may set their own queue timeout per request (Triton's `timeout` request parameter).
+    allow_timeout_override: bool = False
     preserve_ordering: bool = False
 
 
@@ -87,6 +89,16 @@ class InputOverride(_Strict):
 
     format: TensorFormat | None = None
     optional: bool | None = None
+    # [low, high] every value must lie in (inclusive); the embedded runner refuses requests with values
+    # outside it, and non-finite floats always, with INVALID_ARG naming the tensor and the bad count.
+    range: tuple[float, float] | None = None
+
+    @field_validator("range")
+    @classmethod
+    def _range_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] <= value[1]:
+            raise ValueError(f"expected [low, high] with low <= high, got {list(value)}")
+        return value
 
 
 class OutputOverride(_Strict):
@@ -246,6 +258,61 @@ class TritonSpec(_Strict):
     tensorrt_version: str = "10.5.0"
 
 
+# Triton 2.51's restrictable API groups (--http-restricted-api / --grpc-restricted-api). Inference,
+# health and metadata are what clients need; everything else is an operator's tool.
+RestrictedApi = Literal["shared-memory", "model-config", "model-repository", "statistics", "trace", "logging"]
+DEFAULT_RESTRICTED_APIS: tuple[RestrictedApi, ...] = (
+    "shared-memory", "model-repository", "statistics", "trace", "logging",
+)
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+class AdminApiSpec(_Strict):
+    """Triton's operator APIs, answered only for requests carrying `<header>: <key>`.
+
+    The key is never in the spec: the server harness reads it from $TRITON_ADMIN_KEY or draws a random
+    one per start (then only the harness itself, e.g. the healer reloading a model, can use them).
+    model-config is left open by default: it is read-only and Triton's standard clients (image_client,
+    perf_analyzer, our clients) read it to shape their requests.
+    """
+
+    header: str = "triton-admin-key"
+    restricted: list[RestrictedApi] = Field(default_factory=lambda: list(DEFAULT_RESTRICTED_APIS))
+
+    @field_validator("header")
+    @classmethod
+    def _header_valid(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError(f"header must be a plain header name (letters, digits, '-'), got {value!r}")
+        return value.lower()
+
+
+class HealerSpec(_Strict):
+    """The stub watchdog (build_tools/healer.py): dead Python-backend stubs are detected and healed."""
+
+    enabled: bool = True
+    interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # A model reloaded this many times within 10 minutes is left down (and shown unhealthy).
+    max_heals_per_10min: Annotated[int, Field(ge=1)] = 10
+
+
+class LogSpec(_Strict):
+    """The server log rotates by size (Triton 2.51 has no rotation of its own)."""
+
+    max_mib: Annotated[int, Field(ge=1)] = 64
+    backups: Annotated[int, Field(ge=0, le=100)] = 3
+
+
+class ServerSpec(_Strict):
+    """How the harness runs tritonserver (make serve, the compose stacks, the tests)."""
+
+    admin_api: AdminApiSpec = Field(default_factory=AdminApiSpec)
+    # Triton's own bound on waiting for in-flight requests at shutdown (--exit-timeout-secs).
+    exit_timeout_s: Annotated[int, Field(ge=0, le=300)] = 30
+    healer: HealerSpec = Field(default_factory=HealerSpec)
+    log: LogSpec = Field(default_factory=LogSpec)
+
+
 class DeploySpec(_Strict):
     triton: TritonSpec = Field(default_factory=TritonSpec)
     flavors: dict[FlavorName, FlavorSpec] = Field(
@@ -256,6 +323,7 @@ class DeploySpec(_Strict):
     )
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     ensembles: dict[str, EnsembleSpec] = Field(default_factory=dict)
+    server: ServerSpec = Field(default_factory=ServerSpec)
 
     # Filled in by load_spec: relative paths in the spec resolve against the spec's folder.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +126,25 @@ def compare_deployment(
     return report
 
 
-def fetch_server_state(url: str, protocol: str) -> tuple[str, list[dict[str, Any]]]:
-    """(server version, repository index) from a running server; failures are ClientError."""
+def fetch_server_state(
+    url: str, protocol: str, headers: dict[str, str] | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """(server version, repository index) from a running server; failures are ClientError.
+
+    The repository index is a restricted API by default (deploy.yaml server.admin_api): `headers`
+    carries the admin header ($TRITON_ADMIN_KEY in the CLI).
+    """
     if protocol not in PROTOCOLS:
         raise ClientError(f"protocol {protocol!r} is not supported; expected one of {PROTOCOLS}")
-    with TritonClient(url, protocol, timeout_s=TIMEOUT_S) as client:
-        return str(client.server_metadata().get("version", "")), client.repository_index()
+    with TritonClient(url, protocol, timeout_s=TIMEOUT_S, headers=headers) as client:
+        version = str(client.server_metadata().get("version", ""))
+        try:
+            return version, client.repository_index()
+        except ClientError as e:
+            if "restricted" not in str(e):
+                raise
+            raise ClientError(f"{e}; the repository API is restricted: set $TRITON_ADMIN_KEY to the server's "
+                              f"admin key") from e
 
 
 def repository_models(repository: Path) -> list[str]:
@@ -170,7 +184,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise SpecError(str(spec_path), "spec file not found; verify compares the server with its triton section")
     spec = load_spec(spec_path)
     url = parse_endpoint(args.url, args.protocol)
-    version, index = fetch_server_state(url, args.protocol)
+    key = os.environ.get("TRITON_ADMIN_KEY")
+    header = spec.server.admin_api.header
+    if args.protocol == "grpc":
+        from build_tools.server import grpc_admin_header
+
+        header = grpc_admin_header(header)
+    headers = {header: key} if key else None
+    version, index = fetch_server_state(url, args.protocol, headers)
     if args.repository:
         repository, chosen = Path(args.repository), "given"
     else:

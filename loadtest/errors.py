@@ -13,6 +13,11 @@ class ResponseCheckError(ClientError):
     """A response arrived but is wrong: bad status, shape, label, or an error from the server."""
 
 
+class RefusedError(ResponseCheckError):
+    """The server refused the request on purpose (queue full or queue timeout): load shedding, not a
+    failure. Counted apart from errors by the load generator and the Locust users."""
+
+
 class BaselineServerError(ServerError):
     """The Flask baseline server could not be started or did not answer."""
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.common import NUM_CLASSES, Sample, check_probabilities, served_names
-from loadtest.errors import LoadTestError, ResponseCheckError
+from loadtest.errors import LoadTestError, RefusedError, ResponseCheckError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Target:
     labels: list[np.ndarray]  # the expected labels of each request
     batch_size: int
     decode: Any  # HttpDecoder for http, GrpcDecoder for grpc
+    check_response: bool = True  # False: any model; decode only checks that an answer came back
 
     @property
     def host(self) -> str:
@@ -62,13 +63,28 @@ class LoadResult:
     batch_size: int
     concurrency: int
     duration_s: float  # the measurement window
-    requests: int  # completed in the window (ok and failed)
-    failures: int
+    requests: int  # completed in the window (ok, refused and failed)
+    failures: int  # errors: wrong answers, broken connections, server errors (never refusals)
     throughput_rps: float  # successful requests per second
     images_per_s: float
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p95 p99 mean max
     client_cpu: float = 0.0  # the load generator's CPU time / wall time (1.0 = one core)
     first_error: str | None = None
+    # Load shedding: requests the server refused on purpose (queue full, queue timeout), counted
+    # apart from failures, with how fast the refusals came back.
+    refusals: int = 0
+    refusal_latency_ms: dict[str, float] = field(default_factory=dict)
+    first_refusal: str | None = None
+    # Refusals by kind ("queue full", "queue timeout", "other"): count and latency percentiles.
+    refusals_by_kind: dict[str, int] = field(default_factory=dict)
+    refusal_latency_ms_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Tail events: successful requests slower than each threshold (ms -> count).
+    slow: dict[str, int] = field(default_factory=dict)
+    # The whole run, warm-up included: requests sent, answers (ok, refused or failed) received,
+    # refusals among them. sent == answered: no request was lost silently.
+    sent: int = 0
+    answered: int = 0
+    refused_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +118,32 @@ def _serialize_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(len(b).to_bytes(4, "little") + b for b in items)
 
 
+# Triton answers a shed request (queue full: "Exceeds maximum queue size"; queue timeout: "Request
+# timeout expired") with UNAVAILABLE: HTTP 503, gRPC UNAVAILABLE.
+REFUSAL_HTTP_STATUS = 503
+REFUSAL_GRPC_CODE = "UNAVAILABLE"
+
+
+def is_refusal(status: str | None, message: str | None) -> bool:
+    """A tritonclient error that is Triton shedding load (not a failure): HTTP 503 or gRPC UNAVAILABLE
+    with Triton's queue-full or queue-timeout message."""
+    code = (status or "").removeprefix("StatusCode.")
+    return code in (str(REFUSAL_HTTP_STATUS), REFUSAL_GRPC_CODE) and refusal_kind(message) != "other"
+
+
+def refusal_kind(message: str | None) -> str:
+    """Why Triton refused: its queue was full, or the request outlived its queue timeout."""
+    text = (message or "").lower()
+    if "maximum queue size" in text:
+        return "queue full"
+    if "timeout" in text:
+        return "queue timeout"
+    return "other"
+
+
 def decode_triton_http(status: int, headers: dict[bytes, bytes], body: bytes, batch: int) -> np.ndarray:
+    if status == REFUSAL_HTTP_STATUS:
+        raise RefusedError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
     if status != 200:
         raise ResponseCheckError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
     json_len = int(headers.get(b"inference-header-content-length", b"0"))
@@ -148,8 +189,12 @@ def _model(ensemble: bool) -> tuple[str, str, str]:
     return n.classifier, n.classifier_input, n.classifier_output
 
 
-def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
-    model, model_input, output = _model(ensemble)
+def triton_http_target(
+    address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
+) -> Target:
+    """``model``: another model with the classifier's (or the ensemble's) interface and tensor names."""
+    served, model_input, output = _model(ensemble)
+    model = model or served
     path = f"/v2/models/{model}/infer"
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
@@ -166,10 +211,13 @@ def triton_http_target(address: str, sample: Sample, batch_size: int = 1, ensemb
     return Target(f"triton-http/{model}", "http", address, requests, labels, batch_size, decode_triton_http)
 
 
-def triton_grpc_target(address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False) -> Target:
+def triton_grpc_target(
+    address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
+) -> Target:
     from tritonclient.grpc import service_pb2
 
-    model, model_input, output = _model(ensemble)
+    served, model_input, output = _model(ensemble)
+    model = model or served
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
         request = service_pb2.ModelInferRequest(model_name=model)
@@ -286,23 +334,39 @@ class _Window:
     start: float
     end: float
     latencies: list[float] = field(default_factory=list)
+    refusal_latencies: list[float] = field(default_factory=list)
+    refusal_kinds: dict[str, list[float]] = field(default_factory=dict)
     ok: int = 0
     failures: int = 0
     first_error: str | None = None
+    first_refusal: str | None = None
+    # Over the whole run (warm-up and the last answers after the window too): nothing may be lost.
+    sent: int = 0
+    answered: int = 0
+    refused_total: int = 0
 
-    def record(self, t0: float, t1: float, error: str | None) -> None:
+    def record(self, t0: float, t1: float, error: str | None, refused: bool = False) -> None:
+        self.answered += 1
+        self.refused_total += refused
         if not (self.start <= t1 <= self.end):
             return
         if error is None:
             self.ok += 1
             self.latencies.append(t1 - t0)
+        elif refused:
+            self.refusal_latencies.append(t1 - t0)
+            self.refusal_kinds.setdefault(refusal_kind(error), []).append(t1 - t0)
+            if self.first_refusal is None:
+                self.first_refusal = error
         else:
             self.failures += 1
             if self.first_error is None:
                 self.first_error = error
 
 
-async def _http_client(target: Target, k: int, concurrency: int, window: _Window, check: bool) -> None:
+async def _http_client(
+    target: Target, k: int, concurrency: int, window: _Window, check: bool, backoff_s: float
+) -> None:
     loop = asyncio.get_running_loop()
     conn: _HttpConnection | None = None
     requests, labels, batch, decode = target.requests, target.labels, target.batch_size, target.decode
@@ -312,14 +376,19 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
         while (t0 := time.perf_counter()) < window.end:
             j = i % n
             i += concurrency
-            error = None
+            error, refused = None, False
+            window.sent += 1  # every attempt ends in record(): an answer, a refusal or an error
             try:
                 if conn is None or conn.closed:
                     _, conn = await loop.create_connection(_HttpConnection, target.host, target.port)
                 status, headers, body = await conn.request(requests[j])
                 if conn.close_after:
                     conn.close()
-                check_probabilities(decode(status, headers, body, batch), batch, labels[j] if check else None)
+                answer = decode(status, headers, body, batch)
+                if target.check_response:
+                    check_probabilities(answer, batch, labels[j] if check else None)
+            except RefusedError as e:
+                error, refused = str(e), True
             except (OSError, ValueError, KeyError, LoadTestError, ResponseCheckError) as e:
                 error = f"{type(e).__name__}: {e}"
                 if conn is not None:
@@ -327,14 +396,20 @@ async def _http_client(target: Target, k: int, concurrency: int, window: _Window
                     conn = None
                 if not isinstance(e, ResponseCheckError):
                     await asyncio.sleep(0.01)  # a refused connection must not spin
-            window.record(t0, time.perf_counter(), error)
+            window.record(t0, time.perf_counter(), error, refused)
+            if refused and backoff_s:
+                await asyncio.sleep(backoff_s)
     finally:
         if conn is not None:
             conn.close()
 
 
-async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window, check: bool) -> None:
+async def _grpc_client(
+    target: Target, k: int, concurrency: int, window: _Window, check: bool, backoff_s: float
+) -> None:
     import grpc
+
+    timeout_s = window.end - window.start + 120.0  # a lost request still ends, as an error
 
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
                ("grpc.use_local_subchannel_pool", 1)]  # one connection per client, as over HTTP
@@ -346,22 +421,31 @@ async def _grpc_client(target: Target, k: int, concurrency: int, window: _Window
         while (t0 := time.perf_counter()) < window.end:
             j = i % n
             i += concurrency
-            error = None
+            error, refused = None, False
+            window.sent += 1  # every attempt ends in record(): an answer, a refusal or an error
             try:
-                body = await infer(requests[j])
-                check_probabilities(decode(body, batch), batch, labels[j] if check else None)
+                body = await infer(requests[j], timeout=timeout_s)
+                answer = decode(body, batch)
+                if target.check_response:
+                    check_probabilities(answer, batch, labels[j] if check else None)
             except grpc.aio.AioRpcError as e:
                 error = f"gRPC {e.code().name}: {e.details()}"
+                refused = e.code().name == REFUSAL_GRPC_CODE
             except (ValueError, ResponseCheckError) as e:
                 error = f"{type(e).__name__}: {e}"
-            window.record(t0, time.perf_counter(), error)
+            window.record(t0, time.perf_counter(), error, refused)
+            if refused and backoff_s:
+                await asyncio.sleep(backoff_s)
 
 
-async def _run(target: Target, concurrency: int, duration_s: float, warmup_s: float, check: bool) -> _Window:
+async def _run(
+    target: Target, concurrency: int, duration_s: float, warmup_s: float, check: bool, backoff_s: float
+) -> _Window:
     now = time.perf_counter()
     window = _Window(start=now + warmup_s, end=now + warmup_s + duration_s)
     client = _grpc_client if target.protocol == "grpc" else _http_client
-    tasks = [asyncio.ensure_future(client(target, k, concurrency, window, check)) for k in range(concurrency)]
+    tasks = [asyncio.ensure_future(client(target, k, concurrency, window, check, backoff_s))
+             for k in range(concurrency)]
     # Clients stop starting requests at the window's end; give the last ones time to come back.
     done, pending = await asyncio.wait(tasks, timeout=warmup_s + duration_s + 60)
     for task in pending:
@@ -370,6 +454,12 @@ async def _run(target: Target, concurrency: int, duration_s: float, warmup_s: fl
         if task.exception() is not None:
             raise LoadTestError(f"{target.name}: a client failed: {task.exception()!r}") from task.exception()
     return window
+
+
+def count_slow(latencies: Sequence[float], thresholds_ms: Sequence[float]) -> dict[str, int]:
+    """How many latencies (seconds) exceed each threshold (ms); keys are the thresholds as text."""
+    arr = np.asarray(latencies, dtype=np.float64) * 1000.0
+    return {f"{t:g}": int((arr > t).sum()) for t in thresholds_ms}
 
 
 def percentile_ms(latencies: Sequence[float]) -> dict[str, float]:
@@ -381,14 +471,23 @@ def percentile_ms(latencies: Sequence[float]) -> dict[str, float]:
             "mean": float(arr.mean()), "max": float(arr.max())}
 
 
+DEFAULT_SLOW_MS = (250.0, 400.0)
+
+
 def run_load(
-    target: Target, concurrency: int, duration_s: float = 4.0, warmup_s: float = 1.0, check_labels: bool = False
+    target: Target, concurrency: int, duration_s: float = 4.0, warmup_s: float = 1.0, check_labels: bool = False,
+    slow_ms: Sequence[float] = DEFAULT_SLOW_MS, refusal_backoff_s: float = 0.0,
 ) -> LoadResult:
-    """Run ``concurrency`` closed-loop clients against ``target`` and measure the window after warm-up."""
+    """Run ``concurrency`` closed-loop clients against ``target`` and measure the window after warm-up.
+
+    ``slow_ms``: thresholds for the tail count (``LoadResult.slow``: successful requests slower than
+    each). Refusals (the server shedding load) are counted apart from failures; a refused client waits
+    ``refusal_backoff_s`` before its next request, as a well-behaved client backs off."""
     if concurrency < 1 or duration_s <= 0:
         raise LoadTestError(f"concurrency must be >= 1 and duration > 0 (got {concurrency}, {duration_s})")
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    window = asyncio.run(_run(target, concurrency, duration_s, warmup_s, check_labels))
+    window = asyncio.run(_run(target, concurrency, duration_s, warmup_s, check_labels,
+                                 refusal_backoff_s))
     cpu = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
     rps = window.ok / duration_s
     result = LoadResult(
@@ -397,13 +496,22 @@ def run_load(
         batch_size=target.batch_size,
         concurrency=concurrency,
         duration_s=duration_s,
-        requests=window.ok + window.failures,
+        requests=window.ok + window.failures + len(window.refusal_latencies),
         failures=window.failures,
         throughput_rps=rps,
         images_per_s=rps * target.batch_size,
         latency_ms=percentile_ms(window.latencies),
         client_cpu=cpu,
         first_error=window.first_error,
+        refusals=len(window.refusal_latencies),
+        refusal_latency_ms=percentile_ms(window.refusal_latencies),
+        first_refusal=window.first_refusal,
+        refusals_by_kind={k: len(v) for k, v in window.refusal_kinds.items()},
+        refusal_latency_ms_by_kind={k: percentile_ms(v) for k, v in window.refusal_kinds.items()},
+        slow=count_slow(window.latencies, slow_ms),
+        sent=window.sent,
+        answered=window.answered,
+        refused_total=window.refused_total,
     )
     logger.debug("%s b%d c%d: %.0f req/s, p99 %.2f ms, %d failures", target.name, target.batch_size,
                  concurrency, rps, result.latency_ms.get("p99", float("nan")), window.failures)

@@ -53,7 +53,9 @@ def _thresholds(environment: Any, **_: Any) -> None:
         return  # workers hold only their share; the master decides
     total = environment.stats.total
     problems = threshold_problems(total, environment.parsed_options)
-    summary = (f"{total.num_requests} requests, {total.num_failures} failures, "
+    # Refusals (load shedding) are their own entries ("... refused"), never failures.
+    refused = sum(e.num_requests for e in environment.stats.entries.values() if e.name.endswith(" refused"))
+    summary = (f"{total.num_requests} requests, {total.num_failures} failures, {refused} refusals, "
                f"p95 {total.get_response_time_percentile(0.95):.0f} ms, "
                f"p99 {total.get_response_time_percentile(0.99):.0f} ms, {total.total_rps:.1f} req/s")
     if problems:

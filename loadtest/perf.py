@@ -148,6 +148,7 @@ class PerfSettings:
 def run_perf_analyzer(
     binary: Path, url: str, model: str, protocol: str, batch_size: int, concurrency: int, workdir: Path,
     shared_memory: str = "none", input_data: Path | None = None, settings: PerfSettings | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[PerfRow]:
     """One perf_analyzer run at one concurrency. If the measurement does not stabilise within
     max_trials windows, it is run once more accepting any window, and the row says stable=False."""
@@ -161,6 +162,9 @@ def run_perf_analyzer(
         base += ["--shared-memory", shared_memory]
     if input_data is not None:
         base += ["--input-data", str(input_data)]
+    for key, value in (headers or {}).items():
+        # The server's restricted APIs (shared-memory registration) need the admin header.
+        base += ["-H", f"{key}:{value}"]
     for stable, stability in ((True, settings.stability_percentage), (False, 1000)):
         cmd = [*base, "-s", str(stability)]
         logger.debug("running %s", " ".join(cmd))
@@ -183,7 +187,7 @@ def sweep(
     http_url: str | None, grpc_url: str | None, models: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (1, 16), concurrencies: Sequence[int] = (1, 4, 16),
     shared_memory: Sequence[str] = ("none",), binary: Path | None = None, workdir: Path | None = None,
-    settings: PerfSettings | None = None, progress: bool = True,
+    settings: PerfSettings | None = None, progress: bool = True, headers: dict[str, str] | None = None,
 ) -> list[PerfRow]:
     """Every combination; the ensemble runs at batch size 1 only (it serves single images)."""
     binary = binary or find_perf_analyzer()
@@ -209,7 +213,7 @@ def sweep(
         for model, protocol, shm, batch, conc in iterator:
             rows += run_perf_analyzer(binary, str(urls[protocol]), model, protocol, batch, conc, workdir,
                                       shared_memory=shm, input_data=input_data if model == ensemble else None,
-                                      settings=settings)
+                                      settings=settings, headers=headers)
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -7,6 +7,10 @@ label) and reports every call through Locust's request event, so Locust's statis
 and thresholds see them.
 Concrete users only say which protocol and which model.
 
+Refusals (the server shedding load: queue full or queue timeout, HTTP 503 / gRPC UNAVAILABLE) are not
+failures: they are reported under their own name, ``<model> b<batch> refused``, so Locust counts them
+apart from errors and shows how fast they came back.
+
 Addresses: HTTP users use Locust's ``--host`` (``http://HOST:PORT``); gRPC users use ``--grpc-host
 HOST:PORT``, or ``--host`` when it is ``grpc://HOST:PORT``, or else --host's host name with Triton's
 default gRPC port 8001.
@@ -28,7 +32,7 @@ from locust import User, task
 
 from build_tools.errors import ClientError, ServerUnreachableError
 from loadtest.common import check_probabilities, mnist_sample, served_names
-from loadtest.errors import ResponseCheckError
+from loadtest.loadgen import is_refusal
 from loadtest.options import backoff_seconds, grpc_address, http_address
 from triton_api import PreparedRequest, TritonClient
 
@@ -36,6 +40,14 @@ grpc_gevent.init_gevent()
 
 _user_numbers = itertools.count()
 
+
+def _refused(error: ClientError) -> bool:
+    """Whether the client layer's error wraps a refusal (triton_api raises ClientError from the
+    tritonclient exception)."""
+    from tritonclient.utils import InferenceServerException
+
+    cause = error.__cause__
+    return isinstance(cause, InferenceServerException) and is_refusal(cause.status(), cause.message())
 
 
 class TritonUser(User):
@@ -99,6 +111,7 @@ class TritonUser(User):
         self.position = (self.position + 1) % len(self.requests)
         exception: Exception | None = None
         unreachable = False
+        refused = False
         length = 0
         start = time.perf_counter()
         try:
@@ -109,13 +122,14 @@ class TritonUser(User):
             probabilities = result.get(self.output)
             length = 0 if probabilities is None else int(probabilities.nbytes)
             check_probabilities(probabilities, self.batch, labels if self.check_labels else None)
-        except (ClientError, ResponseCheckError) as e:
-            exception = e
+        except ClientError as e:  # the client layer's errors and ResponseCheckError (a subclass)
+            refused = _refused(e)
+            exception = None if refused else e
             unreachable = isinstance(e, ServerUnreachableError)
         self.unreachable_streak = self.unreachable_streak + 1 if unreachable else 0
         self.environment.events.request.fire(
             request_type=self.protocol.upper(),
-            name=self.request_name,
+            name=f"{self.request_name} refused" if refused else self.request_name,
             response_time=elapsed_ms,
             response_length=length,
             exception=exception,

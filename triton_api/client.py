@@ -79,12 +79,18 @@ class PreparedRequest:
 class TritonClient:
     """A connection to one server over one protocol. `url` is host:port (no scheme)."""
 
-    def __init__(self, url: str, protocol: Protocol = "http", timeout_s: float = 60.0, concurrency: int = 1) -> None:
+    def __init__(
+        self, url: str, protocol: Protocol = "http", timeout_s: float = 60.0, concurrency: int = 1,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """`headers` go with every call: the admin header of a server whose operator APIs are restricted
+        (for gRPC its metadata key, `triton-grpc-protocol-<header>`; see build_tools.server)."""
         if protocol not in PROTOCOLS:
             raise ClientError(f"protocol {protocol!r} is not supported; expected one of {PROTOCOLS}")
         self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self.headers = dict(headers) if headers else None
         self._mod: Any = httpclient if protocol == "http" else grpcclient
         try:
             if protocol == "http":
@@ -109,6 +115,8 @@ class TritonClient:
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.protocol == "grpc" and "client_timeout" not in kwargs:
             kwargs["client_timeout"] = self.timeout_s
+        if self.headers and "headers" not in kwargs:
+            kwargs["headers"] = self.headers
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as e:

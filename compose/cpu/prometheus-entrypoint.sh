@@ -3,8 +3,9 @@
 # targets name the default ports; Prometheus configs cannot read the environment, so the ports chosen
 # in the environment are written into a copy first.
 set -eu
-: "${TRITON_METRICS_PORT:=8002}" "${PROMETHEUS_PORT:=9090}" "${ALERTMANAGER_PORT:=9093}"
+: "${TRITON_METRICS_PORT:=8002}" "${TRITON_HEALTH_PORT:=8003}" "${PROMETHEUS_PORT:=9090}" "${ALERTMANAGER_PORT:=9093}"
 sed -e "s/127\.0\.0\.1:8002/127.0.0.1:${TRITON_METRICS_PORT}/" \
+    -e "s/127\.0\.0\.1:8003/127.0.0.1:${TRITON_HEALTH_PORT}/" \
     -e "s/127\.0\.0\.1:9090/127.0.0.1:${PROMETHEUS_PORT}/" \
     -e "s/127\.0\.0\.1:9093/127.0.0.1:${ALERTMANAGER_PORT}/" \
     /etc/prometheus/prometheus.cpu.yml > /tmp/prometheus.yml

@@ -148,8 +148,13 @@ def _send_digits(server: TritonServer, count: int = 5) -> None:
 
 
 def _scrape(server: TritonServer) -> str:
+    """Triton's /metrics plus the stub watchdog's (the CPU stack's Prometheus scrapes both)."""
     with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        return r.read().decode()
+        text = r.read().decode()
+    if server.health_url is not None:
+        with urllib.request.urlopen(server.health_url.replace("/health", "/metrics"), timeout=10) as r:
+            text += r.read().decode()
+    return text
 
 
 def _served_repositories(server: TritonServer) -> list[Path]:

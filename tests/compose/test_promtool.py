@@ -28,7 +28,11 @@ GPU_FILE = COMPOSE / "docker-compose.yml"
 CPU_FILE = COMPOSE / "docker-compose.cpu.yml"
 ENV_EXAMPLE = COMPOSE / ".env.example"
 
-GPU_REQUIRED = {"TRITON_IMAGE": "tritonserver:placeholder", "GF_SECURITY_ADMIN_PASSWORD": "placeholder-secret"}
+GPU_REQUIRED = {
+    "TRITON_IMAGE": "tritonserver:placeholder",
+    "GF_SECURITY_ADMIN_PASSWORD": "placeholder-secret",
+    "TRITON_ADMIN_KEY": "placeholder-admin-key",
+}
 CPU_REQUIRED = {"BASE_IMAGE": "triton-deploy-kit-base:placeholder"}
 
 
@@ -58,7 +62,7 @@ def test_promtool_check_rules_passes_when_checking_alerts() -> None:
     promtool = _tool("promtool", "prometheus")
     result = _run([promtool, "check", "rules", "alerts.yml"], cwd=PROM)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_test_rules_passes_when_running_alert_unit_tests() -> None:
@@ -187,6 +191,10 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     assert triton["image"] == GPU_REQUIRED["TRITON_IMAGE"]
     assert "--model-control-mode=none" in triton["command"]
     assert "--metrics-config=summary_latencies=true" in triton["command"]
+    restricted = "shared-memory,model-repository,statistics,trace,logging:triton-admin-key=placeholder-admin-key"
+    assert f"--http-restricted-api={restricted}" in triton["command"]
+    assert f"--grpc-restricted-protocol={restricted}" in triton["command"]
+    assert "--exit-timeout-secs=30" in triton["command"]
     assert int(triton["shm_size"]) >= 1 << 30
     assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}
     assert sorted(int(p["published"]) for p in triton["ports"]) == [8000, 8001, 8002]
@@ -223,10 +231,14 @@ def test_cpu_compose_config_passes_when_base_image_given(compose_cmd: list[str],
 def test_cpu_compose_ports_follow_environment_when_ports_overridden(
     compose_cmd: list[str], empty_env_file: Path
 ) -> None:
-    settings = {**CPU_REQUIRED, "TRITON_HTTP_PORT": "18000", "TRITON_METRICS_PORT": "18002", "PROMETHEUS_PORT": "19090"}
+    settings = {**CPU_REQUIRED, "TRITON_HTTP_PORT": "18000", "TRITON_METRICS_PORT": "18002", "PROMETHEUS_PORT": "19090",
+                "TRITON_HEALTH_PORT": "18003"}
     services = _services(_compose_config(compose_cmd, CPU_FILE, empty_env_file, settings))
     assert "--http-port=18000" in services["triton"]["command"]
-    assert "18000" in " ".join(services["triton"]["healthcheck"]["test"])
+    assert "--health-port=18003" in services["triton"]["command"]
+    # The health check asks the stub watchdog, which also knows about dead stubs.
+    assert "18003/health" in " ".join(services["triton"]["healthcheck"]["test"])
+    assert services["prometheus"]["environment"]["TRITON_HEALTH_PORT"] == "18003"
     assert services["prometheus"]["environment"]["TRITON_METRICS_PORT"] == "18002"
     assert "--web.listen-address=127.0.0.1:19090" in services["prometheus"]["command"]
 

@@ -22,11 +22,16 @@ def _url(server: TritonServer, protocol: str) -> str:
     return server.http_url if protocol == "http" else server.grpc_url
 
 
+def _admin(server: TritonServer, protocol: str) -> dict[str, str]:
+    # The repository API is restricted by default (issue 17): operator calls carry the admin header.
+    return server.admin_headers if protocol == "http" else server.grpc_admin_headers
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_triton_client_reports_readiness_and_index_when_the_server_serves_models(
     embedded_server: TritonServer, protocol: str
 ) -> None:
-    with TritonClient(_url(embedded_server, protocol), protocol) as client:
+    with TritonClient(_url(embedded_server, protocol), protocol, headers=_admin(embedded_server, protocol)) as client:
         assert client.is_ready()
         assert client.is_model_ready("t_multi_input")
         assert not client.is_model_ready("no_such_model")
@@ -101,7 +106,7 @@ def explicit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton
 def test_triton_client_reloads_with_the_override_when_load_model_gets_a_config(
     explicit_server: TritonServer, protocol: str
 ) -> None:
-    with TritonClient(_url(explicit_server, protocol), protocol) as client:
+    with TritonClient(_url(explicit_server, protocol), protocol, headers=_admin(explicit_server, protocol)) as client:
         config = client.model_config("t_sum")
         assert config["instance_group"][0]["count"] == 2
         config["instance_group"][0]["count"] = 1
@@ -117,5 +122,7 @@ def test_triton_client_reloads_with_the_override_when_load_model_gets_a_config(
 def test_triton_client_raises_client_error_when_loading_a_model_that_does_not_exist(
     explicit_server: TritonServer,
 ) -> None:
-    with TritonClient(explicit_server.http_url) as client, pytest.raises(ClientError, match="load of 'nope'"):
+    with TritonClient(explicit_server.http_url, headers=explicit_server.admin_headers) as client, pytest.raises(
+        ClientError, match="load of 'nope'"
+    ):
         client.load_model("nope")

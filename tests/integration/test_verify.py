@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server
 
 
+@pytest.fixture(autouse=True)
+def admin_key(embedded_server: TritonServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # verify reads the repository index, a restricted API: the operator gives it the key.
+    monkeypatch.setenv("TRITON_ADMIN_KEY", embedded_server.admin_key)
+
+
 def _project_repository(server: TritonServer) -> Path:
     # The fixture serves the project's embedded repository first (then the test models' repository).
     return Path(server.options.model_repositories[0])
@@ -96,3 +102,14 @@ def test_verify_checks_the_embedded_repository_when_the_server_serves_it(
     assert f"against {_project_repository(embedded_server)} (embedded flavor)" in out
     assert "mnist_classifier_trt" not in out
     assert out.endswith("verify: OK\n")
+
+
+def test_verify_fails_naming_the_key_when_repository_index_is_restricted(
+    embedded_server: TritonServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TRITON_ADMIN_KEY")
+    rc = main(["verify", "--url", embedded_server.http_url, "--repository", str(_project_repository(embedded_server)),
+               "--spec", str(ROOT / "deploy.yaml")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "restricted" in err and "TRITON_ADMIN_KEY" in err, err

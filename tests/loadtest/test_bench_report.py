@@ -46,14 +46,22 @@ def test_targets_are_ratios_of_the_runs_points_when_evaluated() -> None:
     config = bench.BenchConfig(concurrency=(1, 16), batch64_concurrency=(4,))
     targets = bench.evaluate_targets(report, config)
     assert targets["a"]["value"] == pytest.approx(4.5) and targets["a"]["met"] is False
-    assert targets["b"]["value"] == pytest.approx(130 * 64 / 10000, abs=1e-3) and targets["b"]["met"] is True
-    assert targets["c"]["value"] == pytest.approx(4500 / 8000, abs=1e-3) and targets["c"]["met"] is True
+    assert targets["b"]["value"] == pytest.approx(130 * 64 / 10000, abs=1e-3) and targets["b"]["met"] is False
+    assert targets["c"]["value"] == pytest.approx(4500 / 8000, abs=1e-3) and targets["c"]["met"] is False
     assert targets["d"]["value"] == pytest.approx(2000 / 4500, abs=1e-3) and targets["d"]["met"] is False
     # (b)-(d) read each side at its best concurrency: a faster point elsewhere in the shape counts
-    report["points"].append(_point("Triton, dynamic batching on", "triton-http/mnist", 1, 64, 2400, 40.0))
+    report["points"].append(_point("Triton, dynamic batching on", "triton-http/mnist", 1, 64, 2800, 40.0))
     targets = bench.evaluate_targets(report, config)
-    assert targets["d"]["value"] == pytest.approx(2400 / 4500, abs=1e-3) and targets["d"]["met"] is True
+    assert targets["d"]["value"] == pytest.approx(2800 / 4500, abs=1e-3) and targets["d"]["met"] is True
     assert targets["d"]["at_key"] == pytest.approx(2000 / 4500, abs=1e-3)
+    # (e) the worst p99/p50 at c16 of classifier and ensemble; (f) any request over 250 ms fails it.
+    assert targets["e"]["value"] == pytest.approx(2.0) and targets["e"]["met"] is True
+    assert targets["f"] == {**targets["f"], "value": 0, "met": True}
+    report["points"][4]["slow"] = {"250": 3}
+    report["points"][4]["latency_ms"] = {"p50": 2.0, "p99": 9.0}
+    targets = bench.evaluate_targets(report, config)
+    assert targets["f"]["value"] == 3 and targets["f"]["met"] is False
+    assert targets["e"]["value"] == pytest.approx(4.5) and targets["e"]["met"] is False
 
 
 def test_markdown_and_plots_are_written_when_a_report_is_complete(tmp_path: Path) -> None:

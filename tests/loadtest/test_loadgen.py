@@ -54,3 +54,21 @@ def test_tree_cpu_sees_this_process_when_asked_for_its_pid() -> None:
     snapshot = procstat.tree_cpu(os.getpid())
     assert os.getpid() in snapshot
     assert snapshot[os.getpid()].cpu_s > 0
+
+
+def test_refusal_classified_apart_from_errors_when_triton_sheds_load() -> None:
+    is_refusal = loadgen.is_refusal  # shared with the Locust users (importing them would import Locust)
+    assert loadgen.refusal_kind("Exceeds maximum queue size") == "queue full"
+    assert loadgen.refusal_kind("Request timeout expired") == "queue timeout"
+    assert loadgen.refusal_kind("unexpected shape") == "other"
+    assert is_refusal("503", "[request id: <id_unknown>] Exceeds maximum queue size")
+    assert is_refusal("StatusCode.UNAVAILABLE", "Request timeout expired")
+    assert not is_refusal("400", "Exceeds maximum queue size")
+    assert not is_refusal("StatusCode.UNAVAILABLE", "failed to connect to all addresses")
+    with pytest.raises(loadgen.RefusedError):
+        loadgen.decode_triton_http(503, {}, b"Exceeds maximum queue size", 1)
+
+
+def test_count_slow_counts_latencies_over_each_threshold_when_given_seconds() -> None:
+    assert loadgen.count_slow([0.1, 0.3, 0.5], (250.0, 400.0)) == {"250": 2, "400": 1}
+    assert loadgen.count_slow([], (250.0,)) == {"250": 0}

@@ -61,7 +61,8 @@ def test_sweep_returns_parsed_rows_when_perf_analyzer_measures_the_real_server(
                       batch_sizes=(2,), concurrencies=(2,), workdir=tmp_path / "raw", settings=settings,
                       progress=False)
     rows += perf.sweep(embedded_server.http_url, None, models=("mnist",), concurrencies=(1,),
-                       shared_memory=("system",), workdir=tmp_path / "raw", settings=settings, progress=False)
+                       shared_memory=("system",), workdir=tmp_path / "raw", settings=settings, progress=False,
+                       headers=embedded_server.admin_headers)
     assert [(r.model, r.protocol, r.shared_memory, r.batch_size, r.concurrency) for r in rows] == [
         ("mnist_classifier", "http", "none", 2, 2),
         ("mnist_classifier", "grpc", "none", 2, 2),

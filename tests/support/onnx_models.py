@@ -142,7 +142,25 @@ def models_spec(root: Path, output: Path, mnist_onnx: Path | None = None) -> dic
             "version_policy": {"all": True},
             "instance_groups": {"embedded": [{"kind": "KIND_CPU", "count": 1}]},
         }
+        # Load shedding: a short queue and a queue budget; past capacity the server refuses at once.
+        spec["models"]["t_mnist_shedding"] = {
+            "source": str(mnist_onnx),
+            "max_batch_size": 64,
+            "dynamic_batching": dict(SHEDDING_POLICY),
+            # Three instances: with one, the lost wake-up of docs/stall.md hits every full-queue cycle.
+            "instance_groups": {"embedded": [{"kind": "KIND_CPU", "count": 3}]},
+        }
     return spec
+
+
+# The queue policy of t_mnist_shedding: at most 8 requests queued, none queued longer than 100 ms,
+# clients may ask for less (Triton's per-request `timeout`).
+SHEDDING_POLICY: dict[str, Any] = {
+    "max_queue_delay_microseconds": 0,
+    "max_queue_size": 8,
+    "default_timeout_microseconds": 100_000,
+    "allow_timeout_override": True,
+}
 
 
 def perturbed_copy(src: Path, dst: Path, seed: int = 0, scale: float = 0.05) -> Path:

@@ -56,3 +56,17 @@ def test_cli_serve_fails_with_one_line_when_repository_missing(tmp_path: Path) -
     assert result.returncode == 1
     (line,) = _error_lines(result.stderr)
     assert "does not exist" in line and "make build-repo" in line
+
+
+def test_cli_warns_but_builds_when_embedded_model_sets_queue_policy(tmp_path: Path) -> None:
+    from tests.support.onnx_models import classifier
+
+    classifier(tmp_path / "clf.onnx")
+    (tmp_path / "deploy.yaml").write_text(
+        "flavors: {embedded: {output: e}}\nmodels:\n"
+        "  clf: {source: clf.onnx, max_batch_size: 8, dynamic_batching: {max_queue_size: 4}}\n")
+    result = _run("build-repo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("triton-repo: warning:")]
+    assert len(warnings) == 1 and "models.clf.dynamic_batching: max_queue_size: 4" in warnings[0], result.stderr
+    assert (tmp_path / "e" / "clf" / "config.pbtxt").is_file()

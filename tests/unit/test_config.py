@@ -23,7 +23,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeploySpec, Path, P
     root = tmp_path_factory.mktemp("cfg")
     data = models_spec(root / "models", root / "embedded")
     data["flavors"]["ngc"] = {"output": str(root / "ngc")}
-    data["models"]["t_multi_input"]["dynamic_batching"].update(max_queue_size=100, default_timeout_microseconds=5000)
+    data["models"]["t_multi_input"]["dynamic_batching"].update(
+        max_queue_size=100, default_timeout_microseconds=5000, allow_timeout_override=True)
     data["models"]["t_classifier"]["response_cache"] = True
     spec = parse_spec(data, root)
     build_repositories(spec)
@@ -94,6 +95,8 @@ def test_spec_overrides_applied_when_given(built: tuple[DeploySpec, Path, Path])
     assert db.max_queue_delay_microseconds == 20000
     assert db.default_queue_policy.max_queue_size == 100
     assert db.default_queue_policy.default_timeout_microseconds == 5000
+    assert db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert db.default_queue_policy.allow_timeout_override
     warm = _cfg(embedded, "t_int64").model_warmup[0]
     assert warm.batch_size == 2 and warm.inputs["ids"].zero_data and list(warm.inputs["ids"].dims) == [3]
 

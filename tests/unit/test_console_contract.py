@@ -51,7 +51,7 @@ def _assert_one_line(result: subprocess.CompletedProcess[str], prog: str, code: 
 
 
 def test_console_scripts_are_the_three_documented_when_pyproject_is_read() -> None:
-    assert SCRIPTS == ["triton-classify", "triton-evaluate", "triton-repo"]
+    assert SCRIPTS == ["triton-classify", "triton-evaluate", "triton-evaluate-captures", "triton-repo"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -92,6 +92,9 @@ CASES = [
     ("triton-classify", ["--protocol", "grpc", "--url", "http://127.0.0.1:8000", DIGIT], 2, ["--protocol"]),
     ("triton-evaluate", ["--http-url", "https://127.0.0.1:8000", "--limit", "4"], 2, ["--http-url", "TLS"]),
     ("triton-repo", ["verify", "--url", "127.0.0.1:99999"], 2, ["--url"]),
+    ("triton-evaluate-captures", ["--http-url", "{closed}", "--per-class", "2"], 1, ["cannot reach"]),
+    ("triton-evaluate-captures", ["--http-url", "http://127.0.0.1:8000/x"], 2, ["--http-url", "path"]),
+    ("triton-evaluate-captures", ["--batch-size", "0"], 2, ["--batch-size"]),
     # bad files
     ("triton-classify", ["--url", "{closed}", "no/such/image.png"], 1, ["not found", "no/such/image.png"]),
     ("triton-evaluate", ["--onnx", "no/such/model.onnx", "--limit", "4", "--no-progress"], 1,

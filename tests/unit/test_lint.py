@@ -154,3 +154,29 @@ def test_build_writes_nothing_when_lint_fails(models: dict[str, Path], tmp_path:
         build_repositories(parse_spec(data))
     assert "models.clf.dynamic_batching.preferred_batch_size" in str(err.value)
     assert not (tmp_path / "ngc").exists() and not (tmp_path / "embedded").exists()
+
+
+def test_stall_warnings_name_field_when_embedded_model_sets_queue_policy_or_preferred_sizes(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from build_tools.batching import stall_warnings
+
+    data = _good(models, tmp_path)
+    data["models"]["clf"]["dynamic_batching"] = {"max_queue_size": 8, "preferred_batch_size": [4, 8]}
+    warnings = stall_warnings(parse_spec(data, tmp_path))
+    assert any(w.startswith("models.clf.dynamic_batching: max_queue_size: 8 turns Triton's payload prefetching off")
+               and "docs/stall.md" in w for w in warnings), warnings
+    assert any(w.startswith("models.clf.dynamic_batching.preferred_batch_size: [4, 8]") for w in warnings), warnings
+    # Without the embedded flavor, or without the risky settings, nothing to warn about.
+    data["models"]["clf"]["dynamic_batching"] = {"max_queue_delay_microseconds": 0}
+    assert stall_warnings(parse_spec(data, tmp_path)) == []
+    data["models"]["clf"]["dynamic_batching"] = {"default_timeout_microseconds": 1000}
+    del data["flavors"]["embedded"]
+    assert stall_warnings(parse_spec(data, tmp_path)) == []
+
+
+def test_project_spec_has_no_stall_warning_when_linted_as_committed() -> None:
+    from build_tools.batching import stall_warnings
+    from build_tools.spec import load_spec
+
+    assert stall_warnings(load_spec(Path(__file__).resolve().parents[2] / "deploy.yaml")) == []

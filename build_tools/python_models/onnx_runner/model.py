@@ -23,6 +23,7 @@ from build_tools.runner_params import (
     RUNNER_PARAM_INTRA,
     RUNNER_PARAM_ONNX_FILE,
     RUNNER_PARAM_OPT_LEVEL,
+    RUNNER_PARAM_RANGE_PREFIX,
 )
 
 _OPT_LEVELS = {
@@ -35,6 +36,45 @@ _OPT_LEVELS = {
 
 def _param(config: dict[str, Any], key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+
+
+def _ranges(config: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """{input: (low, high)} from the `input_range.<input>` parameters the build tools write."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, value in config.get("parameters", {}).items():
+        if key.startswith(RUNNER_PARAM_RANGE_PREFIX):
+            low, high = (float(v) for v in value["string_value"].split(","))
+            out[key[len(RUNNER_PARAM_RANGE_PREFIX):]] = (low, high)
+    return out
+
+
+def check_values(name: str, arr: np.ndarray, value_range: tuple[float, float] | None) -> None:
+    """Refuse non-finite floats and values outside the declared range, naming the tensor and the count.
+
+    NaN or +-Inf would come back as all-NaN probabilities, and huge values saturate the network into a
+    confident wrong answer; both are client bugs to report, not to answer. min/max first: one pass
+    each over a request that is fine, the counting only for a request that is not.
+    """
+    if arr.size == 0:
+        return
+    floating = arr.dtype.kind == "f"
+    if floating or value_range is not None:
+        low_seen, high_seen = arr.min(), arr.max()
+        if floating and not (np.isfinite(low_seen) and np.isfinite(high_seen)):
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise ValueError(
+                f"input {name!r} has {bad} non-finite value(s) (NaN or +-Inf) out of {arr.size}; expected "
+                + (f"finite values in [{value_range[0]:g}, {value_range[1]:g}]" if value_range else "finite values")
+            )
+        if value_range is not None and (low_seen < value_range[0] or high_seen > value_range[1]):
+            low, high = value_range
+            bad = int(np.count_nonzero((arr < low) | (arr > high)))
+            raise ValueError(
+                f"input {name!r} has {bad} value(s) outside [{low:g}, {high:g}] out of {arr.size} "
+                f"(seen {float(low_seen):g} to {float(high_seen):g})"
+            )
 
 
 class TritonPythonModel:
@@ -81,6 +121,11 @@ class TritonPythonModel:
                 )
             self.outputs.append((out["name"], np.dtype(pb_utils.triton_string_to_numpy(out["data_type"]))))
         self.output_names = [name for name, _ in self.outputs]
+        declared = _ranges(self.config)
+        unknown = sorted(set(declared) - {name for name, _, _, _ in self.inputs})
+        if unknown:
+            raise pb_utils.TritonModelException(f"{self.name}: input_range for unknown input(s) {unknown}")
+        self._value_ranges = [declared.get(name) for name, _, _, _ in self.inputs]
         # Per input: its dims as a tuple when all are fixed (checked with one tuple compare), and the
         # full expected shape (-1 = any) for the message and for variable dims.
         lead = [-1] if self.max_batch_size > 0 else []
@@ -98,7 +143,9 @@ class TritonPythonModel:
         arrays: dict[str, np.ndarray] = {}
         batch = 1
         batching = self.max_batch_size > 0
-        for (name, dtype, _, optional), (fixed, expected) in zip(self.inputs, self._shape_checks):
+        for (name, dtype, _, optional), (fixed, expected), value_range in zip(
+            self.inputs, self._shape_checks, self._value_ranges
+        ):
             tensor = tensors.get(name)
             if tensor is None:
                 if optional:
@@ -119,6 +166,7 @@ class TritonPythonModel:
                     batch = shape[0]
                 elif shape[0] != batch:
                     raise ValueError(f"input {name!r} has batch size {shape[0]}, other inputs have {batch}")
+            check_values(name, arr, value_range)
             arrays[name] = arr
         return arrays, batch
 

@@ -1,0 +1,389 @@
+"""The stub watchdog: a dead Python-backend stub is found, healed, logged, counted and shown.
+
+Every model of the embedded server runs in `triton_python_backend_stub` processes, one per instance,
+children of tritonserver. When one dies (OOM killer, a crash, `kill -9`), Triton 2.51 never restarts
+it: every request routed to that instance fails with "Stub process ... is not healthy", the model
+stays READY and /v2/health/ready stays 200. The watchdog reads the stubs from /proc (which model and
+instance each serves, from its command line) and, when an instance's stub is gone or a zombie:
+
+* logs it, marks the model unhealthy (`/health` answers 503 and names it),
+* heals it: in explicit model-control mode it reloads the model through Triton's repository API
+  (with the admin header: that API is restricted); in the other modes the only way is to restart the
+  server, which it asks the harness to do,
+* counts it: `triton_kit_stub_heals_total{model}` and `triton_kit_model_unhealthy{model}` on its own
+  `/metrics` (Prometheus scrapes it beside Triton; alerts.yml has the rules).
+
+It also keeps the stubs' shared-memory regions (`/dev/shm/<region>`) private to the server's user
+(mode 0600, Triton creates them 0644) and remembers their names, so the harness can remove regions a
+dead stub left behind after the server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+STUB_COMM = "triton_python_b"  # /proc/<pid>/comm keeps 15 characters of triton_python_backend_stub
+SHM_DIR = Path("/dev/shm")
+HEAL_WINDOW_S = 600.0
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str
+    instance: str
+    shm_region: str  # the name under /dev/shm, without the leading slash
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def parse_stub_cmdline(argv: list[str]) -> tuple[str, str, str] | None:
+    """(model, instance, shm region) from a stub's argv, or None when it is not a model stub.
+
+    The python backend starts `stub <repo>/<model>/<version>/model.py <shm region> <default size>
+    <growth size> <parent pid> <python lib> <ipc handle> <instance name> <runtime dir>`.
+    """
+    if len(argv) < 9 or not argv[0].endswith("triton_python_backend_stub"):
+        return None
+    model_file = Path(argv[1])
+    model = model_file.parent.parent.name
+    return model, argv[8], argv[2].lstrip("/")
+
+
+def _children(pid: int) -> list[Path] | None:
+    """/proc entries of pid's children, from /proc/<pid>/task/*/children (None where unsupported)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    found: list[Path] = []
+    for task in tasks:
+        raw = _read(task / "children")
+        if raw is None:
+            return None if not (task / "children").exists() else found
+        found += [Path("/proc") / c.decode() for c in raw.split()]
+    return found
+
+
+def list_stubs(server_pid: int) -> list[Stub]:
+    """The live (not zombie) stubs whose parent is server_pid."""
+    stubs = []
+    # The children files spare a scan of every process on a busy host twice a second.
+    children = _children(server_pid)
+    entries = children if children is not None else [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+    for entry in entries:
+        stat = _read(entry / "stat")
+        if stat is None:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        head, _, rest = stat.decode(errors="replace").rpartition(")")
+        fields = rest.split()
+        if len(fields) < 2 or int(fields[1]) != server_pid or fields[0] in ("Z", "X"):
+            continue
+        if not head.split("(", 1)[-1].startswith(STUB_COMM):
+            continue
+        raw = _read(entry / "cmdline")
+        if raw is None:
+            continue
+        parsed = parse_stub_cmdline([a.decode(errors="replace") for a in raw.split(b"\0") if a])
+        if parsed is not None:
+            stubs.append(Stub(int(entry.name), *parsed))
+    return stubs
+
+
+@dataclass
+class ModelHealth:
+    expected: set[str] = field(default_factory=set)  # instance names seen alive after a (re)load
+    heals: int = 0
+    failed_heals: int = 0
+    unhealthy_since: float | None = None
+    recent: deque[float] = field(default_factory=deque)  # heal times, for the rate limit
+    last_problem: str = ""
+    gave_up: bool = False  # the heal limit was hit (reported once per outage)
+
+
+class Healer:
+    """Watches one server's stubs from a thread; heals through `reload(model)` or `restart()`.
+
+    `reload` returns True when the model is back; `restart` restarts the whole server (the harness
+    passes both; `reload` is None outside explicit model-control mode).
+    """
+
+    def __init__(
+        self,
+        server_pid: Callable[[], int | None],
+        reload: Callable[[str], bool] | None,
+        restart: Callable[[], None],
+        interval_s: float = 0.5,
+        max_heals_per_10min: int = 10,
+    ) -> None:
+        self._server_pid = server_pid
+        self._reload = reload
+        self._restart = restart
+        self.interval_s = interval_s
+        self.max_heals = max_heals_per_10min
+        self.models: dict[str, ModelHealth] = {}
+        self.shm_regions: set[str] = set()
+        self.server_restarts = 0
+        self.events: deque[str] = deque(maxlen=200)  # what was logged, for the CLI and the tests
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- state -----------------------------------------------------------------------------------
+    def baseline(self) -> None:
+        """Record the stubs alive now as what each model should have (after the server starts)."""
+        pid = self._server_pid()
+        stubs = list_stubs(pid) if pid else []
+        with self._lock:
+            seen: dict[str, set[str]] = {}
+            for s in stubs:
+                seen.setdefault(s.model, set()).add(s.instance)
+            for model, instances in seen.items():
+                self.models.setdefault(model, ModelHealth()).expected = instances
+            self._guard_regions(stubs)
+        logger.debug("healer baseline: %s", dict(Counter(s.model for s in stubs)))
+
+    def _guard_regions(self, stubs: list[Stub]) -> None:
+        for s in stubs:
+            if s.shm_region not in self.shm_regions:
+                self.shm_regions.add(s.shm_region)
+            # Triton creates the regions 0644: any local user could read the tensors.
+            with contextlib.suppress(OSError):
+                path = SHM_DIR / s.shm_region
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
+
+    def unhealthy(self) -> dict[str, str]:
+        with self._lock:
+            return {m: h.last_problem for m, h in self.models.items() if h.unhealthy_since is not None}
+
+    def healthy(self) -> bool:
+        return not self.unhealthy()
+
+    def heals(self) -> dict[str, int]:
+        with self._lock:
+            return {m: h.heals for m, h in self.models.items()}
+
+    # -- one pass --------------------------------------------------------------------------------
+    def check_once(self) -> list[str]:
+        """Find models with a missing stub and heal them; returns the models found broken."""
+        pid = self._server_pid()
+        if not pid:
+            return []
+        stubs = list_stubs(pid)
+        alive: dict[str, set[str]] = {}
+        for s in stubs:
+            alive.setdefault(s.model, set()).add(s.instance)
+        with self._lock:
+            self._guard_regions(stubs)
+            broken = {
+                model: sorted(h.expected - alive.get(model, set()))
+                for model, h in self.models.items()
+                if h.expected - alive.get(model, set())
+            }
+        for model, missing in broken.items():
+            self._heal(model, missing)
+        return sorted(broken)
+
+    def _heal(self, model: str, missing: list[str]) -> None:
+        if self._stop.is_set():
+            return  # the server is being stopped: its stubs are going away on purpose
+        now = time.monotonic()
+        with self._lock:
+            h = self.models[model]
+            if h.unhealthy_since is None:
+                h.unhealthy_since = now
+            h.last_problem = f"stub process of instance(s) {', '.join(missing)} is gone"
+            while h.recent and now - h.recent[0] > HEAL_WINDOW_S:
+                h.recent.popleft()
+            give_up = len(h.recent) >= self.max_heals
+            if not give_up:
+                h.recent.append(now)
+        if give_up:
+            # Left down and reported (/health 503, the unhealthy gauge): a model that keeps dying needs
+            # a person, not a reload loop. Said once per outage.
+            if not h.gave_up:
+                h.gave_up = True
+                self._event(logging.ERROR, f"model {model}: {h.last_problem}; not healed (limit of "
+                            f"{self.max_heals} heals per 10 minutes reached)")
+            return
+        self._event(logging.WARNING, f"model {model}: {h.last_problem}; healing it by "
+                    + ("reloading it" if self._reload else "restarting the server"))
+        started = time.monotonic()
+        if self._reload is not None:
+            ok = self._reload(model)
+        else:
+            self._restart()
+            ok = True
+            with self._lock:
+                self.server_restarts += 1
+        # Healed means every missing instance has a live stub again, not just "the API said 200".
+        ok = ok and set(missing) <= {s.instance for s in self._stubs_of(model)}
+        with self._lock:
+            if ok:
+                h.heals += 1
+                h.unhealthy_since = None
+                h.last_problem = ""
+                h.gave_up = False
+            else:
+                h.failed_heals += 1
+        if ok:
+            self._event(logging.WARNING, f"model {model} healed in {time.monotonic() - started:.2f} s "
+                        f"(heal {h.heals})")
+        else:
+            self._event(logging.ERROR, f"model {model}: reload failed; it stays unhealthy")
+
+    def _stubs_of(self, model: str) -> list[Stub]:
+        pid = self._server_pid()
+        return [s for s in list_stubs(pid) if s.model == model] if pid else []
+
+    def _event(self, level: int, message: str) -> None:
+        logger.log(level, "%s", message)
+        self.events.append(message)
+
+    # -- thread ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.baseline()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="stub-healer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once()
+            except Exception:  # the watchdog must outlive any one bad pass
+                logger.exception("stub healer pass failed")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    # -- what Prometheus and the probes read -----------------------------------------------------
+    def metrics_text(self) -> str:
+        with self._lock:
+            items = sorted(self.models.items())
+            restarts = self.server_restarts
+        lines = [
+            "# HELP triton_kit_stub_heals_total Python-backend stub deaths healed (model reloaded or server "
+            "restarted).",
+            "# TYPE triton_kit_stub_heals_total counter",
+            *(f'triton_kit_stub_heals_total{{model="{m}"}} {h.heals}' for m, h in items),
+            "# HELP triton_kit_model_unhealthy 1 while a model has a dead stub that is not healed yet.",
+            "# TYPE triton_kit_model_unhealthy gauge",
+            *(f'triton_kit_model_unhealthy{{model="{m}"}} {int(h.unhealthy_since is not None)}' for m, h in items),
+            "# HELP triton_kit_server_restarts_total Server restarts done by the healer.",
+            "# TYPE triton_kit_server_restarts_total counter",
+            f"triton_kit_server_restarts_total {restarts}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+HEAL_PARAMETER = "triton_kit_heal"
+
+
+def http_reload(http_url: str, headers: dict[str, str], timeout_s: float = 120.0) -> Callable[[str], bool]:
+    """`reload(model)` through Triton's repository API (explicit model-control mode only).
+
+    Triton 2.51 treats a load request for an unchanged model as done (measured: 200 in 3 ms, the dead
+    stub stays dead), and a config override identical to the served config likewise. So the served
+    config goes back with one parameter changed, `triton_kit_heal: <n>`, which no model reads: that
+    is a changed config, and Triton loads new instances (with their warmup) before it drops the old.
+    """
+    generation = [0]
+
+    def reload(model: str) -> bool:
+        generation[0] += 1
+        base = f"http://{http_url}/v2"
+        try:
+            req = urllib.request.Request(f"{base}/models/{model}/config", headers=headers)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                config = json.loads(r.read())
+            config.setdefault("parameters", {})[HEAL_PARAMETER] = {"string_value": str(generation[0])}
+            body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+            req = urllib.request.Request(
+                f"{base}/repository/models/{model}/load", data=body, method="POST", headers=headers
+            )
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            logger.error("reload of %s through the repository API failed: %s", model, e)
+            return False
+
+    return reload
+
+
+class HealthEndpoint:
+    """`/health` (200 only when Triton is ready and no model has a dead stub) and `/metrics`."""
+
+    def __init__(self, healer: Healer, triton_ready: Callable[[], bool], host: str, port: int) -> None:
+        healer_ref, ready_ref = healer, triton_ready
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    self._send(200, healer_ref.metrics_text().encode(), "text/plain; version=0.0.4")
+                elif self.path.startswith("/health"):
+                    problems = healer_ref.unhealthy()
+                    ready = ready_ref()
+                    body = {"ready": ready, "unhealthy_models": problems, "heals": healer_ref.heals()}
+                    ok = ready and not problems
+                    self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+                else:
+                    self._send(404, b"not found; try /health or /metrics\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                logger.debug("health endpoint: " + format, *args)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="health-endpoint", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def remove_regions(names: set[str]) -> list[str]:
+    """Remove leftover /dev/shm regions (after the server is gone); returns the removed names."""
+    removed = []
+    for name in sorted(names):
+        path = SHM_DIR / name
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(name)
+    return removed
+
