@@ -299,7 +299,11 @@ class TritonServer:
     def start(self) -> TritonServer:
         with self._lifecycle:
             self._start_process()
-            self._start_watchdog()
+            try:
+                self._start_watchdog()
+            except BaseException:
+                self.stop(report=False)
+                raise
         return self
 
     def _start_process(self) -> None:
@@ -362,7 +366,13 @@ class TritonServer:
         )
         self.healer.start()
         if o.health_port is not None:
-            self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+            try:
+                self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+            except OSError as e:  # e.g. a second server on the default health port
+                raise ServerError(
+                    f"health port {o.health_port} on {o.host} cannot be bound ({e.strerror}); pass another "
+                    f"--health-port (0: a free one)"
+                ) from e
             self.health_port = self.health.port
             logger.info("stub watchdog on, health endpoint %s", self.health_url)
 

@@ -128,7 +128,7 @@ def test_server_dies_with_parent_when_parent_killed(tmp_path: Path, test_reposit
 def _serve(tmp: Path, repo: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     """`triton-repo serve` as a user runs it (a real subprocess), ready when it prints its banner."""
     cmd = [str(Path(sys.executable).with_name("triton-repo")), "serve", "--model-repository", str(repo),
-           "--timeout", "120", *args]
+           "--timeout", "120", "--health-port", "0", *args]
     return subprocess.Popen(cmd, cwd=cwd or tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 

@@ -92,7 +92,10 @@ def test_readme_perf_analyzer_commands_measure_every_model_when_run_as_pasted(em
     models = {shlex.split(c)[shlex.split(c).index("-m") + 1] for c in commands}
     assert models == {"mnist_classifier", "mnist", "mnist_preprocess"}
     for command in commands:
-        argv = [*_as_pasted(command, embedded_server), "-p", "500", "-s", "1000", "-r", "3"]
+        # The README exports TRITON_ADMIN_KEY (the statistics API is restricted): here, the server's key.
+        argv = [arg.replace("$TRITON_ADMIN_KEY", embedded_server.admin_key)
+                for arg in _as_pasted(command, embedded_server)]
+        argv += ["-p", "500", "-s", "1000", "-r", "3"]
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
         assert "Throughput:" in result.stdout, result.stdout[-2000:]
