@@ -15,13 +15,22 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools.errors import RepositoryError
-from build_tools.interfaces import Interfaces, ModelIO, step_model_name, trt_model_name, warmup_filename
+from build_tools.interfaces import (
+    Interfaces,
+    ModelIO,
+    step_model_name,
+    torchscript_model_name,
+    trt_model_name,
+    warmup_filename,
+)
 from build_tools.runner_params import (
     RUNNER_PARAM_INTER,
     RUNNER_PARAM_INTRA,
     RUNNER_PARAM_ONNX_FILE,
     RUNNER_PARAM_OPT_LEVEL,
     RUNNER_PARAM_RANGE_PREFIX,
+    RUNNER_PARAM_TORCH_THREADS,
+    RUNNER_PARAM_TORCHSCRIPT_FILE,
 )
 from build_tools.spec import DeploySpec, EnsembleSpec, FlavorName, InstanceGroupSpec, ModelSpec
 
@@ -29,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
+TORCHSCRIPT_FILENAME = "model.pt"
 RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model.py"
+TORCH_RUNNER_SOURCE = Path(__file__).parent / "python_models" / "torch_runner" / "model.py"
 
 
 @dataclass
@@ -188,6 +199,40 @@ def tensorrt_config(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
     return cfg
 
 
+def torchscript_instance_groups(model: ModelSpec, flavor: FlavorName) -> list[InstanceGroupSpec]:
+    """The TorchScript variant's groups: its own when the spec sets them, else the model's."""
+    return model.torchscript.instance_groups.get(flavor) or default_instance_groups(model, flavor)
+
+
+def _torchscript_common(cfg: mc.ModelConfig, model: ModelSpec, io: ModelIO, flavor: FlavorName) -> None:
+    _common(cfg, model, io, flavor)
+    del cfg.instance_group[:]
+    _instance_groups(cfg, torchscript_instance_groups(model, flavor))
+
+
+def torchscript_config_ngc(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
+    """The TorchScript variant on the official image's PyTorch backend.
+
+    The backend maps config inputs to forward() by argument name and, for names without `__<index>`,
+    outputs by config order (its STRICT_CONFIG_ORDERING convention), so the ONNX names carry over.
+    """
+    cfg = mc.ModelConfig(name=name, platform="pytorch_libtorch", default_model_filename=TORCHSCRIPT_FILENAME)
+    _torchscript_common(cfg, model, io, "ngc")
+    # The PyTorch backend's own thread parameters (see its README).
+    cfg.parameters["INTRA_OP_THREAD_COUNT"].string_value = str(model.runtime.intra_op_threads)
+    cfg.parameters["INTER_OP_THREAD_COUNT"].string_value = str(model.runtime.inter_op_threads)
+    return cfg
+
+
+def torchscript_config_embedded(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
+    """The TorchScript variant in the project's Python-backend torch runner (device from the instance)."""
+    cfg = mc.ModelConfig(name=name, backend="python")
+    _torchscript_common(cfg, model, io, "embedded")
+    cfg.parameters[RUNNER_PARAM_TORCHSCRIPT_FILE].string_value = TORCHSCRIPT_FILENAME
+    cfg.parameters[RUNNER_PARAM_TORCH_THREADS].string_value = str(model.runtime.intra_op_threads)
+    return cfg
+
+
 def ensemble_config(name: str, ens: EnsembleSpec, io: ModelIO, step_names: list[str]) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=ens.max_batch_size)
     _io_protos(cfg, io)
@@ -251,6 +296,19 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
             if flavor == "embedded":
                 files[f"{version}/model.py"] = RUNNER_SOURCE
     folders = [ModelFolder(name, config, {**files, **io.files})]
+    if "torchscript" in model.formats:
+        ts_name = torchscript_model_name(name, model)
+        ts_files: dict[str, Path | bytes] = dict(io.files)
+        for version, src in model.torchscript_sources.items():
+            ts_files[f"{version}/{TORCHSCRIPT_FILENAME}"] = spec.resolve(src)
+            if flavor == "embedded":
+                ts_files[f"{version}/model.py"] = TORCH_RUNNER_SOURCE
+        ts_config = (
+            torchscript_config_ngc(ts_name, model, io)
+            if flavor == "ngc"
+            else torchscript_config_embedded(ts_name, model, io)
+        )
+        folders.append(ModelFolder(ts_name, ts_config, ts_files))
     if flavor == "ngc" and "tensorrt_plan" in model.formats:
         # The plan itself is a later build step's output; the folder holds its config, labels and warmup.
         trt_name = trt_model_name(name, model)

@@ -208,6 +208,11 @@ def trt_model_name(name: str, model: ModelSpec) -> str:
     return model.tensorrt.model_name or f"{name}_trt"
 
 
+def torchscript_model_name(name: str, model: ModelSpec) -> str:
+    """The name of the TorchScript variant of model `name` (both flavors)."""
+    return model.torchscript.model_name or f"{name}_torchscript"
+
+
 def step_model_name(ensemble: EnsembleSpec, flavor: FlavorName, model: str) -> str:
     """The model a step runs in a flavor (its substitution, if any)."""
     return ensemble.substitutions.get(flavor, {}).get(model, model)

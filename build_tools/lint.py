@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import logging
 
-from build_tools.config import default_instance_groups
-from build_tools.interfaces import Interfaces, ModelIO, resolve_interfaces, trt_model_name
+from build_tools.config import default_instance_groups, torchscript_instance_groups
+from build_tools.interfaces import (
+    Interfaces,
+    ModelIO,
+    resolve_interfaces,
+    torchscript_model_name,
+    trt_model_name,
+)
 from build_tools.spec import FLAVORS, DeploySpec, FlavorName, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -24,6 +30,12 @@ ALLOWED_KINDS: dict[FlavorName, dict[str, set[str]]] = {
         "onnx": {"KIND_CPU"},
         "python": {"KIND_CPU", "KIND_MODEL"},
     },
+}
+# The TorchScript variant: the PyTorch backend (ngc) and the torch runner (embedded) both run on a GPU;
+# the runner fails at load with a clear message where torch sees no CUDA device.
+TORCHSCRIPT_KINDS: dict[FlavorName, set[str]] = {
+    "ngc": {"KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL"},
+    "embedded": {"KIND_CPU", "KIND_GPU"},
 }
 
 
@@ -126,6 +138,36 @@ def _lint_formats(name: str, model: ModelSpec, spec: DeploySpec, findings: list[
             findings.append(f"models.{name}.tensorrt.calibration_data: int8 precision needs calibration data")
 
 
+def _lint_torchscript(name: str, model: ModelSpec, spec: DeploySpec, findings: list[str]) -> None:
+    if "torchscript" not in model.formats:
+        if model.torchscript.source or model.torchscript.instance_groups or model.torchscript.model_name:
+            findings.append(f"models.{name}.torchscript: set, but `formats` {model.formats} lacks torchscript")
+        return
+    if model.kind != "onnx":
+        return  # the spec rejects formats on python models
+    ts_name = torchscript_model_name(name, model)
+    if ts_name in spec.models or ts_name in spec.ensembles or ts_name == trt_model_name(name, model):
+        findings.append(f"models.{name}.torchscript.model_name: {ts_name!r} clashes with another model")
+    for version, src in sorted(model.torchscript_sources.items()):
+        path = spec.resolve(src)
+        field = "torchscript.source" if model.versions is None else f"versions.{version} (as .pt)"
+        if not path.is_file():
+            findings.append(
+                f"models.{name}.{field}: TorchScript file {src!r} not found (resolved to {path}); "
+                f"export it with models/mnist/train.py or drop torchscript from formats"
+            )
+    for flavor in FLAVORS:
+        if flavor not in spec.flavors:
+            continue
+        for i, g in enumerate(torchscript_instance_groups(model, flavor)):
+            if g.kind not in TORCHSCRIPT_KINDS[flavor]:
+                findings.append(
+                    f"models.{name}.torchscript.instance_groups.{flavor}[{i}].kind: {g.kind} cannot load "
+                    f"the TorchScript variant in the {flavor} flavor; allowed: "
+                    f"{', '.join(sorted(TORCHSCRIPT_KINDS[flavor]))}"
+                )
+
+
 def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
     """All findings for the spec, and the resolved interface of every model and ensemble."""
     findings: list[str] = []
@@ -137,10 +179,13 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
         _lint_instances(name, model, spec, findings)
         _lint_files(name, model, io, spec, findings)
         _lint_formats(name, model, spec, findings)
+        _lint_torchscript(name, model, spec, findings)
     # Models a substitution may name: every model, and every plan variant the spec builds.
-    known = set(spec.models) | {
-        trt_model_name(n, m) for n, m in spec.models.items() if "tensorrt_plan" in m.formats
-    }
+    known = (
+        set(spec.models)
+        | {trt_model_name(n, m) for n, m in spec.models.items() if "tensorrt_plan" in m.formats}
+        | {torchscript_model_name(n, m) for n, m in spec.models.items() if "torchscript" in m.formats}
+    )
     for name, ens in spec.ensembles.items():
         for flavor, subs in ens.substitutions.items():
             for original, replacement in subs.items():

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # Marks a folder as written by build-repo, so a rebuild may replace it without touching anything else.
 MARKER = ".triton-repo"
 # Model binaries are build outputs: the ngc repository in git holds everything else.
-BINARY_SUFFIXES = (".onnx", ".plan", ".json.lock")
+BINARY_SUFFIXES = (".onnx", ".plan", ".pt", ".json.lock")
 
 
 @dataclass

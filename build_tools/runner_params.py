@@ -1,4 +1,4 @@
-"""Parameter keys of the embedded ONNX Runtime runner: written by build_tools.config, read by the runner.
+"""Parameter keys of the embedded runners (ONNX Runtime, torch): written by build_tools.config, read by them.
 
 A leaf module (no imports) so the runner, which runs inside Triton's Python-backend stub, can import it.
 """
@@ -8,3 +8,5 @@ RUNNER_PARAM_INTRA = "intra_op_threads"
 RUNNER_PARAM_INTER = "inter_op_threads"
 RUNNER_PARAM_OPT_LEVEL = "graph_optimization_level"
 RUNNER_PARAM_RANGE_PREFIX = "input_range."  # + input name: "low,high" (values outside are refused)
+RUNNER_PARAM_TORCHSCRIPT_FILE = "torchscript_file"
+RUNNER_PARAM_TORCH_THREADS = "torch_threads"

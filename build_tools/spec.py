@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import typing
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -24,7 +24,7 @@ FLAVORS: tuple[str, ...] = ("ngc", "embedded")
 FlavorName = Literal["ngc", "embedded"]
 InstanceKind = Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL"]
 TensorFormat = Literal["FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC"]
-ModelFormat = Literal["onnx", "tensorrt_plan"]
+ModelFormat = Literal["onnx", "tensorrt_plan", "torchscript"]
 # Triton's data type names (model_config.proto DataType), without the TYPE_ prefix.
 DataTypeName = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -149,6 +149,19 @@ class OrtTensorRTSpec(_Strict):
     max_workspace_size_bytes: Annotated[int, Field(gt=0)] = 1 << 30
 
 
+class TorchScriptSpec(_Strict):
+    """The torchscript variant of an ONNX model: the same interface, served from a TorchScript file.
+
+    ngc: Triton's PyTorch backend (pytorch_libtorch). embedded: the project's Python-backend torch
+    runner, which runs on the instance's device (KIND_GPU -> that CUDA device, KIND_CPU -> CPU).
+    """
+
+    source: str | None = None  # default: the model's source with the suffix .pt
+    model_name: str | None = None  # default: <model>_torchscript
+    # Per-flavor instance groups of the variant; default: the model's own.
+    instance_groups: dict[FlavorName, list[InstanceGroupSpec]] = Field(default_factory=dict)
+
+
 class TensorRTPlanSpec(_Strict):
     """How the tensorrt_plan variant of a model is built (ngc flavor only)."""
 
@@ -201,6 +214,7 @@ class ModelSpec(_Strict):
     parameters: dict[str, str] = Field(default_factory=dict)
     ort_tensorrt: OrtTensorRTSpec = Field(default_factory=OrtTensorRTSpec)
     tensorrt: TensorRTPlanSpec = Field(default_factory=TensorRTPlanSpec)
+    torchscript: TorchScriptSpec = Field(default_factory=TorchScriptSpec)
 
     @model_validator(mode="after")
     def _source_or_versions(self) -> ModelSpec:
@@ -221,11 +235,24 @@ class ModelSpec(_Strict):
             )
         if not self.formats or len(set(self.formats)) != len(self.formats):
             raise ValueError(f"`formats` must list distinct formats, got {self.formats}")
+        if self.torchscript.source is not None and self.versions is not None:
+            raise ValueError(
+                "torchscript.source: set it only with `source`; with `versions` each version's "
+                "TorchScript file is its ONNX path with the suffix .pt"
+            )
         return self
 
     @property
     def version_sources(self) -> dict[int, str]:
         return dict(self.versions) if self.versions is not None else {1: str(self.source)}
+
+    @property
+    def torchscript_sources(self) -> dict[int, str]:
+        """The TorchScript file of every version: torchscript.source for a single-version model, else
+        each version's ONNX path with the suffix .pt."""
+        if self.torchscript.source is not None and self.versions is None:
+            return {1: self.torchscript.source}
+        return {v: str(PurePosixPath(src).with_suffix(".pt")) for v, src in self.version_sources.items()}
 
 
 class EnsembleStepSpec(_Strict):

