@@ -530,6 +530,11 @@ def _exit_problem(code: int | None, sent: list[signal.Signals]) -> str | None:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
         if -code in (signal.SIGTERM, signal.SIGKILL) and -code in sent:
             return f"did not stop on SIGINT and was ended with {name}"
+        if -code == signal.SIGKILL:
+            # From outside, not a crash of its own: PR_SET_PDEATHSIG when the watchdog thread that
+            # restarted it ends, or the kernel's OOM killer. Logged, not raised.
+            logger.warning("tritonserver was killed with SIGKILL from outside (exit code %d)", code)
+            return None
         return f"crashed with {name} (exit code {code})"
     return f"exited with code {code}" + (" while stopping" if sent else "")
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from build_tools.console import make_parser, positive_int
 from build_tools.console import run as run_cli
-from build_tools.errors import ClientError
+from build_tools.errors import ClientError, ServerUnreachableError
 from build_tools.served import ClassifierNames, load_classifier_names
 from clients.captures import DEGRADATIONS, NAMES, make_captures
 from clients.datasets import mnist_holdout
@@ -91,6 +91,8 @@ def classify(target: Target, payloads: list[bytes], batch_size: int, concurrency
         chunk = payloads[start:start + batch_size]
         try:
             out = client().infer(target.model, {target.input_name: bytes_batch(chunk)}, [target.output_name])
+        except ServerUnreachableError:
+            raise  # no server: one error for the run, not one warning per batch
         except ClientError as e:
             logger.warning("images %d..%d: %s", start, start + len(chunk) - 1, e)
             with lock:
