@@ -10,8 +10,8 @@ METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench soak \
-	perf-analyzer docker up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
+	lifecycle-demo soak mutation perf-analyzer docker up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +34,10 @@ serve: build-repo
 
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)
+
+# A second MNIST version staged, sent 10%, promoted and rolled back under load (docs/lifecycle.md).
+lifecycle-demo: install
+	$(PY) -m clients.lifecycle_demo --spec $(SPEC)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -65,6 +69,18 @@ stall: install
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
 bench: perf-analyzer
 	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.router_cost
+
+# What the lifecycle router costs (bench/router_cost.md): with and without it, interleaved, concurrency 16.
+bench-router: install
+	$(PY) -m loadtest.router_cost
+
+# Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/; MUTATION_ARGS=--sample for
+# about one mutant in five. Needs promtool (Debian package `prometheus`). See docs/mutation.md.
+MUTATION_ARGS ?=
+mutation: install
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) -m mutation.run $(MUTATION_ARGS)
 
 # Triton's perf_analyzer as .venv/bin/perf_analyzer (on PATH with the virtualenv active).
 perf-analyzer: install
@@ -87,4 +103,4 @@ docker: install
 	VENV=$(VENV) .ci/compose-check.sh --engine
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build mutants .pytest_cache .ruff_cache

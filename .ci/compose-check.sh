@@ -22,6 +22,9 @@
 #   8. Prometheus's HTTP API: Triton target up, nv_inference_count{model="mnist"} scraped (at least
 #      the number of inferences sent), the alert rules loaded, Alertmanager connected, and every
 #      query of the Grafana dashboard accepted by this Prometheus
+#   9. the lifecycle commands in the Triton container (explicit model control, registry on the
+#      PostgreSQL service, the admin key from the container's TRITON_ADMIN_KEY): refused without the
+#      key, then stage a second version, canary 10%, inferences, rollback, registry checked
 #   and always (trap): `docker compose down -v`, then the seconds each phase took.
 # Grafana is not checked: no image registry is reachable here, and the CPU stack keeps it behind the
 # `grafana` profile, which this script never enables.
@@ -60,6 +63,9 @@ if [[ $MODE == check ]]; then
   export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-triton-deploy-kit-ci}"
   export BASE_IMAGE="${BASE_IMAGE:-$BASE_TAG}"
   export SPEC="${COMPOSE_SPEC:-deploy.yaml}"
+  # The restricted APIs' key: the lifecycle commands run in the container read it from the container's
+  # environment (compose passes TRITON_ADMIN_KEY); a fresh random one per check unless given.
+  export TRITON_ADMIN_KEY="${TRITON_ADMIN_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
   : >"$STATE/empty.env"
   ENV_FILE=(--env-file "$STATE/empty.env")
 else
@@ -282,18 +288,18 @@ pick_ports() {
 import os, socket
 held = []
 for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_HEALTH_PORT", "PROMETHEUS_PORT",
-             "ALERTMANAGER_PORT"):
+             "ALERTMANAGER_PORT", "REGISTRY_PORT"):
     port = int(os.environ.get(name) or 0)
     if not port:
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))  # all kept open until chosen: six distinct ports
+        s.bind(("127.0.0.1", 0))  # all kept open until chosen: distinct ports
         held.append(s)
         port = s.getsockname()[1]
     print(f"export {name}={port}")
 EOF
 )"
   log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT health $TRITON_HEALTH_PORT," \
-    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT"
+    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT, registry $REGISTRY_PORT"
 }
 stack_up() {
   phase "docker compose up --wait"
@@ -314,6 +320,39 @@ probe() {
     --min-count "$(cat "$STATE/sent")" --timeout 120 --dashboards compose/grafana/dashboards
 }
 
+# ---- 9. lifecycle: one canary and one rollback through the real commands ----------------------------
+lifecycle() {
+  phase "lifecycle: stage, canary 10%, rollback (registry on PostgreSQL)"
+  local lc=("${COMPOSE[@]}" exec -T triton)
+  local args=(--url "127.0.0.1:$TRITON_HTTP_PORT" --drain 1 --spec "${SPEC:-deploy.yaml}")
+  # Without the admin key the repository API refuses, and the command says what to set.
+  local refused
+  if refused="$("${COMPOSE[@]}" exec -T -e TRITON_ADMIN_KEY= triton triton-repo versions mnist_classifier "${args[@]}" 2>&1)"; then
+    log "triton-repo versions succeeded without the admin key: the repository API is not restricted"
+    exit 1
+  fi
+  grep -q 'set \$TRITON_ADMIN_KEY' <<<"$refused" || { log "unexpected refusal: $refused"; exit 1; }
+  # A second version: the trained weights with 2% noise (the lifecycle demo's recipe).
+  "${lc[@]}" python -c 'from pathlib import Path; from clients.lifecycle_demo import perturbed_copy; perturbed_copy(Path("models/mnist/mnist_cnn.onnx"), Path("/tmp/mnist_v2.onnx"), scale=0.02, seed=7)'
+  "${lc[@]}" triton-repo stage mnist_classifier /tmp/mnist_v2.onnx --reason "compose check" "${args[@]}"
+  local version
+  version="$("${lc[@]}" triton-repo versions mnist_classifier --json "${args[@]}" \
+    | "$PY" -c 'import json, sys; print(max(v["version"] for v in json.load(sys.stdin) if v["state"] == "staged"))')"
+  "${lc[@]}" triton-repo canary mnist_classifier "$version" --percent 10 --reason "compose check" "${args[@]}"
+  "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
+    --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-canary"
+  "${lc[@]}" triton-repo rollback mnist_classifier --reason "compose check" "${args[@]}"
+  "${lc[@]}" triton-repo versions mnist_classifier "${args[@]}"
+  "${lc[@]}" triton-repo versions mnist_classifier --json "${args[@]}" | "$PY" -c '
+import json, sys
+states = {v["version"]: (v["state"], v["traffic_percent"]) for v in json.load(sys.stdin)}
+assert states[1] == ("champion", 100.0), states
+assert states[int(sys.argv[1])] == ("rejected", 0.0), states
+print("lifecycle OK:", states)' "$version"
+  "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
+    --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-after"
+}
+
 case $MODE in
   check)
     ensure_engine
@@ -323,6 +362,7 @@ case $MODE in
     build_images
     stack_up
     probe
+    lifecycle
     end_phase
     log "CPU stack OK"
     ;;

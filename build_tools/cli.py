@@ -25,6 +25,7 @@ from build_tools.lint import lint_spec
 from build_tools.repository import check_drift
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import FLAVORS, DeploySpec, ServerSpec, load_spec
+from control.cli import register_cli as register_lifecycle
 
 logger = logging.getLogger("triton-repo")
 
@@ -89,6 +90,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # The prepared backends and the log stay in the project's build folder, next to the repository.
         workdir=Path(args.workdir) if args.workdir else Path("build") / "serve",
         startup_timeout_s=args.timeout,
+        # explicit: models load at start (--load-model=*) and then only through the repository API,
+        # which the lifecycle commands (stage, canary, promote, rollback) and the stub watchdog use.
         model_control_explicit=args.model_control == "explicit",
         health_port=args.health_port,
         extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
@@ -160,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=port_number, default=8003, help="the stub watchdog's /health and /metrics")
     p.add_argument(
         "--model-control", choices=("none", "explicit"), default="none",
-        help="explicit: a dead stub is healed by reloading its model; none: by restarting the server",
+        help="explicit: load/unload through the repository API (needed by the lifecycle commands), and a "
+        "dead stub is healed by reloading its model; none: by restarting the server",
     )
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
@@ -183,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tune)
 
     verify.register(sub)
+    # The lifecycle verbs (versions, stage, canary, promote, rollback, watch) act on a running server.
+    register_lifecycle(sub)
     return parser
 
 

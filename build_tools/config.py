@@ -7,6 +7,7 @@ Nothing here formats text by hand or reads model files: configs are `ModelConfig
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from build_tools.interfaces import (
     warmup_filename,
 )
 from build_tools.runner_params import (
+    ROUTER_PARAM_PIN,
+    ROUTER_PARAM_TARGET,
+    ROUTER_PARAM_WEIGHTS,
     RUNNER_PARAM_INTER,
     RUNNER_PARAM_INTRA,
     RUNNER_PARAM_ONNX_FILE,
@@ -40,6 +44,7 @@ ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
 TORCHSCRIPT_FILENAME = "model.pt"
 RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model.py"
+ROUTER_SOURCE = Path(__file__).parent / "python_models" / "router" / "model.py"
 TORCH_RUNNER_SOURCE = Path(__file__).parent / "python_models" / "torch_runner" / "model.py"
 
 
@@ -181,6 +186,31 @@ def onnx_config_embedded(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelCo
 def python_config(name: str, model: ModelSpec, io: ModelIO, flavor: FlavorName) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, backend="python")
     _common(cfg, model, io, flavor)
+    return cfg
+
+
+def router_weights_json(weights: dict[int, float]) -> str:
+    """The router's `weights` parameter: {"version": percent}, versions ascending, shares summing to 100."""
+    return json.dumps({str(v): round(float(p), 6) for v, p in sorted(weights.items()) if p > 0}, separators=(",", ":"))
+
+
+def router_config(
+    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float]
+) -> mc.ModelConfig:
+    """The BLS router in front of `target`'s versions: same inputs and outputs, weights as a parameter.
+
+    The same on both flavors (the official image has the python backend too); it batches like its
+    target, taking whatever is queued, so versions get one BLS request per batch.
+    """
+    assert model.lifecycle is not None
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=model.max_batch_size)
+    _io_protos(cfg, io)
+    if model.max_batch_size > 0:
+        cfg.dynamic_batching.max_queue_delay_microseconds = 0
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=model.lifecycle.router_instances)
+    cfg.parameters[ROUTER_PARAM_TARGET].string_value = target
+    cfg.parameters[ROUTER_PARAM_WEIGHTS].string_value = router_weights_json(weights)
+    cfg.parameters[ROUTER_PARAM_PIN].string_value = model.lifecycle.pin_parameter
     return cfg
 
 
@@ -328,6 +358,12 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
     folders: list[ModelFolder] = []
     for name in spec.models:
         folders.extend(model_folders(spec, name, ios[name], flavor))
+    for router, target in spec.routers().items():
+        model = spec.models[target]
+        # A fresh build sends everything to the newest version; the lifecycle commands change it at runtime.
+        weights = {max(model.version_sources): 100.0}
+        config = router_config(router, target, model, ios[router], weights)
+        folders.append(ModelFolder(router, config, {"1/model.py": ROUTER_SOURCE, **ios[router].files}))
     for name in spec.ensembles:
         folders.append(ensemble_folder(spec, name, ios[name], flavor))
     return folders

@@ -50,3 +50,11 @@ class ServerUnreachableError(ClientError):
 
 class PlanBuildError(ToolkitError):
     """A TensorRT plan could not be built, failed its accuracy gate, or its versions do not match."""
+
+
+class DatabaseError(ToolkitError):
+    """The control database could not be opened, migrated or queried."""
+
+
+class RolloutError(ToolkitError):
+    """A lifecycle step (stage, canary, promote, rollback) was refused or failed; the champion keeps serving."""

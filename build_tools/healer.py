@@ -21,8 +21,10 @@ dead stub left behind after the server stops.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
 import urllib.error
@@ -335,6 +337,43 @@ def http_reload(http_url: str, headers: dict[str, str], timeout_s: float = 120.0
             return False
 
     return reload
+
+
+def repository_locked(
+    reload: Callable[[str], bool], repositories: list[Path], wait_s: float = 30.0
+) -> Callable[[str], bool]:
+    """`reload` holding the lifecycle's lock on each repository folder (control/rollout.py takes the
+    same flock for a whole step). A heal fetches the served config and loads it back: between a
+    lifecycle step's load and its next one that could put back the config the step just replaced
+    (router weights, version policy). Waiting for the step keeps the two in order; after `wait_s` the
+    heal goes ahead anyway (a step stuck behind the dead stub must not keep the model down)."""
+
+    def locked(model: str) -> bool:
+        fds: list[int] = []
+        try:
+            for repo in repositories:
+                try:
+                    fd = os.open(repo, os.O_RDONLY)
+                except OSError:
+                    continue
+                fds.append(fd)
+                deadline = time.monotonic() + wait_s
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            logger.warning("a lifecycle step has held %s for %.0f s; reloading %s anyway",
+                                           repo, wait_s, model)
+                            break
+                        time.sleep(0.1)
+            return reload(model)
+        finally:
+            for fd in fds:
+                os.close(fd)  # releases the flock
+
+    return locked
 
 
 class HealthEndpoint:

@@ -232,7 +232,8 @@ def resolve_ensemble_io(spec: DeploySpec, name: str, ios: dict[str, ModelIO]) ->
             )
             continue
         io = ios[step.model]
-        step_mbs = spec.models[step.model].max_batch_size if step.model in spec.models else 0
+        owner = spec.routers().get(step.model, step.model)  # a router batches like its target
+        step_mbs = spec.models[owner].max_batch_size if owner in spec.models else 0
         if ens.max_batch_size > 0 and step_mbs < ens.max_batch_size:
             findings.append(
                 f"{where}.model: {step.model!r} has max_batch_size {step_mbs}, below the ensemble's "
@@ -331,6 +332,12 @@ Interfaces = dict[str, ModelIO]
 def resolve_interfaces(spec: DeploySpec) -> Interfaces:
     """Every model's, then every ensemble's interface (findings inside each ModelIO)."""
     ios: Interfaces = {name: resolve_model_io(spec, name) for name in spec.models}
+    for router, target in spec.routers().items():
+        # A lifecycle router has its target's interface (an ensemble step may name it instead of the
+        # target) and its labels, not its warmup data.
+        t = ios[target]
+        labels = {k: v for k, v in t.files.items() if not k.startswith("warmup/")}
+        ios[router] = ModelIO(t.inputs, t.outputs, files=labels)
     for name in spec.ensembles:
         ios[name] = resolve_ensemble_io(spec, name, ios)
     return ios

@@ -138,6 +138,22 @@ def _lint_formats(name: str, model: ModelSpec, spec: DeploySpec, findings: list[
             findings.append(f"models.{name}.tensorrt.calibration_data: int8 precision needs calibration data")
 
 
+def _lint_gate(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, findings: list[str]) -> None:
+    gate = model.lifecycle.gate if model.lifecycle else None
+    if gate is None:
+        return
+    where = f"models.{name}.lifecycle.gate"
+    for key in ("data", "labels"):
+        path = spec.resolve(getattr(gate, key))
+        if not path.is_file():
+            findings.append(f"{where}.{key}: file {getattr(gate, key)!r} not found (resolved to {path})")
+    outputs = [t.name for t in io.outputs]
+    if gate.output is not None and gate.output not in outputs:
+        findings.append(f"{where}.output: {gate.output!r} is not an output of {name}; outputs: {outputs}")
+    elif gate.output is None and len(outputs) != 1:
+        findings.append(f"{where}.output: {name} has {len(outputs)} outputs {outputs}; name the one with class scores")
+
+
 def _lint_torchscript(name: str, model: ModelSpec, spec: DeploySpec, findings: list[str]) -> None:
     if "torchscript" not in model.formats:
         if model.torchscript.source or model.torchscript.instance_groups or model.torchscript.model_name:
@@ -180,9 +196,13 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
         _lint_files(name, model, io, spec, findings)
         _lint_formats(name, model, spec, findings)
         _lint_torchscript(name, model, spec, findings)
-    # Models a substitution may name: every model, and every plan variant the spec builds.
+    for target in spec.routers().values():
+        _lint_gate(target, spec.models[target], ios[target], spec, findings)
+    # Models a substitution may name: every model, its router, and every plan and TorchScript variant the
+    # spec builds.
     known = (
         set(spec.models)
+        | set(spec.routers())
         | {trt_model_name(n, m) for n, m in spec.models.items() if "tensorrt_plan" in m.formats}
         | {torchscript_model_name(n, m) for n, m in spec.models.items() if "torchscript" in m.formats}
     )

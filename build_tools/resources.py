@@ -85,6 +85,13 @@ def python_backend_shm_estimate(
             logger.debug("shm estimate for %s uses a partial interface: %s", name, io.findings)
         steps = max(1, math.ceil(_io_bytes_per_execution(io, model.max_batch_size) / growth_bytes))
         models.append(ShmModelEstimate(name, instances, default_bytes + steps * growth_bytes))
+    for router, target in spec.routers().items():
+        # The generated routers run on the Python backend on both flavors, with their target's tensors.
+        model = spec.models[target]
+        assert model.lifecycle is not None
+        io = interfaces[target] if interfaces is not None else resolve_model_io(spec, target)
+        steps = max(1, math.ceil(_io_bytes_per_execution(io, model.max_batch_size) / growth_bytes))
+        models.append(ShmModelEstimate(router, model.lifecycle.router_instances, default_bytes + steps * growth_bytes))
     total = sum(m.instances * m.bytes_per_instance for m in models)
     return ShmEstimate(flavor, tuple(models), math.ceil(total / MIB) * MIB)
 

@@ -49,7 +49,10 @@ def classifier_names(spec: DeploySpec) -> ClassifierNames:
             (i, s, tensor) for i, s in enumerate(ens.steps) for tensor, mapped in s.output_map.items()
             if mapped == out_name
         ]
-        if not producer or producer[0][1].model not in spec.models or spec.models[producer[0][1].model].kind != "onnx":
+        # A lifecycle router in the step stands for its target: the classifier is the ONNX model behind it.
+        routers = spec.routers()
+        step_model = routers.get(producer[0][1].model, producer[0][1].model) if producer else ""
+        if not producer or step_model not in spec.models or spec.models[step_model].kind != "onnx":
             raise SpecError(f"{where}.outputs.{out_name}", "expected it to be produced by an ONNX model's step")
         i, step, classifier_output = producer[0]
         if len(step.input_map) != 1:
@@ -61,12 +64,12 @@ def classifier_names(spec: DeploySpec) -> ClassifierNames:
         unproduced = sorted({t for s in ens.steps for t in s.input_map.values()} - produced)
         if len(unproduced) != 1:
             raise SpecError(f"{where}.steps", f"the ensemble's inputs are {unproduced}; expected exactly one")
-        model = spec.models[step.model]
+        model = spec.models[step_model]
         sources = model.version_sources
         override = model.outputs.get(classifier_output) if isinstance(model.outputs, dict) else None
         labels = ens.outputs[out_name].labels or (override.labels if override else None)
         return ClassifierNames(
-            classifier=step.model,
+            classifier=step_model,
             classifier_input=next(iter(step.input_map)),
             classifier_output=classifier_output,
             ensemble=ens_name,

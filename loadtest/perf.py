@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from build_tools.server import grpc_admin_header
 from loadtest.common import Sample, mnist_sample, served_names
 from loadtest.errors import PerfAnalyzerError
 from loadtest.loadgen import _serialize_bytes
@@ -160,10 +161,14 @@ def run_perf_analyzer(
             "-f", str(out_csv), "--verbose-csv"]
     if shared_memory != "none":
         base += ["--shared-memory", shared_memory]
-    if input_data is not None:
-        base += ["--input-data", str(input_data)]
+    # perf_analyzer's default random FP32 data is raw random bytes (NaN, huge values), which a model with a
+    # declared input range refuses; zeros are valid for any numeric tensor.
+    base += ["--input-data", str(input_data) if input_data is not None else "zero"]
     for key, value in (headers or {}).items():
-        # The server's restricted APIs (shared-memory registration) need the admin header.
+        # The server's restricted APIs (statistics, shared-memory registration) need the admin header;
+        # over gRPC Triton 2.51 reads it as metadata with its restricted-protocol prefix.
+        if protocol == "grpc" and key == key.removeprefix(grpc_admin_header("")):
+            key = grpc_admin_header(key)
         base += ["-H", f"{key}:{value}"]
     for stable, stability in ((True, settings.stability_percentage), (False, 1000)):
         cmd = [*base, "-s", str(stability)]

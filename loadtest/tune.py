@@ -181,10 +181,12 @@ def better(a: Trial, b: Trial | None, p99_target_ms: float | None) -> bool:
 
 
 def min_max_batch_size(spec: DeploySpec, model: str) -> int:
-    """The smallest max_batch_size the spec allows: its warmups and every ensemble that runs the model."""
+    """The smallest max_batch_size the spec allows: its warmups and every ensemble that runs the model,
+    directly or through its lifecycle router (which batches like its target and passes batches on whole)."""
     m = spec.models[model]
+    names = {model, m.router_name(model)}
     needs = [w.batch_size for w in m.warmup]
-    needs += [e.max_batch_size for e in spec.ensembles.values() if any(st.model == model for st in e.steps)]
+    needs += [e.max_batch_size for e in spec.ensembles.values() if any(st.model in names for st in e.steps)]
     return max(needs, default=1)
 
 

@@ -65,7 +65,12 @@ def gpu_spec_data(device: str, out: Path) -> dict[str, Any]:
         group["gpus"] = [0]
     model.setdefault("torchscript", {}).setdefault("instance_groups", {})["embedded"] = [group]
     ts_name = model["torchscript"].get("model_name") or f"{CLASSIFIER}_torchscript"
-    data["ensembles"][ENSEMBLE].setdefault("substitutions", {})["embedded"] = {CLASSIFIER: ts_name}
+    # The ensemble's step names the classifier, or its lifecycle router (issue 12) when it has one.
+    lifecycle = model.get("lifecycle")
+    router = (lifecycle.get("router") or f"{CLASSIFIER}_router") if lifecycle is not None else None
+    steps = {step["model"] for step in data["ensembles"][ENSEMBLE]["steps"]}
+    original = router if router in steps else CLASSIFIER
+    data["ensembles"][ENSEMBLE].setdefault("substitutions", {})["embedded"] = {original: ts_name}
     return data
 
 

@@ -183,6 +183,7 @@ class TritonClient:
         version: str = "",
         class_count: int = 0,
         parameters: Mapping[str, Any] | None = None,
+        request_id: str = "",
     ) -> dict[str, np.ndarray]:
         """Run one request; returns every requested (or every) output as numpy."""
         result = self._call(
@@ -193,6 +194,7 @@ class TritonClient:
             model_version=version,
             outputs=self._outputs(outputs, class_count),
             parameters=dict(parameters) if parameters else None,
+            request_id=request_id,
         )
         names = outputs or [o["name"] for o in _response_outputs(result)]
         return {name: result.as_numpy(name) for name in names}

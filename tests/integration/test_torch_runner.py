@@ -106,7 +106,7 @@ def test_torch_runner_fails_at_load_with_a_clear_message_when_kind_gpu_has_no_cu
 ) -> None:
     if _has_cuda():
         pytest.skip("this machine has CUDA: a KIND_GPU instance loads here (tools/gpu_check.sh covers it)")
-    with TritonClient(explicit_torch_server.http_url) as client:
+    with TritonClient(explicit_torch_server.http_url, headers=explicit_torch_server.admin_headers) as client:
         config = client.model_config("digits_torchscript")
         config["instance_group"] = [{"kind": "KIND_GPU", "count": 1, "gpus": [0]}]
         with pytest.raises(ClientError, match=r"(?i)gpu") as err:

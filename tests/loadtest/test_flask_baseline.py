@@ -13,6 +13,7 @@ from loadtest import loadgen
 from loadtest.baseline.app import create_app
 from loadtest.common import mnist_sample
 from loadtest.servers import baseline
+from tests.support.samples import relabelled_sample
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,12 @@ def test_dev_server_serves_the_load_generator_without_failures_when_started_as_t
     tmp_path: Path,
 ) -> None:
     with baseline("flask-dev", tmp_path / "flask.log") as server:
-        target = loadgen.flask_target(server.address, mnist_sample(), batch_size=2)
-        result = loadgen.run_load(target, concurrency=2, duration_s=0.5, warmup_s=0.1, check_labels=False)
+        target = loadgen.flask_target(server.address, relabelled_sample(), batch_size=2)
+        result = loadgen.run_load(target, concurrency=2, duration_s=0.5, warmup_s=0.1, check_labels=True)
+        wrong = loadgen.flask_target(server.address, relabelled_sample(shift=3), batch_size=2)
+        refused = loadgen.run_load(wrong, concurrency=1, duration_s=0.3, warmup_s=0.1, check_labels=True)
     assert result.failures == 0, result.first_error
     assert result.requests > 0 and result.latency_ms["p99"] > 0
+    # the labels really are checked: answers that differ from the expected ones are failures
+    assert refused.failures == refused.requests > 0
+    assert "differ from the expected" in (refused.first_error or "")

@@ -11,6 +11,7 @@ from build_tools.server import TritonServer
 from loadtest import loadgen, procstat
 from loadtest.common import check_probabilities, mnist_sample
 from loadtest.errors import ResponseCheckError
+from tests.support.samples import relabelled_sample
 
 
 @pytest.mark.server
@@ -20,8 +21,8 @@ def test_run_load_counts_only_successes_when_server_answers_correctly(
 ) -> None:
     make = loadgen.triton_http_target if protocol == "http" else loadgen.triton_grpc_target
     address = embedded_server.http_url if protocol == "http" else embedded_server.grpc_url
-    target = make(address, mnist_sample(), batch, ensemble=ensemble)
-    result = loadgen.run_load(target, concurrency=2, duration_s=0.6, warmup_s=0.2)
+    target = make(address, relabelled_sample(), batch, ensemble=ensemble)
+    result = loadgen.run_load(target, concurrency=2, duration_s=0.6, warmup_s=0.2, check_labels=True)
     assert result.failures == 0, result.first_error
     assert result.requests > 5
     assert result.images_per_s == pytest.approx(result.throughput_rps * batch)
@@ -56,6 +57,18 @@ def test_tree_cpu_sees_this_process_when_asked_for_its_pid() -> None:
     assert snapshot[os.getpid()].cpu_s > 0
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_run_load_counts_every_request_failed_when_expected_labels_are_wrong(
+    embedded_server: TritonServer, protocol: str
+) -> None:
+    make = loadgen.triton_http_target if protocol == "http" else loadgen.triton_grpc_target
+    address = embedded_server.http_url if protocol == "http" else embedded_server.grpc_url
+    target = make(address, relabelled_sample(shift=1), 2)
+    result = loadgen.run_load(target, concurrency=1, duration_s=0.4, warmup_s=0.1, check_labels=True)
+    assert result.failures == result.requests > 0
+    assert result.throughput_rps == 0
+    assert "2 of 2 predicted labels differ from the expected ones" in (result.first_error or "")
 def test_refusal_classified_apart_from_errors_when_triton_sheds_load() -> None:
     is_refusal = loadgen.is_refusal  # shared with the Locust users (importing them would import Locust)
     assert loadgen.refusal_kind("Exceeds maximum queue size") == "queue full"

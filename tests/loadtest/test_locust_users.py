@@ -205,3 +205,30 @@ def test_compose_locust_services_set_only_variables_locust_reads_when_parsed() -
             assert "LOCUST_GRPC_HOST" in env, f"{name} {service}"
             unknown = sorted(set(env) - known)
             assert not unknown, f"{name} {service}: {unknown} are not read by Locust"
+
+
+@pytest.mark.server
+def test_locust_run_checks_every_label_with_zero_failures_when_users_expect_the_models_answers(
+    embedded_server: TritonServer, tmp_path: Path
+) -> None:
+    proc = _locust(embedded_server, tmp_path, "OfflineLabelsHttpUser", "OfflineLabelsGrpcEnsembleUser",
+                   "--check-labels", "--batch-size", "4", "--max-p95-ms", "0", "--max-p99-ms", "0",
+                   locustfile=ERRORS_LOCUSTFILE, seconds=6, users=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = _stats(tmp_path)
+    assert int(stats["Aggregated"]["Failure Count"]) == 0
+    for name in ("HTTP mnist_classifier b4", "GRPC mnist b4"):
+        assert int(stats[name]["Request Count"]) > 0, name
+
+
+@pytest.mark.server
+def test_locust_run_fails_every_request_when_users_expect_wrong_labels(
+    embedded_server: TritonServer, tmp_path: Path
+) -> None:
+    proc = _locust(embedded_server, tmp_path, "WrongLabelsUser", "--check-labels", "--batch-size", "4",
+                   "--max-p95-ms", "0", "--max-p99-ms", "0", locustfile=ERRORS_LOCUSTFILE, seconds=6, users=2)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    total = _stats(tmp_path)["Aggregated"]
+    assert int(total["Failure Count"]) == int(total["Request Count"]) > 0
+    assert "4 of 4 predicted labels differ from the expected ones" in (tmp_path / "run_failures.csv").read_text()
+    assert "FAILED its thresholds" in proc.stderr

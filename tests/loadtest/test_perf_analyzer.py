@@ -12,6 +12,7 @@ import pytest
 from build_tools.server import TritonServer
 from loadtest import perf
 from loadtest.errors import PerfAnalyzerError
+from tests.support.tools import tool_missing
 
 # A CSV the real perf_analyzer 2.51.0 wrote here with -f out.csv --verbose-csv.
 REAL_CSV = """Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,\
@@ -55,11 +56,11 @@ def test_sweep_returns_parsed_rows_when_perf_analyzer_measures_the_real_server(
 ) -> None:
     binary = perf.find_perf_analyzer()
     if binary is None:
-        pytest.skip(f"perf_analyzer is not installed; {perf.INSTALL_HINT}")
+        tool_missing(f"perf_analyzer is not installed; {perf.INSTALL_HINT}")
     settings = perf.PerfSettings(measurement_ms=500, max_trials=3, stability_percentage=50)
     rows = perf.sweep(embedded_server.http_url, embedded_server.grpc_url, models=("mnist_classifier",),
                       batch_sizes=(2,), concurrencies=(2,), workdir=tmp_path / "raw", settings=settings,
-                      progress=False)
+                      progress=False, headers=embedded_server.admin_headers)
     rows += perf.sweep(embedded_server.http_url, None, models=("mnist",), concurrencies=(1,),
                        shared_memory=("system",), workdir=tmp_path / "raw", settings=settings, progress=False,
                        headers=embedded_server.admin_headers)

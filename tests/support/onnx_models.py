@@ -165,13 +165,48 @@ SHEDDING_POLICY: dict[str, Any] = {
 
 def perturbed_copy(src: Path, dst: Path, seed: int = 0, scale: float = 0.05) -> Path:
     """The same graph with noisy weights: a 'retrained' version whose predictions differ a little."""
+    from clients.lifecycle_demo import perturbed_copy as perturb
+
+    return perturb(src, dst, scale=scale, seed=seed)
+
+
+def unloadable_copy(src: Path, dst: Path) -> Path:
+    """The same interface (the file parses and lints), but ONNX Runtime refuses to build a session:
+    one extra node uses an operator that exists in no domain."""
     model = onnx.load(str(src))
-    rng = np.random.default_rng(seed)
-    for init in model.graph.initializer:
-        weights = numpy_helper.to_array(init)
-        if weights.dtype == np.float32 and weights.size > 1:
-            noisy = weights + rng.normal(scale=scale * float(weights.std()), size=weights.shape).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    first_input = model.graph.input[0].name
+    model.graph.node.append(helper.make_node("NoSuchOperator", [first_input], ["unused_out"], domain="no.such"))
+    model.opset_import.append(helper.make_opsetid("no.such", 1))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def slow_copy(src: Path, dst: Path, rounds: int = 10, width: int = 1024) -> Path:
+    """The same predictions, much slower: a chain of large MatMuls on the input, multiplied by zero and
+    added to the output (ONNX Runtime does not fold it away), so only latency changes."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    inp, out = graph.input[0], graph.output[0]
+    features = int(np.prod([d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]))
+    rng = np.random.default_rng(0)
+    for node in graph.node:  # the old output becomes an internal tensor
+        node.output[:] = [f"{o}__fast" if o == out.name else o for o in node.output]
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "slow_shape"),
+        numpy_helper.from_array((rng.normal(size=(features, width)) * 0.01).astype(np.float32), "slow_w0"),
+        numpy_helper.from_array((rng.normal(size=(width, width)) * 0.01).astype(np.float32), "slow_w"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "slow_zero"),
+    ])
+    nodes = [helper.make_node("Reshape", [inp.name, "slow_shape"], ["slow_flat"]),
+             helper.make_node("MatMul", ["slow_flat", "slow_w0"], ["slow_0"])]
+    for i in range(rounds):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_{rounds}"], ["slow_sum"], keepdims=1),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", [f"{out.name}__fast", "slow_nothing"], [out.name]),
+    ]
+    graph.node.extend(nodes)
     onnx.save(model, str(dst))
     return dst
 
@@ -208,5 +243,20 @@ def tiny_classifier(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def with_output_offset(source: Path, path: Path, offset: np.ndarray) -> Path:
+    """A copy of ``source`` whose first output has ``offset`` added (a reference that drifts on purpose)."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    name = graph.output[0].name
+    raw = f"{name}_before_offset"
+    for node in graph.node:
+        node.output[:] = [raw if o == name else o for o in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.asarray(offset, dtype=np.float32), f"{name}_offset"))
+    graph.node.append(helper.make_node("Add", [raw, f"{name}_offset"], [name]))
+    onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path

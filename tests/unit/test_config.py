@@ -7,10 +7,12 @@ import struct
 from pathlib import Path
 
 import pytest
+import yaml
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools.build import build_repositories
-from build_tools.config import read_config
+from build_tools.config import parse_pbtxt, read_config, to_pbtxt
+from build_tools.errors import SpecError
 from build_tools.repository import MARKER, check_drift
 from build_tools.spec import DeploySpec, load_spec, parse_spec
 from tests.support.onnx_models import models_spec
@@ -126,7 +128,7 @@ def test_ensemble_wired_from_steps_when_built() -> None:
     assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ens.output] == [
         ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
     steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier"]
+    assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier_router"]
     assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
 
 
@@ -195,3 +197,66 @@ def test_build_steps_receive_the_resolved_interfaces_when_passed_explicitly(
     with pytest.raises(RuntimeError, match="step failed"):
         repository.build_repositories(spec, [fail], ["embedded"])
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
+
+
+def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_lifecycle() -> None:
+    spec = load_spec(ROOT / "deploy.yaml")
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    for flavor in ("ngc", "embedded"):
+        plan = plan_flavor(spec, flavor, lint_or_raise(spec))
+        folders = {f.name: f for f in plan.models}
+        router = folders["mnist_classifier_router"]
+        target = folders["mnist_classifier"].config
+        # Parsed back from text, as Triton would read it.
+        cfg = parse_pbtxt(to_pbtxt(router.config))
+        assert cfg.backend == "python" and cfg.max_batch_size == target.max_batch_size
+        assert list(cfg.input) == list(target.input) and list(cfg.output) == list(target.output)
+        assert cfg.parameters["target_model"].string_value == "mnist_classifier"
+        assert cfg.parameters["weights"].string_value == '{"1":100.0}'
+        assert cfg.parameters["pin_parameter"].string_value == "version"
+        assert router.files["1/model.py"].name == "model.py" and "labels.txt" in router.files
+
+
+def test_spec_refuses_a_router_name_when_it_clashes_with_a_model() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_classifier"]["lifecycle"]["router"] = "mnist_preprocess"
+    with pytest.raises(SpecError, match=r"lifecycle\.router: .mnist_preprocess. is already the name"):
+        parse_spec(data, ROOT)
+
+
+def test_spec_refuses_a_lifecycle_when_the_model_is_python() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_preprocess"]["lifecycle"] = {}
+    with pytest.raises(SpecError, match="`lifecycle` applies to onnx models only"):
+        parse_spec(data, ROOT)
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+def test_dynamic_batching_carries_every_spec_setting_when_written(tmp_path: Path, preserve: bool) -> None:
+    data = models_spec(tmp_path / "models", tmp_path / "embedded")
+    data["flavors"]["ngc"] = {"output": str(tmp_path / "ngc")}
+    data["models"] = {"t_int64": data["models"]["t_int64"]}
+    data["models"]["t_int64"]["dynamic_batching"] = {
+        "preferred_batch_size": [2, 4], "max_queue_delay_microseconds": 250, "preserve_ordering": preserve,
+        "max_queue_size": 7, "default_timeout_microseconds": 900,
+    }
+    build_repositories(parse_spec(data, tmp_path))
+    for repo in (tmp_path / "ngc", tmp_path / "embedded"):
+        db = _cfg(repo, "t_int64").dynamic_batching
+        assert list(db.preferred_batch_size) == [2, 4]
+        assert db.max_queue_delay_microseconds == 250
+        assert db.preserve_ordering is preserve
+        assert db.default_queue_policy.max_queue_size == 7
+        assert db.default_queue_policy.default_timeout_microseconds == 900
+        assert db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+
+
+def test_read_config_names_the_file_when_it_is_not_a_model_config(tmp_path: Path) -> None:
+    from build_tools.errors import RepositoryError
+
+    bad = tmp_path / "m" / "config.pbtxt"
+    bad.parent.mkdir()
+    bad.write_text('name: "m"\nmax_batch_size: "eight"\n')
+    with pytest.raises(RepositoryError, match=rf"^{bad}: not a valid ModelConfig: "):
+        read_config(bad)

@@ -10,7 +10,7 @@ import pytest
 from build_tools.errors import SpecError
 from build_tools.healer import Healer, ModelHealth, parse_stub_cmdline
 from build_tools.repository import lint_or_raise, plan_flavor
-from build_tools.server import ServerOptions, TritonServer, find_distribution
+from build_tools.server import ServerOptions, TritonServer, env_admin_headers, find_distribution
 from build_tools.spec import DEFAULT_RESTRICTED_APIS, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,18 @@ def test_server_command_restricts_apis_on_both_protocols_when_options_default(tm
     assert not any("restricted" in a for a in open_server._command(find_distribution(), tmp_path))
     assert open_server.admin_headers == {}
 
+
+
+def test_cli_tools_send_the_admin_key_from_the_environment_when_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # triton-repo verify and the lifecycle verbs: the spec's header, the key from $TRITON_ADMIN_KEY,
+    # the gRPC metadata name over gRPC; nothing when the variable is unset or empty.
+    monkeypatch.setenv("TRITON_ADMIN_KEY", "k3y")
+    assert env_admin_headers("triton-admin-key", "http") == {"triton-admin-key": "k3y"}
+    assert env_admin_headers("x-ops", "grpc") == {"triton-grpc-protocol-x-ops": "k3y"}
+    monkeypatch.setenv("TRITON_ADMIN_KEY", "")
+    assert env_admin_headers("triton-admin-key", "http") is None
+    monkeypatch.delenv("TRITON_ADMIN_KEY")
+    assert env_admin_headers("triton-admin-key", "grpc") is None
 
 def test_server_options_follow_spec_when_built_from_it(tmp_path: Path) -> None:
     spec = parse_spec(_spec_with(admin_api={"header": "X-Ops", "restricted": ["logging"]}, exit_timeout_s=3,

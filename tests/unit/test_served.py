@@ -26,11 +26,15 @@ def test_classifier_names_match_the_spec_when_reading_the_project_spec() -> None
     data = _project_data()
     (ens_name, ens), = data["ensembles"].items()
     last = ens["steps"][-1]
+    # The last step may be a lifecycle router: the classifier is the model it routes to.
+    routers = {(m["lifecycle"] or {}).get("router") or f"{n}_router": n
+               for n, m in data["models"].items() if "lifecycle" in m}
+    classifier = routers.get(last["model"], last["model"])
     assert names.ensemble == ens_name
-    assert names.classifier == last["model"]
+    assert names.classifier == classifier
     assert names.classifier_input == next(iter(last["input_map"]))
     assert names.ensemble_input == next(iter(ens["steps"][0]["input_map"].values()))
-    assert names.onnx == (ROOT / data["models"][last["model"]]["source"]).resolve()
+    assert names.onnx == (ROOT / data["models"][classifier]["source"]).resolve()
     assert names.labels is not None and names.labels.is_file()
 
 
@@ -39,8 +43,8 @@ def test_classifier_names_follow_a_rename_when_the_spec_renames_models_and_tenso
     (ens_name,) = _project_data()["ensembles"]
     names = load_classifier_names(ROOT / "deploy.yaml")
     # Rename the classifier, the ensemble and the ensemble's input everywhere in the spec's text.
-    for old, new in ((names.classifier, "digits_v2"), (ens_name, "digits_pipeline"),
-                     (names.ensemble_input, "encoded")):
+    for old, new in ((f"{names.classifier}_router", "digits_v2_router"), (names.classifier, "digits_v2"),
+                     (ens_name, "digits_pipeline"), (names.ensemble_input, "encoded")):
         text = re.sub(rf"\b{re.escape(old)}\b", new, text)
     renamed = classifier_names(parse_spec(yaml.safe_load(text), ROOT))
     assert (renamed.classifier, renamed.ensemble, renamed.ensemble_input) == ("digits_v2", "digits_pipeline", "encoded")

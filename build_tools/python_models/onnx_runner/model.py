@@ -38,8 +38,6 @@ def _param(config: dict[str, Any], key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-
-
 def _ranges(config: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """{input: (low, high)} from the `input_range.<input>` parameters the build tools write."""
     out: dict[str, tuple[float, float]] = {}
@@ -134,24 +132,26 @@ class TritonPythonModel:
         ]
 
     def _read(self, request: Any) -> tuple[dict[str, np.ndarray], int]:
-        """The request's arrays and its batch size; raises ValueError naming the problem.
+        """The request's arrays and its batch size; raises ValueError naming the problem."""
+        return self.check({t.name(): t.as_numpy() for t in request.inputs()})
 
-        Runs once per request on the serving path: the expected shapes are precomputed in
-        initialize and each tensor is looked up once.
+    def check(self, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """The arrays of one request, in config order, and its batch size; raises ValueError naming the problem.
+
+        Runs once per request on the serving path: the expected shapes and value ranges are precomputed
+        in initialize; non-finite floats and values outside a declared `input_range` are refused here.
         """
-        tensors = {t.name(): t for t in request.inputs()}
         arrays: dict[str, np.ndarray] = {}
         batch = 1
         batching = self.max_batch_size > 0
         for (name, dtype, _, optional), (fixed, expected), value_range in zip(
             self.inputs, self._shape_checks, self._value_ranges
         ):
-            tensor = tensors.get(name)
-            if tensor is None:
+            arr = tensors.get(name)
+            if arr is None:
                 if optional:
                     continue
                 raise ValueError(f"missing input {name!r}; expected inputs: {[i[0] for i in self.inputs]}")
-            arr = tensor.as_numpy()
             if arr.dtype != dtype:
                 raise ValueError(f"input {name!r} has data type {arr.dtype}, expected {dtype}")
             shape = arr.shape
@@ -176,16 +176,40 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", code))
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
+        read: list[tuple[dict[str, np.ndarray], int] | ValueError] = []
+        for request in requests:
+            try:
+                read.append(self._read(request))
+            except ValueError as e:
+                read.append(e)
+        responses = []
+        for result in self.infer(read):
+            if isinstance(result, ValueError):
+                responses.append(self._error(str(result), pb_utils.TritonError.INVALID_ARG))
+            elif isinstance(result, str):
+                responses.append(self._error(result))
+            else:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, r) for name, r in zip(self.output_names, result)]
+                ))
+        return responses
+
+    def infer(
+        self, read: list[tuple[dict[str, np.ndarray], int] | ValueError]
+    ) -> list[list[np.ndarray] | ValueError | str]:
+        """Per request (checked by ``check``, or its ValueError): its outputs, in config order, or why it failed.
+
+        Requests whose non-batch dims agree share one session run; a failed run fails its group only.
+        """
+        answers: list[list[np.ndarray] | ValueError | str] = [[] for _ in read]
         batching = self.max_batch_size > 0
         # Requests can only share a session run when their non-batch dims (and inputs) agree.
         groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], int]]] = {}
-        for i, request in enumerate(requests):
-            try:
-                arrays, batch = self._read(request)
-            except ValueError as e:
-                responses[i] = self._error(str(e), pb_utils.TritonError.INVALID_ARG)
+        for i, item in enumerate(read):
+            if isinstance(item, ValueError):
+                answers[i] = item
                 continue
+            arrays, batch = item
             # Inputs are read in config order, so equal keys mean the same inputs with the same dims.
             key = tuple((n, a.shape[1:]) for n, a in arrays.items()) if batching else ("request", i)
             members = groups.get(key)
@@ -204,7 +228,7 @@ class TritonPythonModel:
                 results = self.session.run(self.output_names, feed)
             except Exception as e:  # onnxruntime errors are per run: fail this group only
                 for i, _, _ in members:
-                    responses[i] = self._error(f"onnxruntime failed: {e}")
+                    answers[i] = f"onnxruntime failed: {e}"
                 continue
             # One conversion per run (not per request); row slices of a C-contiguous array stay contiguous.
             results = [
@@ -212,19 +236,14 @@ class TritonPythonModel:
                 for r, (_, dtype) in zip(results, outputs)
             ]
             if len(members) == 1 or not batching:
-                i = members[0][0]
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, r) for (name, _), r in zip(outputs, results)]
-                )
+                answers[members[0][0]] = results
                 continue
             offset = 0
             for i, _, batch in members:
                 end = offset + batch
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, r[offset:end]) for (name, _), r in zip(outputs, results)]
-                )
+                answers[i] = [r[offset:end] for r in results]
                 offset = end
-        return responses
+        return answers
 
     def finalize(self) -> None:
         self.session = None

@@ -1,0 +1,188 @@
+"""What the lifecycle router costs: throughput and p99 with and without it, at concurrency 16.
+
+One embedded server serves both paths side by side: the spec's ensemble (preprocess -> router ->
+classifier, as deployed) and a copy of it without the router (`<ensemble>_direct`), plus the tensor path
+through the router and straight to the classifier. The closed-loop load generator of the benchmark
+measures them interleaved (A, B, A, B, ...) for several rounds, the server pinned to its CPUs and the
+generator to the others, so both sides of each ratio see the same machine. Writes
+bench/router_cost.{json,md,png}. Target: the router costs at most 15% of the ensemble's throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from build_tools.build import build_repositories
+from build_tools.served import classifier_names
+from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
+from loadtest import loadgen
+from loadtest.bench import loadavg
+from loadtest.common import mnist_sample
+from loadtest.errors import LoadTestError
+from loadtest.servers import DEFAULT_SPEC, affinity, load_spec_data, split_cpus, triton
+
+logger = logging.getLogger(__name__)
+
+TARGET_COST = 0.15
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The served names both sides of each comparison use, from the spec."""
+
+    routed_ensemble: str
+    direct_ensemble: str
+    router: str
+    classifier: str
+
+
+def paths_of(spec: DeploySpec) -> Paths:
+    names = classifier_names(spec)
+    router = spec.models[names.classifier].router_name(names.classifier)
+    if router is None:
+        raise LoadTestError(f"models.{names.classifier}.lifecycle is not set: there is no router to measure")
+    return Paths(names.ensemble, f"{names.ensemble}_direct", router, names.classifier)
+
+
+def build(out: Path, spec_path: Path, paths: Paths) -> Path:
+    """The embedded repository of the spec plus `<ensemble>_direct`: the ensemble with the router step replaced."""
+    data = copy.deepcopy(load_spec_data(spec_path))
+    direct = copy.deepcopy(data["ensembles"][paths.routed_ensemble])
+    for step in direct["steps"]:
+        if step["model"] == paths.router:
+            step["model"] = paths.classifier
+    data["ensembles"][paths.direct_ensemble] = direct
+    spec = parse_spec(data, base_dir=spec_path.resolve().parent)
+    build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(out))}}), ["embedded"])
+    return out
+
+
+def measure(http: str, paths: Paths, rounds: int, seconds: float, concurrency: int,
+            client_cpus: frozenset[int] | None) -> list[dict[str, Any]]:
+    sample = mnist_sample()
+    pairs = {
+        "ensemble (PNG bytes)": (
+            loadgen.triton_http_target(http, sample, model=paths.direct_ensemble, ensemble=True),
+            loadgen.triton_http_target(http, sample, model=paths.routed_ensemble, ensemble=True)),
+        "classifier (tensor)": (loadgen.triton_http_target(http, sample, model=paths.classifier),
+                                loadgen.triton_http_target(http, sample, model=paths.router)),
+    }
+    rows = []
+    for r in range(1, rounds + 1):
+        for path, (direct, routed) in pairs.items():
+            results = {}
+            for label, target in (("direct", direct), ("routed", routed)):
+                with affinity(client_cpus):
+                    res = loadgen.run_load(target, concurrency, duration_s=seconds, warmup_s=1.0)
+                if res.failures:
+                    raise RuntimeError(f"{target.name}: {res.failures} failed requests ({res.first_error})")
+                results[label] = res
+                sys.stderr.write(f"round {r} {path} {label}: {res.throughput_rps:,.0f} req/s, "
+                                 f"p99 {res.latency_ms['p99']:.1f} ms\n")
+            rows.append({
+                "round": r, "path": path,
+                "direct_rps": results["direct"].throughput_rps, "routed_rps": results["routed"].throughput_rps,
+                "direct_p99_ms": results["direct"].latency_ms["p99"],
+                "routed_p99_ms": results["routed"].latency_ms["p99"],
+                "ratio": results["routed"].throughput_rps / results["direct"].throughput_rps,
+            })
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for path in dict.fromkeys(r["path"] for r in rows):
+        mine = [r for r in rows if r["path"] == path]
+        ratio = statistics.median(r["ratio"] for r in mine)
+        out[path] = {
+            "median_ratio": ratio, "cost": 1.0 - ratio,
+            "direct_rps": statistics.median(r["direct_rps"] for r in mine),
+            "routed_rps": statistics.median(r["routed_rps"] for r in mine),
+            "direct_p99_ms": statistics.median(r["direct_p99_ms"] for r in mine),
+            "routed_p99_ms": statistics.median(r["routed_p99_ms"] for r in mine),
+        }
+    return out
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4), squeeze=False)
+    for ax, path in zip(axes[0], paths):
+        mine = [r for r in rows if r["path"] == path]
+        x = [r["round"] for r in mine]
+        ax.plot(x, [r["direct_rps"] for r in mine], "o-", label="without router")
+        ax.plot(x, [r["routed_rps"] for r in mine], "s-", label="through the router")
+        ax.set_title(f"{path}, concurrency 16")
+        ax.set_xticks(x)
+        ax.set_xlabel("round (interleaved)")
+        ax.set_ylabel("requests/s")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def markdown(summary: dict[str, dict[str, float]], meta: dict[str, Any]) -> str:
+    lines = ["# Router cost (lifecycle)", "",
+             f"Concurrency {meta['concurrency']}, {meta['rounds']} interleaved rounds of {meta['seconds']:g} s each, "
+             f"HTTP, batch 1; {meta['cpus']}; load average {meta['load_before']} / {meta['load_after']}.", "",
+             "| path | without router req/s (p99 ms) | through the router req/s (p99 ms) | routed/direct | cost |",
+             "|---|---|---|---|---|"]
+    for path, s in summary.items():
+        lines.append(f"| {path} | {s['direct_rps']:,.0f} ({s['direct_p99_ms']:.1f}) | {s['routed_rps']:,.0f} "
+                     f"({s['routed_p99_ms']:.1f}) | {s['median_ratio']:.1%} | {s['cost']:.1%} |")
+    ens = summary["ensemble (PNG bytes)"]["cost"]
+    lines += ["", f"Target: the router costs at most {TARGET_COST:.0%} of the ensemble's throughput: "
+              f"{'met' if ens <= TARGET_COST else 'NOT met'} ({ens:.1%}).", "",
+              "![throughput with and without the router](router_cost.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    p.add_argument("--out", type=Path, default=Path("bench"))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=16)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cpus = split_cpus()
+    paths = paths_of(load_spec(args.spec))
+    with tempfile.TemporaryDirectory(prefix="router-cost.") as tmp:
+        repo = build(Path(tmp) / "repository", args.spec, paths)
+        load_before = loadavg()
+        with triton([repo], Path(tmp) / "tritonserver.log", cpus.server if cpus.pinned else None) as server:
+            rows = measure(server.http_url, paths, args.rounds, args.seconds, args.concurrency,
+                           cpus.client if cpus.pinned else None)
+        load_after = loadavg()
+    summary = summarize(rows)
+    meta = {"concurrency": args.concurrency, "rounds": args.rounds, "seconds": args.seconds,
+            "cpus": cpus.describe(), "load_before": load_before, "load_after": load_after}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "router_cost.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
+    plot(rows, args.out / "router_cost.png")
+    text = markdown(summary, meta)
+    (args.out / "router_cost.md").write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The test-suite's own tooling: strict mode for missing tools, and the alert-rule mutator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mutation import alerts
+from mutation.run import _module_of
+from tests.support.tools import STRICT_ENV, tool_missing
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tool_missing_skips_with_reason_when_not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="promtool is not installed"):
+        tool_missing("promtool is not installed")
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_tool_missing_fails_when_ci_requires_tools(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(STRICT_ENV, value)
+    with pytest.raises(pytest.fail.Exception, match=f"promtool is not installed .{STRICT_ENV} is set"):
+        tool_missing("promtool is not installed")
+
+
+def test_tool_missing_skips_when_strict_switch_is_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STRICT_ENV, "0")
+    with pytest.raises(pytest.skip.Exception):
+        tool_missing("x")
+
+
+def test_alert_mutants_change_one_line_each_when_generated_from_the_rules() -> None:
+    text = (ROOT / alerts.RULES).read_text()
+    mutants = list(alerts.mutants(text))
+    original = text.split("\n")
+    for m in mutants:
+        changed = [i for i, (a, b) in enumerate(zip(original, m.text.split("\n"))) if a != b]
+        assert changed == [m.line - 1], m
+    rules = {m.rule for m in mutants}
+    assert rules == {"TritonDown", "TritonHighErrorRatio", "TritonP99LatencyAboveSLO", "TritonQueueTimeGrowing",
+                     "TritonGPUMemoryHigh", "TritonStubHealed", "TritonModelUnhealthy"}
+    described = {(m.rule, m.description) for m in mutants}
+    for expected in [("TritonHighErrorRatio", "0.05 -> 0.055"), ("TritonP99LatencyAboveSLO", "100000 -> 90000"),
+                     ("TritonQueueTimeGrowing", "2 -> 2.2"), ("TritonQueueTimeGrowing", "and -> or"),
+                     ("TritonDown", "for 1m -> 2m"), ("TritonGPUMemoryHigh", "> -> >=")]:
+        assert expected in described
+
+
+def test_alert_mutants_leave_label_values_and_ranges_alone_when_numbers_are_mutated() -> None:
+    text = 'groups:\n  - rules:\n      - alert: A\n        expr: x{quantile="0.99"}[5m] > 3\n        for: 4m\n'
+    descriptions = [m.description for m in alerts.mutants(text)]
+    assert descriptions == ["3 -> 2.7", "3 -> 3.3", "> -> <", "> -> >=", "for 4m -> 2m", "for 4m -> 8m"]
+
+
+def test_mutant_names_map_to_their_source_file_when_reported() -> None:
+    assert _module_of("clients.gate.x_compare__mutmut_3") == "clients/gate.py"
+    assert _module_of("build_tools.python_models.onnx_runner.model.xǁTritonPythonModelǁcheck__mutmut_12") == (
+        "build_tools/python_models/onnx_runner/model.py"
+    )
