@@ -540,7 +540,10 @@ def _exit_problem(code: int | None, sent: list[signal.Signals]) -> str | None:
             logger.warning("tritonserver was killed with SIGKILL from outside (exit code %d)", code)
             return None
         return f"crashed with {name} (exit code {code})"
-    return f"exited with code {code}" + (" while stopping" if sent else "")
+    # A positive code after SIGINT is Triton reporting an earlier error (e.g. a model that failed to
+    # load) on its way out, not a crash: logged, not raised.
+    logger.warning("tritonserver exited with code %d%s", code, " while stopping" if sent else "")
+    return None
 
 
 def grpc_admin_header(header: str) -> str:
