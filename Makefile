@@ -10,7 +10,8 @@ METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router lifecycle-demo soak mutation up down clean
+.PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
+	lifecycle-demo soak mutation perf-analyzer docker up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -66,8 +67,7 @@ stall: install
 	$(PY) -m loadtest.stall --variant queue-policy --variant spec --duration 60
 
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
-bench: install
-	bash loadtest/install_perf_analyzer.sh
+bench: perf-analyzer
 	$(PY) -m loadtest.bench
 	$(PY) -m loadtest.router_cost
 
@@ -82,6 +82,10 @@ mutation: install
 	$(PY) -m pip install --quiet -e '.[mutation]'
 	$(PY) -m mutation.run $(MUTATION_ARGS)
 
+# Triton's perf_analyzer as .venv/bin/perf_analyzer (on PATH with the virtualenv active).
+perf-analyzer: install
+	VENV=$(VENV) bash loadtest/install_perf_analyzer.sh
+
 # 10 minutes of the ensemble at about 80 % of its peak: 0 failures and flat memory (build/soak/).
 soak: install
 	$(PY) -m loadtest.soak --minutes $(or $(SOAK_MINUTES),10)
@@ -90,8 +94,13 @@ soak: install
 up: install
 	VENV=$(VENV) .ci/compose-check.sh --up
 
+# Takes the stack down, then stops the Docker engine that `make up` / `make docker` started (if they did).
 down:
 	VENV=$(VENV) .ci/compose-check.sh --down
+
+# Only a Docker engine and `docker compose` (a Docker CLI plugin), for the compose commands of docs/compose.md.
+docker: install
+	VENV=$(VENV) .ci/compose-check.sh --engine
 
 clean:
 	rm -rf build mutants .pytest_cache .ruff_cache

@@ -4,7 +4,10 @@
 #   .ci/compose-check.sh          the CI check (below); always ends with `docker compose down -v`
 #   .ci/compose-check.sh --up     `make up`: the same preparation, then the stack stays up with the
 #                                 settings of compose/.env (ports 8000-8002, 9090, 9093 by default)
-#   .ci/compose-check.sh --down   `make down`: `docker compose down -v` for the --up stack
+#   .ci/compose-check.sh --down   `make down`: `docker compose down -v` for the --up stack, then stops
+#                                 the Docker engine that --up or --engine started (none other)
+#   .ci/compose-check.sh --engine `make docker`: only a Docker engine (started if none answers) and
+#                                 `docker compose` (Compose v2 as a Docker CLI plugin), to use by hand
 #
 # The check:
 #   1. a Docker engine: installed (Debian's engine package, debootstrap) and started (vfs storage, no bridge, no
@@ -40,8 +43,9 @@ case "${1:-}" in
   "") ;;
   --up) MODE=up ;;
   --down) MODE=down ;;
-  -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--up | --down]" >&2; exit 2 ;;
+  --engine) MODE=engine ;;
+  -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--up | --down | --engine]" >&2; exit 2 ;;
 esac
 
 STATE="build/compose-check"
@@ -121,11 +125,9 @@ cleanup() {
       end_phase
     fi
   fi
+  [[ $MODE == engine && $rc == 0 ]] && keep=1
   if [[ -n "$DOCKERD_PID" && $keep == 0 ]]; then
-    phase "stop the Docker engine started here"
-    kill -TERM "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
-    end_phase
+    stop_engine "$DOCKERD_PID"
   fi
   if ((${#PHASES[@]})); then
     log "seconds per phase:"
@@ -138,12 +140,30 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- 1. Docker engine -----------------------------------------------------------------------------
+# The engine this script starts is recorded, so that `--down` stops it (and only it) later.
+ENGINE_PID_FILE="$STATE/dockerd.pid"
+stop_engine() {
+  local pid="$1"
+  phase "stop the Docker engine started here (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then log "dockerd $pid did not stop within 30 s"; else log "engine stopped"; fi
+  rm -f "$ENGINE_PID_FILE"
+  end_phase
+}
+recorded_engine() {
+  # The pid in the file, when that process is still the dockerd started here.
+  local pid
+  pid="$(cat "$ENGINE_PID_FILE" 2>/dev/null || true)"
+  [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == dockerd ]] && echo "$pid"
+  return 0
+}
 ensure_engine() {
   phase "Docker engine"
   local need=() engine_pkg="docker.io" # the Debian package name of the Docker engine
   command -v dockerd >/dev/null || need+=("$engine_pkg")
   command -v docker >/dev/null || need+=("$engine_pkg")
-  [[ $MODE == down ]] || command -v debootstrap >/dev/null || need+=(debootstrap)
+  [[ $MODE == down || $MODE == engine ]] || command -v debootstrap >/dev/null || need+=(debootstrap)
   if ((${#need[@]})); then
     log "installing: ${need[*]} (log: $STATE/apt.log)"
     export DEBIAN_FRONTEND=noninteractive
@@ -160,6 +180,7 @@ ensure_engine() {
   setsid dockerd ${DOCKERD_ARGS:---storage-driver=vfs --iptables=false --bridge=none} \
     >>"$STATE/dockerd.log" 2>&1 </dev/null &
   DOCKERD_PID=$!
+  echo "$DOCKERD_PID" >"$ENGINE_PID_FILE"
   local i
   for i in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
@@ -187,6 +208,14 @@ ensure_compose() {
   fi
   COMPOSE=("$DC" "${ENV_FILE[@]}" -f "$CPU_FILE")
   log "$("$DC" version)"
+  # `docker compose ...` as the docs write it: the same binary as a Docker CLI plugin, where the
+  # Docker CLI looks for plugins (the engine package here ships no Compose).
+  if ! docker compose version >/dev/null 2>&1; then
+    local plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+    mkdir -p "$plugins"
+    ln -sfn "$(readlink -f "$DC")" "$plugins/docker-compose"
+    log "installed Compose as a Docker CLI plugin ($plugins/docker-compose): \`docker compose\` works"
+  fi
 }
 
 # ---- 3. both compose files are valid ---------------------------------------------------------------
@@ -353,11 +382,27 @@ print("Triton HTTP %s, gRPC %s, metrics %s; Prometheus %s; Alertmanager %s" % (
     flag("triton", "--http-port"), flag("triton", "--grpc-port"), flag("triton", "--metrics-port"),
     flag("prometheus", "--web.listen-address"), flag("alertmanager", "--web.listen-address")))')"
     log "CPU stack up: $ports"
+    log "by hand: docker compose -f $CPU_FILE ps | logs triton; make down takes it down" \
+      "$([[ -n "$(recorded_engine)" ]] && echo "and stops the Docker engine started here")"
     ;;
   down)
     ensure_engine
     ensure_compose
     phase "docker compose down -v"
     "${COMPOSE[@]}" down -v --remove-orphans --timeout 45
+    end_phase
+    engine="$(recorded_engine)"
+    if [[ -n "$engine" ]]; then
+      stop_engine "$engine"
+    else
+      log "the Docker engine was not started by make up / make docker: left running"
+    fi
+    ;;
+  engine)
+    ensure_engine
+    ensure_compose
+    end_phase
+    log "Docker is ready: docker compose -f $CPU_FILE ps (or up -d --build, down -v; see docs/compose.md)"
+    [[ -n "$(recorded_engine)" ]] && log "make down stops the engine started here (pid $(recorded_engine))"
     ;;
 esac

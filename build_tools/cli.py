@@ -1,6 +1,7 @@
 """`triton-repo`: build, check, serve and verify Triton model repositories from deploy.yaml.
 
-Every ToolkitError is caught here, printed as one line on stderr, and turned into exit code 1.
+Failures follow the console contract of build_tools/console.py: one line on stderr, exit code 1
+(2 for usage), the traceback with --verbose.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from build_tools import verify
 from build_tools.batching import stall_warnings
 from build_tools.build import build_repositories
+from build_tools.console import add_subparsers, make_parser, port_number, positive_float, run
 from build_tools.errors import LintError, ToolkitError
 from build_tools.lint import lint_spec
 from build_tools.repository import check_drift
@@ -45,12 +47,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         problems = check_drift(spec, "ngc")
         if problems:
             for p in problems:
-                logger.error("drift: %s", p)
+                sys.stdout.write(f"drift: {p}\n")
             raise ToolkitError(
                 f"{len(problems)} file(s) in {spec.flavors['ngc'].output} differ from what {args.spec} "
                 f"generates; run `make build-repo` and commit the result"
             )
-        logger.info("ngc repository matches %s", args.spec)
+        sys.stdout.write(f"the ngc repository matches {args.spec}\n")
         return 0
     plans = build_repositories(spec, args.flavor or None)
     for flavor, plan in plans.items():
@@ -134,31 +136,31 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="triton-repo", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = make_parser("triton-repo", __doc__.splitlines()[0])
+    sub = add_subparsers(parser)
 
     p = sub.add_parser("build-repo", help="lint the spec and write the model repositories")
-    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--spec", default="deploy.yaml", help="the deployment spec")
     p.add_argument("--flavor", action="append", choices=FLAVORS, help="only this flavor (repeatable)")
     p.add_argument("--check", action="store_true", help="fail if the ngc repository on disk drifted from the spec")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("lint", help="lint the spec and its models without writing anything")
-    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--spec", default="deploy.yaml", help="the deployment spec")
     p.set_defaults(func=_cmd_lint)
 
     p = sub.add_parser("serve", help="serve the embedded repository in the foreground until Ctrl-C")
-    p.add_argument("--spec", default="deploy.yaml")
-    p.add_argument("--model-repository", action="append", default=[], help="serve this folder instead")
+    p.add_argument("--spec", default="deploy.yaml", help="the deployment spec")
+    p.add_argument("--model-repository", action="append", default=[],
+                   help="serve this folder instead of the spec's embedded repository (repeatable)")
     p.add_argument(
         "--host", default=os.environ.get(HOST_ENV) or DEFAULT_HOST,
-        help=f"address to bind (default: ${HOST_ENV}, else {DEFAULT_HOST}; 0.0.0.0 to publish a container's ports)",
+        help=f"address to bind (${HOST_ENV} when set; 0.0.0.0 to publish a container's ports)",
     )
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--health-port", type=int, default=8003, help="the stub watchdog's /health and /metrics")
+    p.add_argument("--http-port", type=port_number, default=8000, help="HTTP endpoint port (0: pick a free one)")
+    p.add_argument("--grpc-port", type=port_number, default=8001, help="gRPC endpoint port (0: pick a free one)")
+    p.add_argument("--metrics-port", type=port_number, default=8002, help="metrics port (0: pick a free one)")
+    p.add_argument("--health-port", type=port_number, default=8003, help="the stub watchdog's /health and /metrics")
     p.add_argument(
         "--model-control", choices=("none", "explicit"), default="none",
         help="explicit: load/unload through the repository API (needed by the lifecycle commands), and a "
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds to wait for readiness")
     p.add_argument(
         "--server-arg", action="append", default=[], metavar="ARG",
         help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable; also $TRITON_EXTRA_ARGS)",
@@ -191,23 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return int(args.func(args) or 0)
-    except ToolkitError as e:
-        first, *detail = str(e).splitlines() or [type(e).__name__]
-        if detail:  # e.g. a server log tail: useful, but kept apart from the one-line verdict
-            logger.error("details:\n%s", "\n".join(detail))
-        sys.stderr.write(f"triton-repo: error: {first}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), lambda args: args.func(args), argv)
 
 
 if __name__ == "__main__":

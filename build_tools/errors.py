@@ -7,6 +7,10 @@ class ToolkitError(Exception):
     """Base of every error this project raises on purpose."""
 
 
+class UsageError(ToolkitError):
+    """A command was called wrongly (a flag value the server or the data cannot accept): exit code 2."""
+
+
 class SpecError(ToolkitError):
     """deploy.yaml is malformed: names the field, the bad value and what is allowed."""
 
@@ -38,6 +42,10 @@ class ServerError(ToolkitError):
 
 class ClientError(ToolkitError):
     """A request to a running Triton server failed (wraps tritonclient errors)."""
+
+
+class ServerUnreachableError(ClientError):
+    """No Triton answers at the address (refused, reset, or gRPC UNAVAILABLE): callers may back off."""
 
 
 class PlanBuildError(ToolkitError):

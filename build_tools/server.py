@@ -116,6 +116,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _port_free(port: int, host: str) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As tritonserver binds: a port whose last connections are still in TIME_WAIT (a server
+        # stopped moments ago) is free for it, only a listening socket is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -194,6 +197,8 @@ class TritonServer:
         self.metrics_port = options.metrics_port
         self.log_path: Path | None = options.log_file
         self.startup_seconds: float | None = None
+        # Set by stop() when the server ended badly (crashed, or needed SIGKILL); None after a clean exit.
+        self.exit_problem: str | None = None
         self.admin_key = options.admin_key or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(24)
         self.healer: Healer | None = None
         self.health: HealthEndpoint | None = None
@@ -294,7 +299,11 @@ class TritonServer:
     def start(self) -> TritonServer:
         with self._lifecycle:
             self._start_process()
-            self._start_watchdog()
+            try:
+                self._start_watchdog()
+            except BaseException:
+                self.stop(report=False)
+                raise
         return self
 
     def _start_process(self) -> None:
@@ -361,7 +370,13 @@ class TritonServer:
         )
         self.healer.start()
         if o.health_port is not None:
-            self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+            try:
+                self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+            except OSError as e:  # e.g. a second server on the default health port
+                raise ServerError(
+                    f"health port {o.health_port} on {o.host} cannot be bound ({e.strerror}); pass another "
+                    f"--health-port (0: a free one)"
+                ) from e
             self.health_port = self.health.port
             logger.info("stub watchdog on, health endpoint %s", self.health_url)
 
@@ -438,10 +453,13 @@ class TritonServer:
         with self._lifecycle:
             return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float | None = None) -> int | None:
+    def stop(self, timeout_s: float | None = None, report: bool = True) -> int | None:
         """Stop the watchdog, then the server: SIGINT (Triton's graceful shutdown, bounded by
         exit_timeout_s), then SIGTERM, then SIGKILL to the whole group; then remove any shared-memory
-        region a dead stub left behind. Returns within timeout_s + 10 s."""
+        region a dead stub left behind. Returns within timeout_s + 10 s.
+
+        A bad end (a crash, even while unloading, or needing SIGKILL) is kept in ``exit_problem`` and
+        logged as an error unless ``report`` is False (the context manager raises it instead)."""
         if self.healer is not None:
             self.healer.request_stop()  # no new heal starts; one under way finishes first (the lock)
         if self.health is not None:
@@ -455,16 +473,21 @@ class TritonServer:
         # SIGKILL it when that thread ends), so the thread ends after the graceful stop.
         if self.healer is not None:
             self.healer.stop()
+        if self.exit_problem:
+            logger.log(logging.ERROR if report else logging.DEBUG, "tritonserver %s; log %s ends with:\n%s",
+                       self.exit_problem, self.log_path, self.log_tail(20))
         return code
 
     def _stop_process(self, timeout_s: float) -> int | None:
         proc = self.process
         if proc is None:
             return None
+        sent: list[signal.Signals] = []
         try:
             for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
                 if proc.poll() is not None:
                     break
+                sent.append(sig)
                 logger.debug("sending %s to tritonserver (pid %d)", sig.name, proc.pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
@@ -486,7 +509,9 @@ class TritonServer:
                     logger.info("removed %d shared-memory region(s) the stopped server left in /dev/shm: %s",
                                 len(left), left)
                 self.healer.shm_regions.clear()
-        logger.info("tritonserver stopped (exit code %s)", proc.returncode)
+        self.exit_problem = _exit_problem(proc.returncode, sent)
+        if not self.exit_problem:
+            logger.info("tritonserver stopped (exit code %s)", proc.returncode)
         return proc.returncode
 
     def __enter__(self) -> TritonServer:
@@ -495,7 +520,30 @@ class TritonServer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        self.stop(report=exc_type is not None)
+        # A server that crashed (even while unloading) is a failure, unless one is already on its way.
+        if self.exit_problem and exc_type is None:
+            raise ServerError(f"tritonserver {self.exit_problem}; see its log {self.log_path}")
+
+
+def _exit_problem(code: int | None, sent: list[signal.Signals]) -> str | None:
+    """Why an exit code is not a clean stop, or None. SIGINT is Triton's graceful shutdown: exit 0."""
+    if code == 0 or code is None:
+        return None
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        if -code in (signal.SIGTERM, signal.SIGKILL) and -code in sent:
+            return f"did not stop on SIGINT and was ended with {name}"
+        if -code == signal.SIGKILL:
+            # From outside, not a crash of its own: PR_SET_PDEATHSIG when the watchdog thread that
+            # restarted it ends, or the kernel's OOM killer. Logged, not raised.
+            logger.warning("tritonserver was killed with SIGKILL from outside (exit code %d)", code)
+            return None
+        return f"crashed with {name} (exit code {code})"
+    # A positive code after SIGINT is Triton reporting an earlier error (e.g. a model that failed to
+    # load) on its way out, not a crash: logged, not raised.
+    logger.warning("tritonserver exited with code %d%s", code, " while stopping" if sent else "")
+    return None
 
 
 def grpc_admin_header(header: str) -> str:

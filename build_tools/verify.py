@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from build_tools.errors import ClientError, PlanBuildError, SpecError
-from build_tools.spec import TritonSpec, load_spec
+from build_tools.errors import ClientError, PlanBuildError, SpecError, ToolkitError
+from build_tools.spec import FLAVORS, TritonSpec, load_spec
 from build_tools.tensorrt.lock import (
     TRITON_RELEASES,
     PlanLock,
@@ -26,11 +26,15 @@ from build_tools.tensorrt.lock import (
     read_lock,
     spec_target_problems,
 )
-from triton_api import PROTOCOLS, TritonClient
+from triton_api import PROTOCOLS, TritonClient, parse_endpoint
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
+
+
+class VerifyFailedError(ToolkitError):
+    """The server does not match the repository (the report on stdout lists every problem)."""
 
 
 @dataclass
@@ -157,25 +161,56 @@ def repository_locks(repository: Path) -> dict[str, PlanLock | PlanBuildError]:
     return locks
 
 
+def choose_repository(
+    candidates: dict[str, Path], served: set[str]
+) -> tuple[str, Path]:
+    """The flavor whose repository the server serves: every model of it known to the server, the most
+    such models winning (the ngc repository is the embedded one plus the TensorRT model). When none
+    fits entirely, the one with the most known models, so the report names what is missing."""
+    if not candidates:
+        raise ClientError("no model repository to compare with; build one (`make build-repo`) or pass --repository")
+
+    def score(item: tuple[str, Path]) -> tuple[bool, int]:
+        models = set(repository_models(item[1]))
+        return (bool(models) and models <= served, len(models & served))
+
+    return max(candidates.items(), key=score)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
     if not spec_path.is_file():
         raise SpecError(str(spec_path), "spec file not found; verify compares the server with its triton section")
     spec = load_spec(spec_path)
-    default_repo = spec.resolve(spec.flavors["ngc"].output) if "ngc" in spec.flavors else Path("model_repository")
-    repository = Path(args.repository) if args.repository else default_repo
-    if not repository.is_dir():
-        raise ClientError(f"repository {repository} does not exist; expected the model repository the server serves")
+    url = parse_endpoint(args.url, args.protocol)
     from build_tools.server import env_admin_headers
 
     headers = env_admin_headers(spec.server.admin_api.header, args.protocol)
-    version, index = fetch_server_state(args.url, args.protocol, headers)
+    version, index = fetch_server_state(url, args.protocol, headers)
+    if args.repository:
+        repository, chosen = Path(args.repository), "given"
+    else:
+        flavors = [args.flavor] if args.flavor != "auto" else list(spec.flavors)
+        candidates = {
+            f: spec.resolve(spec.flavors[f].output) for f in flavors
+            if f in spec.flavors and spec.resolve(spec.flavors[f].output).is_dir()
+        }
+        if args.flavor != "auto" and not candidates:
+            raise ClientError(
+                f"the {args.flavor} repository of {spec_path} does not exist; run `make build-repo` first"
+            )
+        chosen, repository = choose_repository(candidates, {str(e.get("name", "")) for e in index})
+    if not repository.is_dir():
+        raise ClientError(f"repository {repository} does not exist; expected the model repository the server serves")
     report = compare_deployment(
         version, index, spec.triton, repository_models(repository), repository_locks(repository)
     )
-    sys.stdout.write(f"verify {args.protocol}://{args.url} against {repository} and {spec_path}\n")
+    flavor_note = "" if chosen == "given" else f" ({chosen} flavor)"
+    sys.stdout.write(f"verify {args.protocol}://{url} against {repository}{flavor_note} and {spec_path}\n")
     sys.stdout.write(report.render())
-    return 0 if report.ok else 1
+    if not report.ok:
+        raise VerifyFailedError(f"{len(report.problems)} problem(s), first: {report.problems[0]}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -183,9 +218,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "verify",
         help="check a running server: version, every model READY, plans locked to its TensorRT",
     )
-    p.add_argument("--url", required=True, help="HOST:PORT of the server's HTTP (or gRPC) endpoint")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    p.add_argument("--repository", help="the model repository the server serves (default: the spec's ngc output)")
-    p.add_argument("--spec", default="deploy.yaml")
+    p.add_argument("--url", default="127.0.0.1:8000",
+                   help="HOST:PORT of the server's HTTP (or, with --protocol grpc, gRPC) endpoint")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="how to talk to the server")
+    p.add_argument("--flavor", choices=("auto", *FLAVORS), default="auto",
+                   help="which of the spec's repositories the server serves; auto: the one whose models it knows")
+    p.add_argument("--repository", help="the model repository the server serves (overrides --flavor)")
+    p.add_argument("--spec", default="deploy.yaml", help="the deployment spec")
     p.set_defaults(func=_cmd_verify)
-

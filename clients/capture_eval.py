@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from build_tools.errors import ClientError, ToolkitError
+from build_tools.console import make_parser, positive_int
+from build_tools.console import run as run_cli
+from build_tools.errors import ClientError, ServerUnreachableError
 from build_tools.served import ClassifierNames, load_classifier_names
 from clients.captures import DEGRADATIONS, NAMES, make_captures
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
-from triton_api import PROTOCOLS, Protocol, TritonClient
+from triton_api import PROTOCOLS, Protocol, TritonClient, parse_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ def classify(target: Target, payloads: list[bytes], batch_size: int, concurrency
         chunk = payloads[start:start + batch_size]
         try:
             out = client().infer(target.model, {target.input_name: bytes_batch(chunk)}, [target.output_name])
+        except ServerUnreachableError:
+            raise  # no server: one error for the run, not one warning per batch
         except ClientError as e:
             logger.warning("images %d..%d: %s", start, start + len(chunk) - 1, e)
             with lock:
@@ -196,44 +200,43 @@ def write_report(ev: CaptureEvaluation, out_dir: Path, meta: dict[str, object]) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triton-evaluate-captures", description=__doc__.splitlines()[0])
-    p.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of Triton's HTTP endpoint")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of Triton's gRPC endpoint")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="http")
+    p = make_parser("triton-evaluate-captures", __doc__.splitlines()[0])
+    p.add_argument("--http-url", default="127.0.0.1:8000", help="HOST:PORT of Triton's HTTP endpoint")
+    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="HOST:PORT of Triton's gRPC endpoint")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="how to talk to the server")
     p.add_argument("--spec", help="the spec naming the ensemble and its tensors (default: deploy.yaml)")
     p.add_argument("--ensemble-model", help="default: the spec's classification ensemble")
     p.add_argument("--degradation", action="append", choices=NAMES, help="default: all")
     p.add_argument("--per-class", type=int, help="captures per degradation (default: all 500 held-out digits)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="seed of the degradations")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per request")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight")
     p.add_argument("--max-drop", type=float, default=0.05, help="per degradation, below clean accuracy")
     p.add_argument("--max-overall-drop", type=float, default=0.03, help="whole set, below clean accuracy")
-    p.add_argument("--report-dir", default="build/evaluation/captures")
+    p.add_argument("--report-dir", default="build/evaluation/captures", help="where the reports go")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    url = args.http_url if args.protocol == "http" else args.grpc_url
-    try:
-        target = Target.from_names(url, args.protocol, load_classifier_names(args.spec))
-        if args.ensemble_model:
-            target = Target(url, args.protocol, args.ensemble_model, target.input_name, target.output_name)
-        ev = evaluate_captures(
-            target, args.degradation or NAMES, args.per_class, args.seed,
-            args.batch_size, args.concurrency, args.max_drop, args.max_overall_drop,
-        )
-        meta = {"url": url, "protocol": args.protocol, "model": target.model,
-                "per_class": args.per_class or 500, "seed": args.seed}
-        write_report(ev, Path(args.report_dir), meta)
-    except ToolkitError as e:
-        sys.stderr.write(f"triton-evaluate-captures: error: {str(e).splitlines()[0]}\n")
-        return 1
+def _command(args: argparse.Namespace) -> int:
+    url = parse_endpoint(args.http_url if args.protocol == "http" else args.grpc_url, args.protocol,
+                         "--http-url" if args.protocol == "http" else "--grpc-url")
+    target = Target.from_names(url, args.protocol, load_classifier_names(args.spec))
+    if args.ensemble_model:
+        target = Target(url, args.protocol, args.ensemble_model, target.input_name, target.output_name)
+    ev = evaluate_captures(
+        target, args.degradation or NAMES, args.per_class, args.seed,
+        args.batch_size, args.concurrency, args.max_drop, args.max_overall_drop,
+    )
+    meta = {"url": url, "protocol": args.protocol, "model": target.model,
+            "per_class": args.per_class or 500, "seed": args.seed}
+    write_report(ev, Path(args.report_dir), meta)
     sys.stdout.write("\n".join(table_lines(ev)) + "\n")
     sys.stdout.write(("PASS" if ev.ok else "FAIL: " + "; ".join(ev.failures)) + "\n")
     return 0 if ev.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from build_tools.build import build_repositories
-from build_tools.errors import ToolkitError
+from build_tools.console import make_parser, positive_int
+from build_tools.console import run as run_cli
 from build_tools.repository import FlavorPlan
 from build_tools.served import classifier_names
 from build_tools.server import ServerOptions, TritonServer
@@ -82,22 +83,20 @@ def demo(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="demo", description=__doc__.splitlines()[0])
-    p.add_argument("--spec", default="deploy.yaml", type=Path)
-    p.add_argument("--report-dir", default="build/evaluation", type=Path)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=16)
+    p = make_parser("demo", __doc__.splitlines()[0])
+    p.add_argument("--spec", default="deploy.yaml", type=Path, help="the deployment spec")
+    p.add_argument("--report-dir", default="build/evaluation", type=Path, help="where the reports go")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per request")
     p.add_argument("--examples", type=Path,
                    help="folder of images to classify through the ensemble (default: examples/ next to the "
                         "classifier's ONNX file)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def command(args: argparse.Namespace) -> int:
         ok = demo(args.spec, args.report_dir, args.concurrency, args.batch_size, args.examples)
-    except ToolkitError as e:
-        sys.stderr.write(f"demo: error: {str(e).splitlines()[0]}\n")
-        return 1
-    return 0 if ok else 1
+        return 0 if ok else 1
+
+    return run_cli(p, command, argv)
 
 
 if __name__ == "__main__":

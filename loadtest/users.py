@@ -30,10 +30,10 @@ import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import User, task
 
-from build_tools.errors import ClientError
+from build_tools.errors import ClientError, ServerUnreachableError
 from loadtest.common import check_probabilities, mnist_sample, served_names
 from loadtest.loadgen import is_refusal
-from loadtest.options import grpc_address, http_address
+from loadtest.options import backoff_seconds, grpc_address, http_address
 from triton_api import PreparedRequest, TritonClient
 
 grpc_gevent.init_gevent()
@@ -74,6 +74,11 @@ class TritonUser(User):
         value = getattr(options, name, None) if options is not None else None
         return default if value is None else value
 
+    unreachable_streak = 0
+
+    def wait_time(self) -> float:
+        return backoff_seconds(self.unreachable_streak)
+
     def on_start(self) -> None:
         self.batch = int(self.batch_size or self._option("batch_size", 1))
         self.check_labels = bool(self._option("check_labels", False))
@@ -105,6 +110,7 @@ class TritonUser(User):
         request, labels = self.requests[self.position]
         self.position = (self.position + 1) % len(self.requests)
         exception: Exception | None = None
+        unreachable = False
         refused = False
         length = 0
         start = time.perf_counter()
@@ -119,6 +125,8 @@ class TritonUser(User):
         except ClientError as e:  # the client layer's errors and ResponseCheckError (a subclass)
             refused = _refused(e)
             exception = None if refused else e
+            unreachable = isinstance(e, ServerUnreachableError)
+        self.unreachable_streak = self.unreachable_streak + 1 if unreachable else 0
         self.environment.events.request.fire(
             request_type=self.protocol.upper(),
             name=f"{self.request_name} refused" if refused else self.request_name,

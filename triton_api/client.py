@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from build_tools.errors import ClientError
+from build_tools.errors import ClientError, ServerUnreachableError
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,12 @@ class TritonClient:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as e:
+            if _unreachable(e):
+                raise ServerUnreachableError(unreachable_message(self.protocol, self.url, e.message())) from e
             raise ClientError(f"{what} failed on {self.protocol}://{self.url}: {e.message()}") from e
         except OSError as e:  # refused or reset connections (tritonclient.http lets these through)
-            raise ClientError(
-                f"{what}: cannot reach the server at {self.protocol}://{self.url} ({type(e).__name__}: {e}); "
-                f"expected Triton listening there"
-            ) from e
+            detail = f"{type(e).__name__}: {e}"
+            raise ServerUnreachableError(unreachable_message(self.protocol, self.url, detail)) from e
 
     def is_ready(self) -> bool:
         """Server readiness; False (not an error) while the server is not up yet."""
@@ -223,8 +224,22 @@ class TritonClient:
     ) -> list[list[Classification]]:
         """Top-k classifications per batch element, through Triton's classification extension."""
         raw = self.infer(model, inputs, [output], version=version, class_count=top_k)[output]
-        rows = raw.reshape(-1, top_k)
+        # Triton returns at most as many entries as there are classes: split by batch element, not by top_k.
+        batch = len(next(iter(inputs.values())))
+        rows = raw.reshape(batch, -1)
         return [[Classification.parse(x) for x in row] for row in rows]
+
+
+def unreachable_message(protocol: str, url: str, detail: str) -> str:
+    return (
+        f"cannot reach the server at {protocol}://{url} ({detail.strip().splitlines()[0] if detail else ''}); "
+        f"expected Triton listening there: start it (`make serve`) or pass its address"
+    )
+
+
+def _unreachable(e: InferenceServerException) -> bool:
+    """gRPC reports a refused connection as UNAVAILABLE; tritonclient.http's aio client as a ClientError."""
+    return str(e.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
 def _response_outputs(result: Any) -> list[dict[str, Any]]:
@@ -267,7 +282,12 @@ class AsyncTritonClient:
         try:
             meta = await self._client.get_model_metadata(model, version)
         except InferenceServerException as e:
+            if _unreachable(e):
+                raise ServerUnreachableError(unreachable_message(self.protocol, self.url, e.message())) from e
             raise ClientError(f"metadata of {model!r} failed on {self.protocol}://{self.url}: {e.message()}") from e
+        except (TimeoutError, OSError, aiohttp.ClientError) as e:  # http.aio lets these through
+            detail = str(e) or type(e).__name__
+            raise ServerUnreachableError(unreachable_message(self.protocol, self.url, detail)) from e
         return meta if isinstance(meta, dict) else _message_to_dict(meta)
 
     async def infer(
@@ -283,4 +303,7 @@ class AsyncTritonClient:
                 f"inference on {model!r}{f' version {version}' if version else ''} failed on "
                 f"{self.protocol}://{self.url}: {e.message()}"
             ) from e
+        except (TimeoutError, OSError, aiohttp.ClientError) as e:
+            detail = str(e) or type(e).__name__
+            raise ServerUnreachableError(unreachable_message(self.protocol, self.url, detail)) from e
         return {name: result.as_numpy(name) for name in outputs}

@@ -78,6 +78,32 @@ def test_verify_fails_with_a_client_error_when_nothing_listens(
     assert "cannot reach the server" in capsys.readouterr().err
 
 
+def test_verify_checks_the_embedded_repository_when_the_server_serves_it(
+    embedded_server: TritonServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16 (7): verify against `make serve` checked the ngc repository and failed on the TensorRT model.
+
+    No --repository: as a user runs it, with the spec's flavors; the spec here points the embedded
+    flavor at what the session server serves and the ngc flavor at the committed ngc repository.
+    """
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    spec["flavors"] = {
+        "ngc": {"output": str(ROOT / "model_repository")},
+        "embedded": {"output": str(_project_repository(embedded_server))},
+    }
+    (tmp_path / "models").symlink_to(ROOT / "models")  # the spec's relative paths all lie under models/
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    rc = main(["verify", "--url", embedded_server.http_url, "--spec", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"against {_project_repository(embedded_server)} (embedded flavor)" in out
+    assert "mnist_classifier_trt" not in out
+    assert out.endswith("verify: OK\n")
+
+
 def test_verify_fails_naming_the_key_when_repository_index_is_restricted(
     embedded_server: TritonServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

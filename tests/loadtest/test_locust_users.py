@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,106 @@ def test_addresses_follow_host_options_when_users_start() -> None:
     assert grpc_address("http://10.0.0.5:8000", "127.0.0.1:7001") == "127.0.0.1:7001"
     with pytest.raises(ValueError):
         http_address(None)
+
+
+def _json_stats(prefix: Path) -> dict[str, tuple[int, int]]:
+    """`METHOD name` -> (requests, failures), from --json-file (written at exit, unlike the CSV, which a
+    starved writer greenlet can leave behind the final numbers on a busy machine)."""
+    entries = json.loads(prefix.with_suffix(".json").read_text())
+    stats = {f"{e['method']} {e['name']}": (int(e["num_requests"]), int(e["num_failures"])) for e in entries}
+    stats["total"] = (sum(r for r, _ in stats.values()), sum(f for _, f in stats.values()))
+    return stats
+
+
+def _locust_cmd(*args: str, seconds: int = 8, users: int = 2) -> list[str]:
+    # Long enough for users to start on a busy machine (each loads and encodes the 500-digit sample).
+    return [sys.executable, "-m", "locust", "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
+            "--only-summary", "--stop-timeout", "5", *args]
+
+
+@pytest.mark.server
+def test_locust_grpc_users_reach_the_server_when_grpc_host_comes_from_the_environment(
+    embedded_server: TritonServer, tmp_path: Path
+) -> None:
+    """Issue 16 (5): compose set TRITON_GRPC_URL, which nothing read; gRPC users went to port 8001."""
+    import os
+
+    # Latency thresholds off (also through the environment): this checks where requests go, not speed.
+    env = {**os.environ, "LOCUST_GRPC_HOST": embedded_server.grpc_url, "LOCUST_BATCH_SIZE": "2",
+           "LOCUST_MAX_P95_MS": "0", "LOCUST_MAX_P99_MS": "0"}
+    cmd = _locust_cmd("-f", str(LOCUSTFILE), "--host", f"http://{embedded_server.http_url}",
+                      "--json-file", str(tmp_path / "run"), "GrpcClassifierUser")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = _json_stats(tmp_path / "run")
+    assert stats["GRPC mnist_classifier b2"][0] > 0, stats
+    assert stats["total"][1] == 0, stats
+
+
+@pytest.mark.server
+def test_locust_uses_project_options_when_they_come_from_locust_conf(
+    embedded_server: TritonServer, tmp_path: Path
+) -> None:
+    (tmp_path / "locust.conf").write_text(
+        f"locustfile = {LOCUSTFILE}\nhost = http://{embedded_server.http_url}\n"
+        f"grpc-host = {embedded_server.grpc_url}\nbatch-size = 3\nmax-p95-ms = 0\nmax-p99-ms = 0\n"
+    )
+    proc = subprocess.run(_locust_cmd("--json-file", str(tmp_path / "run"), "GrpcClassifierUser", "HttpClassifierUser"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = _json_stats(tmp_path / "run")
+    for name in ("GRPC mnist_classifier b3", "HTTP mnist_classifier b3"):
+        assert stats[name][0] > 0, stats
+    assert stats["total"][1] == 0, stats
+
+
+def test_locust_users_back_off_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
+    """Issue 16 (5): failed requests looped with no back-off, about 4,800 a second."""
+    from build_tools.server import free_port
+
+    closed = free_port()
+    cmd = _locust_cmd("-f", str(LOCUSTFILE), "--host", f"http://127.0.0.1:{closed}", "--grpc-host",
+                      f"127.0.0.1:{closed}", "--json-file", str(tmp_path / "run"), "HttpClassifierUser",
+                      "GrpcClassifierUser", seconds=12, users=4)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # every request failed: the thresholds fail the run
+    requests, failures = _json_stats(tmp_path / "run")["total"]
+    # 4 users x 12 s with waits of 50 ms doubling to 2 s: about 8 each (no back-off: thousands).
+    assert 1 <= failures == requests <= 60, failures
+
+
+def test_backoff_seconds_doubles_to_its_cap_when_failures_repeat() -> None:
+    from loadtest.options import BACKOFF_FIRST_S, BACKOFF_MAX_S, backoff_seconds
+
+    assert backoff_seconds(0) == 0.0
+    for n in range(1, 12):
+        ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (n - 1))
+        assert ceiling / 2 <= backoff_seconds(n) <= ceiling
+
+
+def test_compose_locust_services_set_only_variables_locust_reads_when_parsed() -> None:
+    """Issue 16 (5): every LOCUST_* variable the compose files give Locust must be one of its options."""
+    import yaml
+
+    code = (
+        "import json, locust.argument_parser as ap\n"
+        "from loadtest.options import add_options\n"
+        "p = ap.get_parser()\n"
+        "add_options(p)\n"
+        "print(json.dumps(sorted(a.env_var for a in p._actions if getattr(a, 'env_var', None))))\n"
+    )
+    # Locust's parser knows each option's env_var only after its module has been imported (gevent).
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    known = set(__import__("json").loads(out.stdout))
+    assert {"LOCUST_GRPC_HOST", "LOCUST_BATCH_SIZE", "LOCUST_MAX_P99_MS"} <= known
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml"):
+        services = yaml.safe_load((ROOT / "compose" / name).read_text())["services"]
+        for service in ("locust-master", "locust-worker"):
+            env = services[service].get("environment") or {}
+            assert "LOCUST_GRPC_HOST" in env, f"{name} {service}"
+            unknown = sorted(set(env) - known)
+            assert not unknown, f"{name} {service}: {unknown} are not read by Locust"
 
 
 @pytest.mark.server

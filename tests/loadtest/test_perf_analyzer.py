@@ -75,3 +75,24 @@ def test_sweep_returns_parsed_rows_when_perf_analyzer_measures_the_real_server(
     assert csv_path.read_text().count("\n") == 4
     png = perf.plot(rows, tmp_path / "perf.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_perf_inputs_equal_what_the_generator_writes_when_regenerated() -> None:
+    from loadtest import perf_inputs
+
+    documents = perf_inputs.input_data()
+    committed = sorted(p.stem for p in perf_inputs.FOLDER.glob("*.json"))
+    assert committed == sorted(documents), "run `python -m loadtest.perf_inputs` and commit the files"
+    for model, document in documents.items():
+        path = perf_inputs.FOLDER / f"{model}.json"
+        assert path.read_text() == perf_inputs.render(document), f"{path} is stale: run python -m loadtest.perf_inputs"
+
+
+def test_perf_inputs_hold_serialized_bytes_elements_when_input_is_bytes() -> None:
+    from loadtest import perf_inputs
+
+    steps = json.loads((perf_inputs.FOLDER / "mnist.json").read_text())["data"]
+    assert len(steps) == 10
+    raw = base64.b64decode(steps[0]["image_bytes"]["b64"])
+    (length,) = struct.unpack("<I", raw[:4])
+    assert length == len(raw) - 4 and raw[4:12] == b"\x89PNG\r\n\x1a\n"
