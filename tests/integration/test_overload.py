@@ -1,5 +1,7 @@
 """Overload sheds fast: past capacity, a model with a queue policy refuses at once instead of queueing
-without bound, and nothing is lost; and what Triton 2.51 cannot do yet (docs/stall.md).
+without bound, and nothing is lost. What Triton 2.51 cannot do yet (keep the accepted requests' p99 free of
+500 ms stalls on the queue-policy path, docs/stall.md) is a benchmark, not a test: the stall is a race whose
+rate depends on CPU contention, so a few seconds of load show it on a busy machine and not on a quiet one.
 
 The model (t_mnist_shedding in tests/support/onnx_models.py) is the MNIST classifier with one instance,
 ``max_queue_size: 8`` and a 100 ms queue timeout. 64 closed-loop clients keep far more requests in
@@ -17,16 +19,12 @@ import pytest
 from build_tools.server import TritonServer
 from loadtest import loadgen
 from loadtest.common import mnist_sample
-from tests.support.onnx_models import SHEDDING_POLICY
 from triton_api.metrics import metric_value, scrape
 
 pytestmark = pytest.mark.server
 
 MODEL = "t_mnist_shedding"
 CONCURRENCY = 64
-# The accepted requests' budget: the configured queue timeout plus room for one batch to execute on
-# a busy 2-core machine.
-BUDGET_MS = SHEDDING_POLICY["default_timeout_microseconds"] / 1000 + 50
 REFUSAL_MS = 10.0
 BACKOFF_S = 0.005  # a refused client waits 5 ms before its next request
 
@@ -124,19 +122,3 @@ def test_client_timeout_refuses_request_when_its_budget_is_shorter_than_the_queu
     refused = [o for o in outcomes if o != "ok"]
     assert refused, "no 1 µs-budget request was refused while the queue was busy"
     assert all("timeout" in o.lower() or "maximum queue size" in o.lower() for o in refused), refused[:3]
-
-
-@pytest.mark.xfail(strict=True, reason="Triton 2.51: a queue policy turns payload prefetching off, and a full "
-                   "queue never wakes the batcher (the rejected Enqueue returns before its wake-up), so the "
-                   "lost wake-up of docs/stall.md holds accepted requests for 500 ms; fails (XPASS) once fixed")
-def test_overloaded_model_keeps_accepted_p99_within_budget_when_clients_exceed_its_queue(
-    embedded_server: TritonServer,
-) -> None:
-    target = loadgen.triton_http_target(embedded_server.http_url, mnist_sample(), 1, model=MODEL)
-    result = loadgen.run_load(target, CONCURRENCY, duration_s=4.0, warmup_s=0.5, refusal_backoff_s=BACKOFF_S)
-    assert result.failures == 0, result.first_error
-    assert result.refusals > 0
-    line = (f"accepted p50 {result.latency_ms['p50']:.1f} ms, p99 {result.latency_ms['p99']:.1f} ms, "
-            f"{result.slow.get('400', 0)} over 400 ms (budget {BUDGET_MS:.0f} ms)")
-    print(line)
-    assert result.latency_ms["p99"] <= BUDGET_MS, line
