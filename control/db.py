@@ -2,8 +2,8 @@
 
 Generic on purpose (the version registry and the prediction log both sit on it): a connection, numbered
 migrations per namespace (applied once, recorded in `schema_migrations`), and a few typed helpers.
-SQL is written once with `?` placeholders and `{serial_pk}` for an auto-increment key; the layer adapts
-both to the backend.
+SQL is written once with `?` placeholders, `{serial_pk}` for an auto-increment key and `{blob}` for
+bytes; the layer adapts them to the backend.
 
     sqlite:///relative/or/absolute/path.db   (or a plain path)
     postgresql://user@host:port/dbname
@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///build/lifecycle/registry.db"
 
 _DIALECT_MACROS = {
-    "sqlite": {"serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT"},
-    "postgresql": {"serial_pk": "BIGSERIAL PRIMARY KEY"},
+    "sqlite": {"serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB"},
+    "postgresql": {"serial_pk": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"},
 }
 
 
