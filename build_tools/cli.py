@@ -138,8 +138,9 @@ def _cmd_watchdog(args: argparse.Namespace) -> int:
     def restart() -> None:  # never called: reload is always given here
         logger.error("the watchdog cannot restart a server it did not start")
 
+    server_pid = (lambda: args.server_pid) if args.server_pid else find_server_pid
     healer = Healer(
-        find_server_pid, http_reload(args.url, headers), restart,
+        server_pid, http_reload(args.url, headers), restart,
         interval_s=healer_spec.interval_s, max_heals_per_10min=healer_spec.max_heals_per_10min,
         canary=http_canary(args.url, repos, healer_spec.canary_timeout_s),
         canary_interval_s=healer_spec.canary_interval_s or 5.0, canary_misses=healer_spec.canary_misses,
@@ -160,7 +161,7 @@ def _cmd_watchdog(args: argparse.Namespace) -> int:
     healer.start()
     health = HealthEndpoint(healer, ready, args.host, args.health_port)
     sys.stdout.write(f"watchdog on {args.url}: models {sorted(healer.models)}, server pid "
-                     f"{find_server_pid() or 'not visible (canaries only)'}; health "
+                     f"{server_pid() or 'not visible (canaries only)'}; health "
                      f"http://{args.host}:{health.port}/health\n")
     sys.stdout.flush()
     stop.wait()
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the served repository, for the models' warmup samples (repeatable)")
     p.add_argument("--host", default="0.0.0.0", help="address of the /health and /metrics endpoint")
     p.add_argument("--health-port", type=port_number, default=8003, help="the watchdog's /health and /metrics")
+    p.add_argument("--server-pid", type=int, help="tritonserver's pid (default: the one tritonserver process "
+                   "visible here, as in a container sharing the server's pid namespace)")
     p.set_defaults(func=_cmd_watchdog)
 
     p = sub.add_parser("proxy", help="run the front proxy (nginx: request size limits, restricted APIs refused) "
