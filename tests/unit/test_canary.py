@@ -60,7 +60,7 @@ def test_healer_reloads_model_when_canaries_missed_in_a_row() -> None:
     assert 'triton_kit_canary_failures_total{model="m"} 2' in metrics
     assert 'triton_kit_canary_failures_total{model="ok"} 0' in metrics
     assert 'triton_kit_stub_heals_total{model="m"} 1' in metrics
-    assert any("model m: stub not answering (2 canaries missed" in e for e in healer.events)
+    assert any("model m: stub not answering (2 canary(ies) of m missed" in e for e in healer.events)
 
 
 def test_healer_counts_miss_but_waits_when_answer_follows() -> None:
@@ -70,3 +70,16 @@ def test_healer_counts_miss_but_waits_when_answer_follows() -> None:
     for _ in range(4):
         assert healer.canary_once() == []
     assert healer.models["m"].canary_failures == 2 and healer.models["m"].heals == 0
+
+
+def test_healer_heals_owner_at_once_when_triton_names_unhealthy_stub() -> None:
+    # A router's canary fails through its target's hung instance: the target is reloaded, at once.
+    problem = "HTTP 500: {\"error\":\"router: clf version 1: Stub process 'clf_0_2' is not healthy.\"}"
+    answers = {"router": [problem], "clf": [None]}
+    reloads: list[str] = []
+    healer = Healer(lambda: None, lambda m: reloads.append(m) or True, lambda: None,
+                    canary=lambda m: answers[m].pop(0), canary_misses=3)
+    healer.models["clf"] = ModelHealth({"clf_0_0", "clf_0_1", "clf_0_2"})
+    healer.models["router"] = ModelHealth({"router_0_0"})
+    assert healer.canary_once() == ["clf"]
+    assert reloads == ["clf"]
