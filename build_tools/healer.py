@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 STUB_COMM = "triton_python_b"  # /proc/<pid>/comm keeps 15 characters of triton_python_backend_stub
 SHM_DIR = Path("/dev/shm")
 HEAL_WINDOW_S = 600.0
+STOPPED_STATES = ("T", "t")
 LEFTOVER_GRACE_S = 5.0  # after a reload, how long a replaced stub may take to end before it is killed
 
 
@@ -58,6 +59,7 @@ class Stub:
     model: str
     instance: str
     shm_region: str  # the name under /dev/shm, without the leading slash
+    state: str = "R"  # /proc/<pid>/stat's state: T (stopped) and t (traced) never answer
 
 
 def _read(path: Path) -> bytes | None:
@@ -126,7 +128,7 @@ def list_stubs(server_pid: int) -> list[Stub]:
             continue
         parsed = parse_stub_cmdline([a.decode(errors="replace") for a in raw.split(b"\0") if a])
         if parsed is not None:
-            stubs.append(Stub(int(entry.name), *parsed))
+            stubs.append(Stub(int(entry.name), *parsed, state=fields[0]))
     return stubs
 
 
@@ -171,6 +173,9 @@ class Healer:
         self._canary = canary
         self.canary_interval_s = canary_interval_s
         self.canary_misses = canary_misses
+        # Stopped stubs (state T in /proc) are healed from the process watch; the chaos test of the
+        # canaries turns this off to show that they find a hung stub on their own.
+        self.watch_stopped = True
         self._heal_lock = threading.Lock()  # the process watch and the canaries heal one at a time
         self._canary_thread: threading.Thread | None = None
         self.models: dict[str, ModelHealth] = {}
@@ -241,7 +246,15 @@ class Healer:
             }
         for model, missing in broken.items():
             self._heal(model, missing)
-        return sorted(broken)
+        # A stopped stub (SIGSTOP, a debugger) is alive but never answers: healed as a hung one, at once.
+        stopped: dict[str, list[str]] = {}
+        if self.watch_stopped:
+            for s in stubs:
+                if s.state in STOPPED_STATES and s.model in self.models and s.model not in broken:
+                    stopped.setdefault(s.model, []).append(s.instance)
+        for model, instances in stopped.items():
+            self._heal(model, [], f"stub process of instance(s) {', '.join(sorted(instances))} is stopped")
+        return sorted(set(broken) | set(stopped))
 
     def canary_once(self) -> list[str]:
         """One canary per model; returns the models it healed. A canary unanswered within its deadline
