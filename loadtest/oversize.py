@@ -28,6 +28,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from build_tools.proxy import NginxProxy
+from build_tools.served import classifier_names
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import load_spec
 
@@ -56,13 +57,13 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return _rss(pid), children
 
 
-def _http_probe(url: str) -> str:
-    header = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1, 1], "datatype": "BYTES",
+def _http_probe(url: str, model: str, tensor: str) -> str:
+    header = json.dumps({"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": HTTP_BYTES}}]}).encode()
     host, port = url.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=300)
     try:
-        conn.request("POST", "/v2/models/mnist/infer", body=header + bytes(HTTP_BYTES),
+        conn.request("POST", f"/v2/models/{model}/infer", body=header + bytes(HTTP_BYTES),
                      headers={"Inference-Header-Content-Length": str(len(header)),
                               "Content-Type": "application/octet-stream"})
         r = conn.getresponse()
@@ -73,12 +74,12 @@ def _http_probe(url: str) -> str:
         conn.close()
 
 
-def _grpc_probe(url: str) -> str:
+def _grpc_probe(url: str, model: str, tensor: str) -> str:
     client = grpcclient.InferenceServerClient(url)
     try:
-        inp = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+        inp = grpcclient.InferInput(tensor, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[bytes(GRPC_BYTES)]], dtype=np.object_))
-        client.infer("mnist", [inp], client_timeout=300)
+        client.infer(model, [inp], client_timeout=300)
         return "answered"
     except InferenceServerException as e:
         return f"{e.status()} {str(e.message())[:120]}"
@@ -101,6 +102,9 @@ def _target(mode: str, repo: Path, work: Path) -> Iterator[tuple[TritonServer, s
 
 
 def measure(mode: str, repo: Path, work: Path, rounds: int) -> dict:
+    # The reporter's target: the spec's ensemble (raw image bytes in), named by the spec.
+    names = classifier_names(load_spec("deploy.yaml"))
+    model, tensor = names.ensemble, names.ensemble_input
     with _target(mode, repo, work) as (server, http_url, grpc_url):
         assert server.process is not None
         pid = server.process.pid
@@ -108,9 +112,9 @@ def measure(mode: str, repo: Path, work: Path, rounds: int) -> dict:
         answers = []
         for i in range(rounds):
             logger.info("%s: round %d/%d, 200 MB over HTTP", mode, i + 1, rounds)
-            answers.append(("http", _http_probe(http_url)))
+            answers.append(("http", _http_probe(http_url, model, tensor)))
             logger.info("%s: round %d/%d, 207 MB over gRPC", mode, i + 1, rounds)
-            answers.append(("grpc", _grpc_probe(grpc_url)))
+            answers.append(("grpc", _grpc_probe(grpc_url, model, tensor)))
         right_after = tree_rss(pid)
         time.sleep(10)
         later = tree_rss(pid)
