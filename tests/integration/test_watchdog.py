@@ -2,7 +2,7 @@
 
 The real command runs as its own process against a real server (explicit model control, its own
 healer off, as the official image runs); a stub is hung with SIGSTOP under the watchdog's canaries,
-then one is killed, and the watchdog's /health and /metrics must say so and the model come back.
+then one is killed, and the watchdog's /metrics must count the heal and the model come back.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def _wait_heal(server: TritonServer, base: str, model: str, before: float) -> fl
     raise AssertionError(f"{model} not healed by the watchdog within {HEAL_BOUND_S} s; log:\n{server.log_tail()}")
 
 
-def test_watchdog_heals_hung_stub_when_canary_unanswered(watched: tuple[TritonServer, str]) -> None:
+def test_watchdog_heals_hung_stub_when_stub_stopped(watched: tuple[TritonServer, str]) -> None:
+    """SIGSTOP: found from the stub's state in /proc (the sidecar shares the pid namespace), or by the
+    canaries, whichever comes first (the chaos tests show each on its own)."""
     server, base = watched
     assert server.process is not None
     victim = next(s for s in list_stubs(server.process.pid) if s.model == "mnist_preprocess")
@@ -112,7 +114,6 @@ def test_watchdog_heals_hung_stub_when_canary_unanswered(watched: tuple[TritonSe
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.pid, signal.SIGCONT)
     print(f"\nwatchdog: hung preprocess stub healed {took:.1f} s after SIGSTOP")
-    assert _metric(base, "triton_kit_canary_failures_total", "mnist_preprocess") >= 1
     _digits_ok(server)
     status, body = _get(f"{base}/health")
     assert status == 200 and json.loads(body)["unhealthy_models"] == {}
