@@ -62,7 +62,8 @@ def per_replica_throughput(bench: Path, target: str, slo_ms: float) -> Measured:
               and "batching off" not in str(p.get("server", ""))]
     if not points:
         targets = sorted({str(p.get("target")) for p in data.get("points", [])})
-        raise ToolkitError(f"--target {target!r}: no single-image point in {bench}; targets there: {', '.join(targets)}")
+        raise ToolkitError(f"--target {target!r}: no single-image point in {bench}; "
+                           f"targets there: {', '.join(targets)}")
     within = [p for p in points if p["latency_ms"]["p99"] <= slo_ms]
     if not within:
         best = min(p["latency_ms"]["p99"] for p in points)
@@ -192,14 +193,19 @@ def simulate(measured: Measured, ramp: Ramp, opts: SimOptions) -> SimResult:
                 proposals.append(replicas if abs(ratio - 1) <= TOLERANCE else math.ceil(replicas * ratio))
             desired = max(opts.min_replicas, min(opts.max_replicas, max(proposals)))
             recommendations.append((t, desired))
+            # Stabilisation as the HPA controller does it: the lowest recommendation of the scale-up
+            # window and the highest of the scale-down window bound the change from the current count.
+            up_rec = min(d for (s, d) in recommendations if s > t - up["stabilizationWindowSeconds"] or s == t)
+            down_rec = max(d for (s, d) in recommendations if s > t - down["stabilizationWindowSeconds"] or s == t)
+            desired = replicas
+            if desired < up_rec:
+                desired = up_rec
+            if desired > down_rec:
+                desired = down_rec
             if desired > replicas:
-                window_up = [d for (s, d) in recommendations if s > t - up["stabilizationWindowSeconds"]] or [desired]
-                desired = min(window_up)
                 base = next((r for (s, r) in reversed(history) if s <= t - period_up), history[0][1])
                 desired = min(desired, _policy_limit(up["policies"], base, up=True))
             elif desired < replicas:
-                window_down = [d for (s, d) in recommendations if s > t - down["stabilizationWindowSeconds"]]
-                desired = max(window_down)
                 base = next((r for (s, r) in reversed(history) if s <= t - period_down), history[0][1])
                 desired = max(desired, _policy_limit(down["policies"], base, up=False))
             desired = max(opts.min_replicas, min(opts.max_replicas, desired))

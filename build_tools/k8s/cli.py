@@ -78,7 +78,8 @@ def register(sub: Any) -> None:
     p.add_argument("--spec", default="deploy.yaml", help="the deployment spec")
     p.add_argument("--flavor", action="append", choices=FLAVORS, help="only this flavor (repeatable; default both)")
     p.add_argument("--out", default="k8s", help="folder; each flavor goes to <out>/<flavor>/")
-    p.add_argument("--check", action="store_true", help="fail when the files in --out differ from what the spec generates")
+    p.add_argument("--check", action="store_true",
+                   help="fail when the files in --out differ from what the spec generates")
     p.add_argument("--namespace", default="triton")
     p.add_argument("--image", default="triton-deploy-kit-cpu:latest",
                    help="the project's CPU image (compose/Dockerfile.cpu) as the cluster pulls it")
