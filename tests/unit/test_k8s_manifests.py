@@ -5,6 +5,8 @@ the recorded series). The metric names against a real scrape: tests/integration/
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from build_tools.k8s.validate import KUBERNETES_VERSION, load_manifests, validat
 from build_tools.k8s.writer import PROMETHEUS_DIR, drift, generate
 from build_tools.resources import python_backend_shm_estimate
 from build_tools.spec import DeploySpec, load_spec
+from tests.support.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -214,3 +217,37 @@ def test_k8s_fails_with_one_line_when_replica_bounds_reversed(tmp_path: Path) ->
     assert result.returncode == 1
     assert "--min-replicas 5 is above --max-replicas 2" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("job", ["locust-master", "locust-worker"])
+def test_locust_jobs_configure_locust_when_env_parsed_by_locust(generated: dict[Path, str], job: str) -> None:
+    """The Jobs' LOCUST_* variables, read by Locust's own option parser (a misspelt one is ignored by it)."""
+    (container,) = _one(_docs(generated, "embedded"), "Job", job)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert (ROOT / env["LOCUST_LOCUSTFILE"]).is_file()
+    code = ("import json; from locust.argument_parser import parse_options; o = parse_options([]); "
+            "print(json.dumps({k: getattr(o, k) for k in ('master', 'worker', 'headless', 'expect_workers', "
+            "'num_users', 'master_host', 'master_port', 'master_bind_port', 'host')}))")
+    result = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    options = json.loads(result.stdout.strip().splitlines()[-1])
+    if job == "locust-master":
+        assert options["master"] and options["headless"] and options["master_bind_port"] == m.LOCUST_PORT
+        assert options["expect_workers"] == m.K8sOptions().locust_workers and options["num_users"] == 64
+        assert options["host"] == f"http://triton:{m.HTTP}"
+    else:
+        assert options["worker"] and options["master_host"] == "locust-master"
+        assert options["master_port"] == m.LOCUST_PORT
+
+
+def test_prometheus_rule_passes_promtool_when_groups_extracted(generated: dict[Path, str], tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        tool_missing("promtool is not installed (Debian package `prometheus`)")
+    rule = _one(_docs(generated, "ngc"), "PrometheusRule", "triton")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run([promtool, "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 10 rules found" in result.stdout
