@@ -430,8 +430,8 @@ def registry_objects(opts: K8sOptions) -> list[Manifest]:
             "spec": {
                 "podSelector": {"matchLabels": _selector("registry")},
                 "policyTypes": ["Ingress"],
-                # Only the lifecycle tools (and the monitor service) talk to the registry.
-                "ingress": [{"from": [{"podSelector": {"matchLabels": _selector(c)}} for c in ("lifecycle", "monitor")],
+                # Only the lifecycle tools talk to the registry.
+                "ingress": [{"from": [{"podSelector": {"matchLabels": _selector("lifecycle")}}],
                              "ports": [{"protocol": "TCP", "port": REGISTRY_PORT}]}],
             },
         },
