@@ -260,3 +260,19 @@ def test_read_config_names_the_file_when_it_is_not_a_model_config(tmp_path: Path
     bad.write_text('name: "m"\nmax_batch_size: "eight"\n')
     with pytest.raises(RepositoryError, match=rf"^{bad}: not a valid ModelConfig: "):
         read_config(bad)
+
+
+def test_ngc_configs_equal_the_committed_ones_when_planned_from_the_project_spec() -> None:
+    """Every config the project's spec plans for the ngc flavor (ONNX, TensorRT plan, TorchScript, Python,
+    ensemble, router), compared field by field with the committed repository's, in memory. Unlike the
+    drift check, the copied model files are left out, so this also holds in a mutation tool's copy."""
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    plan = plan_flavor(spec, "ngc", lint_or_raise(spec))
+    names = sorted(folder.name for folder in plan.models)
+    assert names == sorted(p.parent.name for p in (ROOT / "model_repository").glob("*/config.pbtxt"))
+    assert {"mnist_classifier_trt", "mnist_classifier_torchscript", "mnist_preprocess", "mnist"} <= set(names)
+    for folder in plan.models:
+        committed = read_config(ROOT / "model_repository" / folder.name / "config.pbtxt")
+        assert to_pbtxt(folder.config) == to_pbtxt(committed), folder.name
