@@ -255,3 +255,40 @@ def test_infer_still_runs_later_groups_when_an_earlier_group_fails(multi: Any) -
     answers = multi.infer([({"a": np.zeros((1, 5), object), "b": np.zeros((1, 5), object)}, 1), (good, 2)])
     assert isinstance(answers[0], str) and answers[0].startswith("onnxruntime failed: ")
     np.testing.assert_array_equal(answers[1][0], good["a"] + good["b"])
+
+
+def test_initialize_applies_the_runner_parameters_when_the_config_sets_them(tmp_path: Path) -> None:
+    """The session is built from the config's parameters: the ONNX file's name, thread counts, and the
+    graph optimisation level; an unknown level fails the load naming the allowed ones."""
+    from build_tools.runner_params import (
+        RUNNER_PARAM_INTER,
+        RUNNER_PARAM_INTRA,
+        RUNNER_PARAM_ONNX_FILE,
+        RUNNER_PARAM_OPT_LEVEL,
+    )
+
+    onnx_file = onnx_models.multi_input(tmp_path / "multi.onnx")
+
+    def params(**values: str) -> Callable[[Any], None]:
+        def edit(cfg: Any) -> None:
+            for key, value in values.items():
+                cfg.parameters[key].string_value = value
+        return edit
+
+    model = _model(tmp_path / "a", onnx_file, edit=params(**{
+        RUNNER_PARAM_INTRA: "2", RUNNER_PARAM_INTER: "3", RUNNER_PARAM_OPT_LEVEL: "basic"}))
+    opts = model.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 3)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert model.max_batch_size == 8 and model.output_names == ["sum:0", "diff"]
+
+    defaults = _model(tmp_path / "b", onnx_file, edit=lambda cfg: cfg.parameters.clear())
+    opts = defaults.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+    with pytest.raises(Exception, match=r"^m: parameter graph_optimization_level='fast'; allowed: "
+                                        r"\['all', 'basic', 'disable', 'extended'\]$"):
+        _model(tmp_path / "c", onnx_file, edit=params(**{RUNNER_PARAM_OPT_LEVEL: "fast"}))
+    with pytest.raises(Exception, match=r"^m: cannot load .*other\.onnx: "):
+        _model(tmp_path / "d", onnx_file, edit=params(**{RUNNER_PARAM_ONNX_FILE: "other.onnx"}))
