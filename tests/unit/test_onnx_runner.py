@@ -259,11 +259,10 @@ def test_infer_still_runs_later_groups_when_an_earlier_group_fails(multi: Any) -
 
 def test_initialize_applies_the_runner_parameters_when_the_config_sets_them(tmp_path: Path) -> None:
     """The session is built from the config's parameters: the ONNX file's name, thread counts, and the
-    graph optimisation level; an unknown level fails the load naming the allowed ones."""
+    graph optimisation level (the load errors need the stub's TritonModelException: server tests)."""
     from build_tools.runner_params import (
         RUNNER_PARAM_INTER,
         RUNNER_PARAM_INTRA,
-        RUNNER_PARAM_ONNX_FILE,
         RUNNER_PARAM_OPT_LEVEL,
     )
 
@@ -286,9 +285,3 @@ def test_initialize_applies_the_runner_parameters_when_the_config_sets_them(tmp_
     opts = defaults.session.get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
-    with pytest.raises(Exception, match=r"^m: parameter graph_optimization_level='fast'; allowed: "
-                                        r"\['all', 'basic', 'disable', 'extended'\]$"):
-        _model(tmp_path / "c", onnx_file, edit=params(**{RUNNER_PARAM_OPT_LEVEL: "fast"}))
-    with pytest.raises(Exception, match=r"^m: cannot load .*other\.onnx: "):
-        _model(tmp_path / "d", onnx_file, edit=params(**{RUNNER_PARAM_ONNX_FILE: "other.onnx"}))
