@@ -285,3 +285,11 @@ def test_initialize_applies_the_runner_parameters_when_the_config_sets_them(tmp_
     opts = defaults.session.get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_check_still_checks_later_inputs_when_an_optional_one_is_absent(tmp_path: Path) -> None:
+    model = _model(tmp_path, onnx_models.multi_input(tmp_path / "multi.onnx"), inputs={"a": {"optional": True}})
+    arrays, batch = model.check({"b": np.zeros((3, 4), np.float32)})
+    assert list(arrays) == ["b"] and batch == 3
+    with pytest.raises(ValueError, match=r"input 'b' has shape \[3, 5\], expected \[-1, 4\]"):
+        model.check({"b": np.zeros((3, 5), np.float32)})
