@@ -276,3 +276,24 @@ def test_ngc_configs_equal_the_committed_ones_when_planned_from_the_project_spec
     for folder in plan.models:
         committed = read_config(ROOT / "model_repository" / folder.name / "config.pbtxt")
         assert to_pbtxt(folder.config) == to_pbtxt(committed), folder.name
+
+
+def test_embedded_torchscript_config_runs_the_torch_runner_when_planned_from_the_project_spec() -> None:
+    """The embedded flavor's TorchScript variant: the Python backend (the torch runner), the ngc
+    variant's inputs and outputs, its own instance groups, and the runner's parameters from the spec."""
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_classifier"]["runtime"]["intra_op_threads"] = 3
+    spec = parse_spec(data, ROOT)
+    ios = lint_or_raise(spec)
+    embedded = {f.name: f.config for f in plan_flavor(spec, "embedded", ios).models}
+    ngc = {f.name: f.config for f in plan_flavor(spec, "ngc", ios).models}
+    ts = embedded["mnist_classifier_torchscript"]
+    assert (ts.name, ts.backend, ts.platform) == ("mnist_classifier_torchscript", "python", "")
+    assert list(ts.input) == list(ngc["mnist_classifier_torchscript"].input)
+    assert list(ts.output) == list(ngc["mnist_classifier_torchscript"].output)
+    assert [(g.kind, g.count) for g in ts.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert {k: v.string_value for k, v in ts.parameters.items()} == {"torchscript_file": "model.pt",
+                                                                     "torch_threads": "3"}
+    assert ngc["mnist_classifier_torchscript"].parameters["INTRA_OP_THREAD_COUNT"].string_value == "3"
