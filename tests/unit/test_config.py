@@ -297,3 +297,26 @@ def test_embedded_torchscript_config_runs_the_torch_runner_when_planned_from_the
     assert {k: v.string_value for k, v in ts.parameters.items()} == {"torchscript_file": "model.pt",
                                                                      "torch_threads": "3"}
     assert ngc["mnist_classifier_torchscript"].parameters["INTRA_OP_THREAD_COUNT"].string_value == "3"
+
+
+def test_tensorrt_config_keeps_group_counts_on_gpu_and_drops_onnx_threads_when_the_model_sets_them() -> None:
+    """The plan variant (ngc) from a model that asks for CPU instances and passes the onnxruntime thread
+    parameters through: the plan runs on the GPU with the same counts, without those parameters; the
+    ensemble's folder still holds its empty version folder, and the ONNX model asking for ONNX Runtime's
+    TensorRT accelerator gets it by name."""
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    clf = data["models"]["mnist_classifier"]
+    clf["instance_groups"] = {**clf.get("instance_groups", {}), "ngc": [{"kind": "KIND_CPU", "count": 2}]}
+    clf["parameters"] = {"intra_op_thread_count": "4", "inter_op_thread_count": "2", "note": "kept"}
+    clf["ort_tensorrt"] = {"enabled": True}
+    spec = parse_spec(data, ROOT)
+    folders = {f.name: f for f in plan_flavor(spec, "ngc", lint_or_raise(spec)).models}
+    trt = folders["mnist_classifier_trt"].config
+    assert [(g.kind, g.count) for g in trt.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert {k: v.string_value for k, v in trt.parameters.items()} == {"note": "kept"}
+    assert (trt.platform, trt.default_model_filename) == ("tensorrt_plan", "model.plan")
+    onnx = folders["mnist_classifier"].config
+    assert [a.name for a in onnx.optimization.execution_accelerators.gpu_execution_accelerator] == ["tensorrt"]
+    assert folders["mnist"].files["1/.keep"] == b""

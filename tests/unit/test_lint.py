@@ -207,3 +207,19 @@ def test_stall_warnings_cover_every_model_when_an_earlier_one_does_not_batch(
         "prefetching off; on the embedded flavor the batcher can then miss a wake-up and hold requests for "
         "500 ms (see docs/stall.md); remove the queue policy unless this model must shed load"
     ]
+
+
+def test_lint_names_the_gate_field_and_file_when_a_lifecycle_gate_is_broken() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "deploy.yaml").read_text())
+    gate = data["models"]["mnist_classifier"]["lifecycle"]["gate"]
+    gate.update(data="no/such.npz", output="scores")
+    findings, _ = lint_spec(parse_spec(data, root))
+    where = "models.mnist_classifier.lifecycle.gate"
+    assert f"{where}.data: file 'no/such.npz' not found (resolved to {root / 'no/such.npz'})" in findings
+    assert f"{where}.output: 'scores' is not an output of mnist_classifier; outputs: ['probabilities']" in findings
+    assert not any(f.startswith(f"{where}.labels") for f in findings)
+    gate.update(data="models/mnist/holdout_digits.npz", output="probabilities")
+    assert lint_spec(parse_spec(data, root))[0] == []
