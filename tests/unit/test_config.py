@@ -318,5 +318,7 @@ def test_tensorrt_config_keeps_group_counts_on_gpu_and_drops_onnx_threads_when_t
     assert {k: v.string_value for k, v in trt.parameters.items()} == {"note": "kept"}
     assert (trt.platform, trt.default_model_filename) == ("tensorrt_plan", "model.plan")
     onnx = folders["mnist_classifier"].config
-    assert [a.name for a in onnx.optimization.execution_accelerators.gpu_execution_accelerator] == ["tensorrt"]
+    (acc,) = onnx.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt" and set(acc.parameters) == {"precision_mode", "max_workspace_size_bytes"}
+    assert "labels.txt" in folders["mnist_classifier_trt"].files  # the plan's folder has the labels too
     assert folders["mnist"].files["1/.keep"] == b""
