@@ -322,3 +322,17 @@ def test_tensorrt_config_keeps_group_counts_on_gpu_and_drops_onnx_threads_when_t
     assert acc.name == "tensorrt" and set(acc.parameters) == {"precision_mode", "max_workspace_size_bytes"}
     assert "labels.txt" in folders["mnist_classifier_trt"].files  # the plan's folder has the labels too
     assert folders["mnist"].files["1/.keep"] == b""
+
+
+def test_router_config_batches_only_when_its_target_batches() -> None:
+    from build_tools.config import router_config
+    from build_tools.repository import lint_or_raise
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    ios = lint_or_raise(spec)
+    model = spec.models["mnist_classifier"]
+    batching = router_config("r", "mnist_classifier", model, ios["mnist_classifier_router"], {1: 100.0})
+    assert batching.HasField("dynamic_batching") and batching.dynamic_batching.max_queue_delay_microseconds == 0
+    single = model.model_copy(update={"max_batch_size": 0})
+    plain = router_config("r", "mnist_classifier", single, ios["mnist_classifier_router"], {1: 100.0})
+    assert plain.max_batch_size == 0 and not plain.HasField("dynamic_batching")
