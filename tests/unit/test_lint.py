@@ -223,3 +223,12 @@ def test_lint_names_the_gate_field_and_file_when_a_lifecycle_gate_is_broken() ->
     assert not any(f.startswith(f"{where}.labels") for f in findings)
     gate.update(data="models/mnist/holdout_digits.npz", output="probabilities")
     assert lint_spec(parse_spec(data, root))[0] == []
+
+
+def test_lint_names_the_source_when_an_onnx_model_points_at_another_kind_of_file(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    data = _good(models, tmp_path)
+    data["models"]["clf"]["source"] = str(models["pre"])  # an existing file, but Python, not ONNX
+    findings, _ = lint_spec(parse_spec(data, tmp_path))
+    assert f"models.clf.source: {str(models['pre'])!r} is not an .onnx file" in findings
