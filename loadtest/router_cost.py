@@ -35,7 +35,7 @@ from build_tools.build import build_repositories
 from build_tools.config import ROUTER_SOURCE
 from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
-from loadtest import loadgen
+from loadtest import loadgen, procstat
 from loadtest.bench import loadavg
 from loadtest.common import mnist_sample
 from loadtest.errors import LoadTestError
@@ -112,7 +112,10 @@ def add_baseline(repo: Path, paths: Paths, rev: str) -> None:
 
 
 def measure(http: str, paths: Paths, rounds: int, seconds: float, concurrency: int,
-            client_cpus: frozenset[int] | None, baseline: bool = False) -> list[dict[str, Any]]:
+            client_cpus: frozenset[int] | None, baseline: bool = False,
+            server_pid: int | None = None) -> list[dict[str, Any]]:
+    """Interleaved runs; besides throughput, the server's CPU per answered request (every process of
+    its tree, from /proc), which a shared machine's load distorts far less than requests per second."""
     sample = mnist_sample()
     variants: dict[str, dict[str, Any]] = {
         "ensemble (PNG bytes)": {
@@ -130,9 +133,14 @@ def measure(http: str, paths: Paths, rounds: int, seconds: float, concurrency: i
     for r in range(1, rounds + 1):
         for path, targets in variants.items():
             results = {}
+            cpu_ms: dict[str, float] = {}
             for label, target in targets.items():
+                before = procstat.tree_cpu(server_pid) if server_pid else {}
                 with affinity(client_cpus):
                     res = loadgen.run_load(target, concurrency, duration_s=seconds, warmup_s=1.0)
+                if server_pid and res.answered:
+                    spent = sum(procstat.cpu_delta(before, procstat.tree_cpu(server_pid)).values())
+                    cpu_ms[label] = 1000.0 * spent / res.answered
                 if res.failures:
                     raise RuntimeError(f"{target.name}: {res.failures} failed requests ({res.first_error})")
                 results[label] = res
@@ -145,6 +153,11 @@ def measure(http: str, paths: Paths, rounds: int, seconds: float, concurrency: i
                 "routed_p99_ms": results["routed"].latency_ms["p99"],
                 "ratio": results["routed"].throughput_rps / results["direct"].throughput_rps,
             })
+            if len(cpu_ms) == len(targets):
+                rows[-1].update({f"{label}_cpu_ms": ms for label, ms in cpu_ms.items()})
+                rows[-1]["cpu_ratio"] = cpu_ms["direct"] / cpu_ms["routed"]
+                if "baseline" in cpu_ms:
+                    rows[-1]["baseline_cpu_ratio"] = cpu_ms["direct"] / cpu_ms["baseline"]
             if "baseline" in results:
                 rows[-1].update({
                     "baseline_rps": results["baseline"].throughput_rps,
@@ -166,6 +179,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "direct_p99_ms": statistics.median(r["direct_p99_ms"] for r in mine),
             "routed_p99_ms": statistics.median(r["routed_p99_ms"] for r in mine),
         }
+        for key in ("direct_cpu_ms", "routed_cpu_ms", "baseline_cpu_ms", "cpu_ratio", "baseline_cpu_ratio"):
+            if all(key in r for r in mine):
+                out[path][key] = statistics.median(r[key] for r in mine)
         if all("baseline_rps" in r for r in mine):
             out[path].update({
                 "baseline_ratio": statistics.median(r["baseline_ratio"] for r in mine),
@@ -217,6 +233,19 @@ def markdown(summary: dict[str, dict[str, float]], meta: dict[str, Any]) -> str:
         for path, s in summary.items():
             lines.append(f"| {path} | {s['baseline_rps']:,.0f} ({s['baseline_p99_ms']:.1f}) | "
                          f"{s['baseline_ratio']:.1%} | {1 - s['baseline_ratio']:.1%} | {s['cost']:.1%} |")
+    if all("cpu_ratio" in s for s in summary.values()):
+        with_base = all("baseline_cpu_ratio" in s for s in summary.values())
+        lines += ["", "Server CPU per answered request (every process of the server, from /proc; medians over "
+                  "rounds), the throughput cost a CPU-bound server would show, less distorted by the machine's "
+                  "load:", "",
+                  "| path | without router ms | through the router ms | cost by CPU |"
+                  + (" baseline router ms | baseline cost by CPU |" if with_base else ""),
+                  "|---|---|---|---|" + ("---|---|" if with_base else "")]
+        for path, s in summary.items():
+            row = (f"| {path} | {s['direct_cpu_ms']:.2f} | {s['routed_cpu_ms']:.2f} | {1 - s['cpu_ratio']:.1%} |")
+            if with_base:
+                row += f" {s['baseline_cpu_ms']:.2f} | {1 - s['baseline_cpu_ratio']:.1%} |"
+            lines.append(row)
     ens = summary["ensemble (PNG bytes)"]["cost"]
     lines += ["", f"Target: the router costs at most {TARGET_COST:.0%} of the ensemble's throughput: "
               f"{'met' if ens <= TARGET_COST else 'NOT met'} ({ens:.1%}).", "",
@@ -244,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_before = loadavg()
         with triton([repo], Path(tmp) / "tritonserver.log", cpus.server if cpus.pinned else None) as server:
             rows = measure(server.http_url, paths, args.rounds, args.seconds, args.concurrency,
-                           cpus.client if cpus.pinned else None, baseline=bool(args.baseline_rev))
+                           cpus.client if cpus.pinned else None, baseline=bool(args.baseline_rev),
+                           server_pid=server.process.pid if server.process else None)
         load_after = loadavg()
     summary = summarize(rows)
     meta = {"concurrency": args.concurrency, "rounds": args.rounds, "seconds": args.seconds,
