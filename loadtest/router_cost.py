@@ -198,20 +198,24 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     paths = list(dict.fromkeys(r["path"] for r in rows))
-    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4), squeeze=False)
-    for ax, path in zip(axes[0], paths):
-        mine = [r for r in rows if r["path"] == path]
-        x = [r["round"] for r in mine]
-        ax.plot(x, [r["direct_rps"] for r in mine], "o-", label="without router")
-        ax.plot(x, [r["routed_rps"] for r in mine], "s-", label="through the router")
-        if all("baseline_rps" in r for r in mine):
-            ax.plot(x, [r["baseline_rps"] for r in mine], "^--", label="through the baseline router")
-        ax.set_title(f"{path}, concurrency 16")
-        ax.set_xticks(x)
-        ax.set_xlabel("round (interleaved)")
-        ax.set_ylabel("requests/s")
-        ax.set_ylim(bottom=0)
-        ax.legend()
+    with_cpu = all("routed_cpu_ms" in r for r in rows)
+    fig, axes = plt.subplots(2 if with_cpu else 1, len(paths), figsize=(5 * len(paths), 8 if with_cpu else 4),
+                             squeeze=False)
+    panels = [("rps", "requests/s")] + ([("cpu_ms", "server CPU ms per request")] if with_cpu else [])
+    for row, (key, unit) in zip(axes, panels):
+        for ax, path in zip(row, paths):
+            mine = [r for r in rows if r["path"] == path]
+            x = [r["round"] for r in mine]
+            ax.plot(x, [r[f"direct_{key}"] for r in mine], "o-", label="without router")
+            ax.plot(x, [r[f"routed_{key}"] for r in mine], "s-", label="through the router")
+            if all(f"baseline_{key}" in r for r in mine):
+                ax.plot(x, [r[f"baseline_{key}"] for r in mine], "^--", label="through the baseline router")
+            ax.set_title(f"{path}, concurrency 16")
+            ax.set_xticks(x)
+            ax.set_xlabel("round (interleaved)")
+            ax.set_ylabel(unit)
+            ax.set_ylim(bottom=0)
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
