@@ -54,28 +54,18 @@ def from_database(
 ) -> Feedback:
     """The newest `window` labelled requests of `log_model` that kept their input (latest record per id)."""
     contract.migrate(db)
+    size = int(np.prod(dims))
+    # An input of another size (another model logging under this name) or a label outside the classes
+    # is not feedback for this model: left out before the window is counted.
     rows = db.query(
         "SELECT p.request_id, p.ts, p.input, l.label FROM predictions p"
         " JOIN labels l ON l.request_id = p.request_id"
-        " WHERE p.model = ? AND p.input IS NOT NULL"
+        " WHERE p.model = ? AND p.input IS NOT NULL AND length(p.input) = ? AND l.label >= 0 AND l.label < ?"
         " AND p.id = (SELECT MAX(p2.id) FROM predictions p2 WHERE p2.request_id = p.request_id AND p2.model = ?)"
         " ORDER BY p.ts DESC, p.id DESC LIMIT ?",
-        (log_model, log_model, window),
+        (log_model, size, num_classes if num_classes is not None else 2**31 - 1, log_model, window),
     )
-    size = int(np.prod(dims))
-    kept, skipped = [], 0
-    for row in rows:
-        raw = bytes(row["input"])
-        if len(raw) != size:
-            skipped += 1  # an input of another shape (another model wrote under this name): not ours
-            continue
-        if num_classes is not None and not 0 <= int(row["label"]) < num_classes:
-            skipped += 1
-            continue
-        kept.append(row)
-    if skipped:
-        logger.warning("feedback: left out %d labelled record(s) whose input is not %d bytes or whose label is "
-                       "outside 0..%s", skipped, size, (num_classes or 0) - 1)
+    kept = list(rows)
     kept.reverse()  # oldest first
     inputs = (np.frombuffer(b"".join(bytes(r["input"]) for r in kept), dtype=np.uint8).copy()
               if kept else np.zeros(0, np.uint8))

@@ -71,3 +71,32 @@ def thicker_pen(images: np.ndarray, radius: int = 2) -> np.ndarray:
         for dx in range(-radius, radius + 1):
             np.maximum(out, pad[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w], out=out)
     return out
+
+
+def write_shifted_sets(folder: Path, feedback: int = 500, seed: int = 13, radius: int = 2) -> list[Path]:
+    """The thicker-pen measurement's inputs: `feedback` training digits (labelled feedback) and the 500
+    held-out digits (to report on; never trained on), both as .npz with `images` and `labels`."""
+    from clients.datasets import mnist_train
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = mnist_train()
+    pick = np.random.default_rng(seed).choice(len(train), feedback, replace=False)
+    holdout = np.load(HERE / "holdout_digits.npz")["image"]
+    paths = [folder / "thicker_pen_feedback.npz", folder / "thicker_pen_holdout.npz"]
+    np.savez(paths[0], images=thicker_pen(train.images[pick][:, None], radius), labels=train.labels[pick])
+    np.savez(paths[1], images=thicker_pen(holdout, radius), labels=np.load(HERE / "holdout_labels.npy"))
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    if str(HERE.parents[1]) not in sys.path:
+        sys.path.insert(0, str(HERE.parents[1]))
+    parser = argparse.ArgumentParser(description="write the thicker-pen feedback and held-out sets (.npz)")
+    parser.add_argument("--out", type=Path, default=Path("build/finetune"))
+    parser.add_argument("--feedback", type=int, default=500)
+    parser.add_argument("--radius", type=int, default=2, help="pixels added to each side of every stroke")
+    ns = parser.parse_args()
+    for written in write_shifted_sets(ns.out, ns.feedback, radius=ns.radius):
+        print(written)
