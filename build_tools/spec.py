@@ -235,6 +235,7 @@ class FinetuneSpec(_Strict):
     steps: Annotated[int, Field(ge=1, le=100_000)] = 300
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    augment: bool = True  # the adapter's augmentation (if it has one) on every training batch
     # Share of each training batch drawn from the original training data: what keeps the old task.
     replay_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
     # Share of the feedback held back from training; the gate compares candidate and champion on it.

@@ -164,8 +164,8 @@ class Finetuner:
         optimizer = torch.optim.AdamW(network.parameters(), lr=rules.lr, weight_decay=WEIGHT_DECAY)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=rules.steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
-        augment = getattr(self.adapter, "augment", None)
-        started = time.perf_counter()
+        augment = getattr(self.adapter, "augment", None) if rules.augment else None
+        started, cpu_started = time.perf_counter(), time.process_time()
         running = 0.0
         for step in range(1, rules.steps + 1):
             network.train()
@@ -192,7 +192,9 @@ class Finetuner:
         return {
             "steps": rules.steps, "batch_size": rules.batch_size, "lr": rules.lr, "seed": rules.seed,
             "feedback_per_batch": n_feedback, "replay_per_batch": n_replay, "feedback_samples": len(feedback),
-            "replay_samples": len(rp_y), "seconds": round(time.perf_counter() - started, 2),
+            "replay_samples": len(rp_y), "augment": augment is not None,
+            "seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(time.process_time() - cpu_started, 2),
         }
 
     # -- export --------------------------------------------------------------------------------------
