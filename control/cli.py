@@ -162,7 +162,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from control.finetune import Finetuner, input_dims, report_table, write_report
 
     spec = load_spec(args.spec)
-    finetuner = Finetuner(spec, args.model)
+    finetuner = Finetuner(spec, args.model, progress=lambda line: sys.stderr.write(line + "\n"))
     overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("canary_percent", args.canary))
                  if v is not None}
     rules = finetuner.rules = finetuner.rules.model_copy(update=overrides)

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -132,7 +132,8 @@ def input_dims(champion_onnx: Path) -> tuple[int, ...]:
 class Finetuner:
     """Fine-tunes one model of the spec from its champion's ONNX file."""
 
-    def __init__(self, spec: DeploySpec, model: str, rules: FinetuneSpec | None = None) -> None:
+    def __init__(self, spec: DeploySpec, model: str, rules: FinetuneSpec | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         if model not in spec.models:
             raise FinetuneError(f"{model!r} is not a model of the spec; models: {sorted(spec.models)}")
         lifecycle = spec.models[model].lifecycle
@@ -145,6 +146,8 @@ class Finetuner:
         self.rules: FinetuneSpec = rules or lifecycle.finetune
         self.gate_spec: GateSpec = lifecycle.gate
         self.adapter = load_adapter(spec.resolve(self.rules.adapter))
+        # Training takes a while: a line every PROGRESS_EVERY steps (the CLI prints them on stderr).
+        self.progress = progress
 
     # -- training ----------------------------------------------------------------------------------
     def _train(self, network: Any, feedback: Feedback, replay: tuple[np.ndarray, np.ndarray],
@@ -184,9 +187,12 @@ class Finetuner:
             schedule.step()
             running += float(loss.item())
             if step % PROGRESS_EVERY == 0 or step == rules.steps:
-                logger.info("fine-tune %s: step %d/%d, loss %.4f, %.1f s", self.model, step, rules.steps,
-                            running / (PROGRESS_EVERY if step % PROGRESS_EVERY == 0 else step % PROGRESS_EVERY),
-                            time.perf_counter() - started)
+                line = (f"fine-tune {self.model}: step {step}/{rules.steps}, loss "
+                        f"{running / (PROGRESS_EVERY if step % PROGRESS_EVERY == 0 else step % PROGRESS_EVERY):.4f}, "
+                        f"{time.perf_counter() - started:.1f} s")
+                logger.info("%s", line)
+                if self.progress is not None:
+                    self.progress(line)
                 running = 0.0
         network.eval()
         return {
@@ -309,10 +315,10 @@ def write_report(result: FinetuneResult, folder: Path, model: str, extra: dict[s
         bars = ax.bar(x + offset, values, 0.4, label=label)
         ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], fontsize=8)
     ax.set_xticks(x, [f"{r.name}\n({r.samples})" for r in result.rows])
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.2)
     ax.set_ylabel("accuracy")
     ax.set_title(f"{model}: before and after fine-tuning ({'passed' if result.gate.passed else 'rejected'})")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
     plt.close(fig)
