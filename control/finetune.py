@@ -26,7 +26,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -85,7 +85,6 @@ class FinetuneResult:
     rows: tuple[EvalRow, ...]
     training: dict[str, Any]
     export_check: dict[str, Any]
-    lines: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -266,6 +265,8 @@ class Finetuner:
                 "held-out set": (holdout_inputs[name].reshape(-1, *dims).astype(np.float32), holdout_labels),
             }
             for label, data in (extra_eval or {}).items():
+                if label in sets:
+                    raise FinetuneError(f"evaluation set name {label!r} is taken by the gate's own sets; pick another")
                 sets[label] = (data.inputs.reshape(-1, *dims).astype(np.float32), data.labels)
             export_check = self._check_export(module, out, name, output,
                                               np.concatenate([x for x, _ in sets.values()]))
