@@ -109,6 +109,7 @@ def _serve_and_log(env: Env, db_url: str, images: np.ndarray, labels: np.ndarray
     # One client per thread: a tritonclient HTTP client is not safe to share between threads.
     local = threading.local()
     opened: list[TritonClient] = []
+    started = time.time()
 
     def one(i: int) -> contract.PredictionRecord:
         if not hasattr(local, "client"):
@@ -117,7 +118,8 @@ def _serve_and_log(env: Env, db_url: str, images: np.ndarray, labels: np.ndarray
         rid = f"ft-{time.monotonic_ns()}-{i}"
         probs = local.client.infer(ROUTER, {"image": images[i:i + 1].astype(np.float32)}, ["probabilities"],
                             request_id=rid)["probabilities"][0]
-        return contract.PredictionRecord(rid, time.time(), MODEL, "1", int(probs.argmax()), float(probs.max()),
+        # Times in sending order (not completion order), so the seeded split is the same on every run.
+        return contract.PredictionRecord(rid, started + i * 1e-3, MODEL, "1", int(probs.argmax()), float(probs.max()),
                                          input=images[i].tobytes())
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
