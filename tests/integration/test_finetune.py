@@ -213,8 +213,12 @@ def test_finetune_rejects_with_both_numbers_and_stages_nothing_when_feedback_lab
                  "--steps", "200", db=db_url)
     out, err = capsys.readouterr()
     assert rc == 1, out
-    assert err.count("\n") == 1, err
-    assert err.startswith(f"triton-repo: error: {MODEL} version ") and "rejected: finetune gate:" in err
+    # stderr: the training progress lines, then the error as one line, last.
+    lines = err.splitlines()
+    assert lines[-1].startswith(f"triton-repo: error: {MODEL} version "), err
+    assert all(line.startswith(f"fine-tune {MODEL}: step ") for line in lines[:-1]), err
+    err = lines[-1]
+    assert "rejected: finetune gate:" in err
     for part in ("does not beat the champion's", "held-back feedback (150):", "needs > 0.0000", "McNemar p",
                  "held-out set (500):", "allowed <= 0.0100", "version 1 keeps serving"):
         assert part in err, (part, err)
