@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 K8S_RATE ?= 20000
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
-	lifecycle-demo soak mutation mutation-sample perf-analyzer docker up down clean k8s
+	lifecycle-demo finetune-report soak mutation mutation-sample perf-analyzer docker up down clean k8s
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -46,6 +46,14 @@ demo: build-repo
 # A second MNIST version staged, sent 10%, promoted and rolled back under load (docs/lifecycle.md).
 lifecycle-demo: install
 	$(PY) -m clients.lifecycle_demo --spec $(SPEC)
+
+# Fine-tuning measured offline (docs/lifecycle.md, Fine-tuning): thicker-pen feedback -> a candidate, its
+# gate and the before/after table and PNG in build/finetune/ (no server; --no-stage).
+finetune-report: build-repo
+	$(PY) models/mnist/finetune.py --out build/finetune
+	$(VENV)/bin/triton-repo finetune mnist_classifier --no-stage --db sqlite:///build/finetune/registry.db \
+		--feedback build/finetune/thicker_pen_feedback.npz \
+		--eval "thicker-pen held-out=build/finetune/thicker_pen_holdout.npz" --out build/finetune
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -58,3 +58,7 @@ class DatabaseError(ToolkitError):
 
 class RolloutError(ToolkitError):
     """A lifecycle step (stage, canary, promote, rollback) was refused or failed; the champion keeps serving."""
+
+
+class FinetuneError(ToolkitError):
+    """Fine-tuning could not produce a candidate (too little feedback, an export that disagrees with PyTorch)."""

@@ -216,6 +216,43 @@ class AutoRollbackSpec(_Strict):
     min_p99_increase_ms: Annotated[float, Field(ge=0.0)] = 5.0  # ignore p99 gaps below this
 
 
+class FinetuneSpec(_Strict):
+    """`triton-repo finetune`: a new version trained from labelled feedback plus a replay of the original
+    training data, then gated against the champion and staged (control/finetune.py, docs/monitoring.md).
+
+    The gate's defaults and why: a fine-tuned version exists to fix what the champion gets wrong on
+    recent traffic, so it must be better there, on labelled requests it was not trained on (held back),
+    by more than `min_feedback_gain` AND with McNemar's exact test on the paired answers at most
+    `max_feedback_p_value` (a win of a few digits on a small held-back set is noise; 0.05 is the usual
+    level, 1.0 turns the test off). It must not forget the original task: at most `max_holdout_drop`
+    (1 point) below the champion on the model's held-out set (`lifecycle.gate.data`), the same
+    allowance the lifecycle gate gives any new version.
+    """
+
+    # The model's own part (network from the champion's ONNX file, replay data, augmentation): a Python
+    # file with the functions control/finetune.py names (models/mnist/finetune.py for the showcase).
+    adapter: str
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 300
+    batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    augment: bool = True  # the adapter's augmentation (if it has one) on every training batch
+    # Share of each training batch drawn from the original training data: what keeps the old task.
+    replay_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    # Share of the feedback held back from training; the gate compares candidate and champion on it.
+    holdback: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    # The most recent labelled requests to use (older traffic may not look like today's).
+    window: Annotated[int, Field(ge=1)] = 5000
+    min_feedback: Annotated[int, Field(ge=2)] = 100
+    min_feedback_gain: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    max_feedback_p_value: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    max_holdout_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    # The exported ONNX file against PyTorch on the same inputs (probabilities).
+    export_atol: Annotated[float, Field(gt=0.0)] = 1e-4
+    # The staged version's first traffic share (0: leave it staged, no traffic).
+    canary_percent: Annotated[float, Field(ge=0.0, lt=100.0)] = 10.0
+    seed: int = 0
+
+
 class LifecycleSpec(_Strict):
     """Versions of this model are staged, split and rolled back at runtime behind a generated router."""
 
@@ -224,6 +261,13 @@ class LifecycleSpec(_Strict):
     router_instances: Annotated[int, Field(ge=1, le=16)] = 1
     gate: GateSpec | None = None
     auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec)
+    finetune: FinetuneSpec | None = None
+
+    @model_validator(mode="after")
+    def _finetune_needs_gate(self) -> LifecycleSpec:
+        if self.finetune is not None and self.gate is None:
+            raise ValueError("finetune: needs `gate` (its held-out set is what a fine-tuned version must not forget)")
+        return self
 
 
 class ModelSpec(_Strict):

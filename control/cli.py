@@ -1,4 +1,5 @@
-"""`triton-repo versions|stage|canary|promote|rollback|watch`: the lifecycle verbs, against a running server.
+"""`triton-repo versions|stage|canary|promote|rollback|watch|finetune`: the lifecycle verbs, against a running
+server (finetune trains a new version from labelled feedback, then stages and canaries it).
 
 Each prints what it did and exits non-zero on refusal (a RolloutError, caught by triton-repo's main).
 The registry lives in the database named by --db (default: $TRITON_LIFECYCLE_DB, else a SQLite file
@@ -145,6 +146,72 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_set(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npz, got {text!r}")
+    return name, Path(path)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from build_tools.errors import FinetuneError, RolloutError
+    from build_tools.onnx_io import read_interface
+    from control import feedback as fb
+    from control.finetune import Finetuner, input_dims, report_table, write_report
+
+    spec = load_spec(args.spec)
+    finetuner = Finetuner(spec, args.model, progress=lambda line: sys.stderr.write(line + "\n"))
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("canary_percent", args.canary))
+                 if v is not None}
+    rules = finetuner.rules = finetuner.rules.model_copy(update=overrides)
+    rollout = open_rollout(args, args.model)
+    rollout.ensure_registered()
+    champion = rollout.registry.champion(args.model)
+    if champion is None:
+        raise RolloutError(f"{args.model} has no champion in the registry: nothing to fine-tune from")
+    champion_file = rollout.model_file(champion.version)
+    dims = input_dims(champion_file)
+    classes = read_interface(champion_file).outputs[0].dims[-1]
+    num_classes = classes if classes > 0 else None
+    if args.feedback:
+        feedback = fb.from_file(Path(args.feedback), dims, num_classes)
+    else:
+        feedback = fb.from_database(connect(args.feedback_db or args.db), args.log_model or args.model, dims,
+                                    rules.window, num_classes)
+    if len(feedback) < rules.min_feedback:
+        raise FinetuneError(f"{len(feedback)} labelled request(s) with their input in {feedback.source}; "
+                            f"lifecycle.finetune.min_feedback is {rules.min_feedback}: wait for more labels")
+    train, held_back = fb.split(feedback, rules.holdback, rules.seed)
+    extra = {name: fb.from_file(path, dims, num_classes) for name, path in args.eval}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out) / f"{args.model}-{stamp}"
+    _print([f"fine-tuning {args.model} from version {champion.version} (champion): {len(train)} feedback samples "
+            f"to train on, {len(held_back)} held back, from {feedback.source}; {rules.steps} steps, replay share "
+            f"{rules.replay_share:g}"])
+    result = finetuner.run(champion_file, train, held_back, out / "model.onnx", extra)
+    paths = write_report(result, out, args.model, {"champion_version": champion.version,
+                                                   "feedback_source": feedback.source})
+    _print([*report_table(result),
+            f"training: {result.training['seconds']:.1f} s; export check: max |diff| "
+            f"{result.export_check['max_abs_diff']:.2g} vs PyTorch, {result.export_check['top1_disagreements']} "
+            f"top-1 disagreements", f"report: {', '.join(str(p) for p in paths)}"])
+    if args.no_stage:
+        if not result.gate.passed:
+            raise RolloutError(f"fine-tuned candidate rejected (not staged): {'; '.join(result.gate.reasons)} "
+                               f"({result.gate.summary()})")
+        _print([f"finetune gate: {result.gate.summary()}: passed", f"not staged (--no-stage): {result.candidate}"])
+        return 0
+    reason = args.reason or (f"fine-tuned from version {champion.version} on {len(train)} labelled requests "
+                             f"({feedback.source})")
+    record, step = rollout.stage(result.candidate, reason, prior_gate=result.gate)
+    _print([*step.lines, f"staged {record.model} version {record.version} in {step.seconds:.2f} s"])
+    if rules.canary_percent > 0:
+        _print(list(rollout.canary(record.version, rules.canary_percent, f"canary of {reason}").lines))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="127.0.0.1:8000", help="HOST:PORT of the server's HTTP (or gRPC) endpoint")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http",
@@ -193,6 +260,26 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", default="rolled back from the command line")
     _common(p)
     p.set_defaults(func=_explain_restricted(_cmd_rollback))
+
+    p = sub.add_parser("finetune", help="train a new version from labelled feedback + replay, gate it, stage it "
+                       "and send it a canary share")
+    p.add_argument("model")
+    p.add_argument("--feedback", metavar="FILE.npz",
+                   help="labelled feedback exported to a file (arrays images, uint8, and labels) instead of the "
+                   "prediction log joined with its labels")
+    p.add_argument("--feedback-db", help="database of the prediction log and labels (default: --db)")
+    p.add_argument("--log-model", help="the model name the prediction log records carry (default: MODEL)")
+    p.add_argument("--eval", action="append", default=[], type=_eval_set, metavar="NAME=FILE.npz",
+                   help="another labelled set to report before/after (repeatable; not part of the gate)")
+    p.add_argument("--out", default="build/finetune", help="folder for the candidate and its report")
+    p.add_argument("--steps", type=int, help="training steps (default: lifecycle.finetune.steps)")
+    p.add_argument("--seed", type=int, help="default: lifecycle.finetune.seed")
+    p.add_argument("--canary", type=float, help="first traffic share in percent, 0 to stay staged "
+                   "(default: lifecycle.finetune.canary_percent)")
+    p.add_argument("--no-stage", action="store_true", help="train, check and judge only; no server needed")
+    p.add_argument("--reason", help="recorded in the registry (default: what it was trained on)")
+    _common(p)
+    p.set_defaults(func=_explain_restricted(_cmd_finetune))
 
     p = sub.add_parser("watch", help="roll the canary back automatically when it does worse than the champion")
     p.add_argument("model")

@@ -1,21 +1,24 @@
-"""The accuracy gate for a new version, run offline with ONNX Runtime before the version reaches Triton.
+"""The accuracy gates for a new version, run offline with ONNX Runtime before the version reaches Triton.
 
-Two comparisons on the spec's labelled set (`lifecycle.gate`): the candidate's accuracy (against the
-labels, and against the champion's accuracy on the same samples) and its top-1 agreement with the
-champion. The verdict and every figure go into the registry.
+Every version: two comparisons on the spec's labelled set (`lifecycle.gate`): the candidate's accuracy
+(against the labels, and against the champion's accuracy on the same samples) and its top-1 agreement
+with the champion. A fine-tuned version also (`judge_finetune`, `lifecycle.finetune`): better than the
+champion on labelled feedback it was not trained on, and no more than `max_holdout_drop` worse on the
+held-out set. The verdict and every figure go into the registry.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from build_tools.errors import RolloutError
-from build_tools.spec import GateSpec
+from build_tools.spec import FinetuneSpec, GateSpec
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +109,111 @@ def run_gate(
     result = GateResult(not reasons, len(labels), accuracy, champ_acc, agreement, tuple(reasons))
     logger.info("gate %s: %s", candidate.name, result)
     return result, scores
+
+
+def mcnemar_p_value(fixed: int, broken: int) -> float:
+    """One-sided exact McNemar test on paired answers: the chance of the candidate fixing at least `fixed`
+    of the champion's mistakes if, among the `fixed + broken` samples where the two disagree on being
+    right, each were a coin flip (P[X >= fixed], X ~ Binomial(fixed + broken, 1/2))."""
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    return math.fsum(math.comb(n, k) for k in range(fixed, n + 1)) / 2.0**n
+
+
+@dataclass(frozen=True)
+class FinetuneGateResult:
+    """The fine-tune gate's verdict with every figure (recorded in the registry under `finetune`)."""
+
+    passed: bool
+    feedback_samples: int
+    feedback_accuracy: float
+    champion_feedback_accuracy: float
+    feedback_fixed: int  # held-back samples the candidate gets right and the champion wrong
+    feedback_broken: int  # ... and the other way round
+    feedback_p_value: float
+    holdout_samples: int
+    holdout_accuracy: float
+    champion_holdout_accuracy: float
+    min_feedback_gain: float
+    max_feedback_p_value: float
+    max_holdout_drop: float
+    reasons: tuple[str, ...]
+
+    name = "finetune"
+
+    @property
+    def feedback_gain(self) -> float:
+        return self.feedback_accuracy - self.champion_feedback_accuracy
+
+    @property
+    def holdout_drop(self) -> float:
+        return self.champion_holdout_accuracy - self.holdout_accuracy
+
+    def summary(self) -> str:
+        """Both comparisons with their thresholds, in one line (what a rejection message carries)."""
+        return (
+            f"held-back feedback ({self.feedback_samples}): {self.feedback_accuracy:.4f} vs the champion's "
+            f"{self.champion_feedback_accuracy:.4f}, gain {self.feedback_gain:+.4f} (needs > "
+            f"{self.min_feedback_gain:.4f}), McNemar p {self.feedback_p_value:.2g} (needs <= "
+            f"{self.max_feedback_p_value:g}); held-out set ({self.holdout_samples}): {self.holdout_accuracy:.4f} vs "
+            f"the champion's {self.champion_holdout_accuracy:.4f}, drop {self.holdout_drop:+.4f} (allowed <= "
+            f"{self.max_holdout_drop:.4f})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        d["feedback_gain"] = self.feedback_gain
+        d["holdout_drop"] = self.holdout_drop
+        return d
+
+
+def judge_finetune(
+    candidate_feedback: np.ndarray,
+    champion_feedback: np.ndarray,
+    candidate_holdout: np.ndarray,
+    champion_holdout: np.ndarray,
+    rules: FinetuneSpec,
+) -> FinetuneGateResult:
+    """The fine-tune gate from per-sample correctness (bool arrays, paired: same samples, same order)."""
+    cand_fb, champ_fb = np.asarray(candidate_feedback, bool), np.asarray(champion_feedback, bool)
+    cand_ho, champ_ho = np.asarray(candidate_holdout, bool), np.asarray(champion_holdout, bool)
+    if cand_fb.shape != champ_fb.shape or cand_ho.shape != champ_ho.shape or not len(cand_fb) or not len(cand_ho):
+        raise RolloutError(f"fine-tune gate: candidate and champion must be judged on the same, non-empty sets "
+                           f"(feedback {cand_fb.shape} vs {champ_fb.shape}, held-out {cand_ho.shape} vs "
+                           f"{champ_ho.shape})")
+    n_fb, n_ho = len(cand_fb), len(cand_ho)
+    fixed, broken = int((cand_fb & ~champ_fb).sum()), int((~cand_fb & champ_fb).sum())
+    p_value = mcnemar_p_value(fixed, broken)
+    # Counts, not float accuracies, decide: 5 of 500 is exactly the 1-point allowance, not a rounding error.
+    gain_count = int(cand_fb.sum()) - int(champ_fb.sum())
+    drop_count = int(champ_ho.sum()) - int(cand_ho.sum())
+    eps = 1e-9
+    result = FinetuneGateResult(
+        passed=False, feedback_samples=n_fb, feedback_accuracy=float(cand_fb.mean()),
+        champion_feedback_accuracy=float(champ_fb.mean()), feedback_fixed=fixed, feedback_broken=broken,
+        feedback_p_value=p_value, holdout_samples=n_ho, holdout_accuracy=float(cand_ho.mean()),
+        champion_holdout_accuracy=float(champ_ho.mean()), min_feedback_gain=rules.min_feedback_gain,
+        max_feedback_p_value=rules.max_feedback_p_value, max_holdout_drop=rules.max_holdout_drop, reasons=(),
+    )
+    reasons = []
+    if not gain_count / n_fb > rules.min_feedback_gain + eps:
+        reasons.append(
+            f"accuracy on the held-back feedback {result.feedback_accuracy:.4f} does not beat the champion's "
+            f"{result.champion_feedback_accuracy:.4f} by more than min_feedback_gain {rules.min_feedback_gain:.4f}"
+        )
+    if p_value > rules.max_feedback_p_value:
+        reasons.append(
+            f"McNemar p-value {p_value:.2g} on the held-back feedback (right where the champion was wrong on "
+            f"{fixed}, wrong where it was right on {broken}) is above max_feedback_p_value "
+            f"{rules.max_feedback_p_value:g}"
+        )
+    if drop_count / n_ho > rules.max_holdout_drop + eps:
+        reasons.append(
+            f"accuracy on the held-out set {result.holdout_accuracy:.4f} is more than max_holdout_drop "
+            f"{rules.max_holdout_drop:.4f} below the champion's {result.champion_holdout_accuracy:.4f}"
+        )
+    result = replace(result, passed=not reasons, reasons=tuple(reasons))
+    logger.info("fine-tune gate: %s", result.summary())
+    return result

@@ -38,7 +38,7 @@ from build_tools.folder_lock import folder_lock
 from build_tools.onnx_io import read_interface
 from build_tools.runner_params import ROUTER_PARAM_WEIGHTS
 from build_tools.spec import DeploySpec, LifecycleSpec, ModelSpec
-from control.gate import GateResult, load_gate_data, run_gate
+from control.gate import FinetuneGateResult, GateResult, load_gate_data, run_gate
 from control.registry import Registry, VersionRecord
 from triton_api import TritonClient
 
@@ -253,8 +253,13 @@ class Rollout:
 
     # -- steps ---------------------------------------------------------------------------------------
     @_exclusive
-    def stage(self, source: Path, reason: str) -> tuple[VersionRecord, StepResult]:
-        """Lint, gate, register, load, check through the router pin; no traffic."""
+    def stage(
+        self, source: Path, reason: str, prior_gate: FinetuneGateResult | None = None
+    ) -> tuple[VersionRecord, StepResult]:
+        """Lint, gate, register, load, check through the router pin; no traffic.
+
+        `prior_gate`: a verdict reached before staging (the fine-tune gate); a failed one rejects the
+        version with its figures, a passed one is recorded beside the standard gate's."""
         started = time.monotonic()
         lines: list[str] = []
         self.ensure_registered()
@@ -287,6 +292,13 @@ class Rollout:
                 f"{new_io.outputs}; expected inputs {old_io.inputs}, outputs {old_io.outputs})", {})
         lines.append(f"lint: interface matches version {champion.version}")
 
+        prior = {prior_gate.name: prior_gate.as_dict()} if prior_gate is not None else {}
+        if prior_gate is not None:
+            if not prior_gate.passed:
+                raise reject(f"{prior_gate.name} gate: {'; '.join(prior_gate.reasons)} ({prior_gate.summary()})",
+                             {"passed": False, **prior})
+            lines.append(f"{prior_gate.name} gate: {prior_gate.summary()}: passed")
+
         gate_result: GateResult | None = None
         scores: np.ndarray | None = None
         if self.lifecycle.gate is not None:
@@ -294,15 +306,16 @@ class Rollout:
                 gate_result, scores = run_gate(self.lifecycle.gate, self.spec.base_dir, source,
                                                self.model_file(champion.version))
             except RolloutError as e:
-                raise reject(f"gate: {e}", {"passed": False, "error": str(e)}) from e
+                raise reject(f"gate: {e}", {"passed": False, "error": str(e), **prior}) from e
             if not gate_result.passed:
-                raise reject("gate: " + "; ".join(gate_result.reasons), gate_result.as_dict())
+                raise reject("gate: " + "; ".join(gate_result.reasons), {**gate_result.as_dict(), **prior})
             lines.append(
                 f"gate: accuracy {gate_result.accuracy:.4f} on {gate_result.samples} labelled samples "
                 f"(champion {gate_result.champion_accuracy:.4f}), top-1 agreement with the champion "
                 f"{gate_result.agreement_with_champion:.4f}: passed"
             )
         gate = gate_result.as_dict() if gate_result else {"passed": True, "note": "no gate configured"}
+        gate.update(prior)
 
         # Load: copy the version folder (the champion's runner files + the new model), then reload the
         # target with the new version added. The champion keeps serving whatever happens here.
