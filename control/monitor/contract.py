@@ -91,8 +91,8 @@ class Reference:
     """The distributions drift is measured against, computed at build time from the model's held-out data
     and stored beside the version as `reference.json` (in the version's folder of the model repository).
 
-    `stats[name]` holds bin edges (len k+1; the first and last are -inf/+inf written as null) and the
-    held-out share per bin (len k, sums to 1). `classes` is the held-out share of each predicted class.
+    `stats[name]` is {"edges": bin edges (len k+1; the first and last are -inf/+inf written as null),
+    "probs": the held-out share per bin (len k, sums to 1)}. `classes` is the held-out share of each predicted class.
     `accuracy` is the version's held-out accuracy, `n` the number of held-out images.
     """
 

@@ -13,6 +13,10 @@ always lands on the same version while the weights stay put), otherwise a low-di
 version owns a slice of [0, 100) in ascending version order, so a canary that grows keeps its requests.
 Requests going to the same version are sent as one BLS request (batched), concurrently across versions.
 A failed batch is retried request by request, so one bad request never fails its neighbours.
+
+Monitoring (`monitoring.enabled` in the config, from the spec's `monitoring:` section): the router is
+where a request, its id, the version that answered and the answer meet, so it feeds the prediction
+metrics and the prediction log (control/monitor/serving.py), for every answered request.
 """
 
 from __future__ import annotations
@@ -83,6 +87,12 @@ class TritonPythonModel:
         self._failures: dict[int, Any] = {}
         self._labels = labels
         self._gauges = []
+        self.monitor = None
+        if config.get("parameters", {}).get("monitoring.enabled", {}).get("string_value") == "true":
+            # Imported only when asked for: the watching code lives in the project's package.
+            from control.monitor.serving import ServingMonitor
+
+            self.monitor = ServingMonitor(pb_utils, config, args["model_repository"], self.target)
         for version, percent in weights:
             gauge = self.weight_family.Metric(labels={**labels, "version": str(version)})
             gauge.set(percent)
@@ -183,9 +193,29 @@ class TritonPythonModel:
             self._count(self._requests, self.requests_family, version).increment(len(members))
             if failed:
                 self._count(self._failures, self.failures_family, version).increment(failed)
+            if self.monitor is not None and failed < len(members):
+                self._observe(version, members, responses)
         return responses
 
+    def _observe(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
+        settings = self.monitor.settings
+        ids, inputs, outputs = [], [], []
+        for i, request in members:
+            if responses[i].has_error():
+                continue
+            out = pb_utils.get_output_tensor_by_name(responses[i], settings.output)
+            inp = pb_utils.get_input_tensor_by_name(request, settings.input)
+            if out is None or inp is None:
+                continue
+            ids.append(request.request_id())
+            # Without batching a request is one item with no batch dimension: give it one.
+            inputs.append(inp.as_numpy() if self.batching else inp.as_numpy()[None])
+            outputs.append(out.as_numpy() if self.batching else out.as_numpy()[None])
+        self.monitor.observe(str(version), ids, inputs, outputs)
+
     def finalize(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
         self._requests.clear()
         self._failures.clear()
         self._gauges.clear()

@@ -9,6 +9,9 @@ Batching: one forward() per execute() over every request in the batch that share
 split back per request. A bad request gets its own TritonError; its batch neighbours are answered.
 forward() takes the config's inputs positionally, in config order, and returns a tensor or a tuple of
 tensors in the config's output order (the PyTorch backend's convention for such names).
+
+Monitoring (`monitoring.enabled`): answered requests feed the prediction metrics and log
+(control/monitor/serving.py), as the ONNX runner's do.
 """
 
 from __future__ import annotations
@@ -81,6 +84,17 @@ class TritonPythonModel:
         ]
         lead = [-1] if self.max_batch_size > 0 else []
         self._expected = [lead + dims for _, _, dims in self.inputs]
+        self.version = args["model_version"]
+        self.monitor = None
+        if _param(self.config, "monitoring.enabled", "false") == "true":
+            from control.monitor.serving import ServingMonitor
+
+            self.monitor = ServingMonitor(pb_utils, self.config, args["model_repository"], self.name)
+            names = [n for n, _, _ in self.inputs]
+            outs = [n for n, _ in self.outputs]
+            s = self.monitor.settings
+            self._watch = (names.index(s.input) if s.input in names else None,
+                           outs.index(s.output) if s.output in outs else None)
         # One forward pass at load: a module whose signature does not fit the config fails here, not on
         # the first client's request.
         with torch.inference_mode():
@@ -144,6 +158,7 @@ class TritonPythonModel:
             key = tuple(a.shape[1:] for a in arrays) if batching else ("request", i)
             groups.setdefault(key, []).append((i, arrays, batch))
 
+        watched: list[tuple[str, np.ndarray, np.ndarray]] = []
         for members in groups.values():
             if len(members) == 1:
                 feed = members[0][1]
@@ -161,6 +176,15 @@ class TritonPythonModel:
                 for i, _, _ in members:
                     responses[i] = self._error(f"torch forward failed: {e}")
                 continue
+            if self.monitor is not None and None not in self._watch:
+                k_in, k_out = self._watch
+                lead = (lambda a: a) if batching else (lambda a: a[None])
+                offset = 0
+                for i, arrays, batch in members:
+                    size = batch if batching else 1
+                    rows = results[k_out][offset:offset + size] if batching else results[k_out]
+                    watched.append((requests[i].request_id(), lead(arrays[k_in]), lead(rows)))
+                    offset += size
             if len(members) == 1 or not batching:
                 responses[members[0][0]] = pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(name, r) for (name, _), r in zip(self.outputs, results)]
@@ -175,9 +199,14 @@ class TritonPythonModel:
                     ]
                 )
                 offset = end
+        if watched:
+            self.monitor.observe(self.version, [w[0] for w in watched], [w[1] for w in watched],
+                                 [w[2] for w in watched])
         return responses
 
     def finalize(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
         self.module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
