@@ -9,16 +9,16 @@ failed. A sink that died is started again; its batch counts as failed. Nothing h
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from control.monitor.contract import PredictionRecord
@@ -66,10 +66,11 @@ class PredictionLogWriter:
         self.retention_interval_s = retention_interval_s
         self.tick_s = tick_s
         self.on_tick = on_tick
-        self._queue: queue.Queue[PredictionRecord] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._queue: collections.deque[PredictionRecord] = collections.deque()
+        self._ready = threading.Condition()
         self._stop = threading.Event()
         self._pending = 0  # offered, not yet answered by the sink
-        self._count_lock = threading.Lock()
         self.dropped = 0  # queue full: never written
         self.written = 0
         self.failed = 0  # the database (or the sink) refused them
@@ -81,14 +82,20 @@ class PredictionLogWriter:
     # -- the request path --------------------------------------------------------------------
     def offer(self, record: PredictionRecord) -> bool:
         """Queue one record; False (and counted as dropped) when the queue is full. Never blocks."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-            return False
-        with self._count_lock:
-            self._pending += 1
-        return True
+        return self.offer_many([record]) == 1
+
+    def offer_many(self, records: Sequence[PredictionRecord]) -> int:
+        """Queue records (one lock, one wake-up); those beyond the queue's room are dropped and counted.
+        Returns how many were queued."""
+        with self._ready:
+            room = max(0, self.queue_size - len(self._queue))
+            taken = records[:room]
+            self._queue.extend(taken)
+            self.dropped += len(records) - len(taken)
+            self._pending += len(taken)
+            if taken:
+                self._ready.notify()
+        return len(taken)
 
     # -- the background thread ---------------------------------------------------------------
     def _start_sink(self) -> subprocess.Popen[str]:
@@ -116,18 +123,15 @@ class PredictionLogWriter:
         self.written += int(result.get("written", 0))
         self.failed += int(result.get("failed", 0))
         self.deleted += int(result.get("deleted", 0))
-        with self._count_lock:
+        with self._ready:
             self._pending -= len(batch)
 
-    def _drain(self, first: PredictionRecord | None) -> None:
-        batch = [first] if first is not None else []
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if batch:
-            self._write(batch)
+    def _take(self, timeout_s: float) -> list[PredictionRecord]:
+        with self._ready:
+            if not self._queue and not self._stop.is_set():
+                self._ready.wait(timeout_s)
+            n = min(len(self._queue), self.batch_size)
+            return [self._queue.popleft() for _ in range(n)]
 
     def _tick(self) -> None:
         if self.on_tick is not None:
@@ -143,23 +147,23 @@ class PredictionLogWriter:
             logger.warning("prediction log: cannot start the sink process (retried on write): %s", e)
         next_tick = time.monotonic() + self.tick_s
         while True:
-            try:
-                first: PredictionRecord | None = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except queue.Empty:
-                first = None
-            self._drain(first)
+            batch = self._take(max(0.0, next_tick - time.monotonic()))
+            if batch:
+                self._write(batch)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + self.tick_s
                 self._tick()
-            if self._stop.is_set() and self._queue.empty():
-                return
+            if self._stop.is_set():
+                with self._ready:
+                    if not self._queue:
+                        return
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything offered so far is written (or failed); True when it was."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._count_lock:
+            with self._ready:
                 if self._pending == 0:
                     return True
             time.sleep(0.02)
@@ -180,6 +184,8 @@ class PredictionLogWriter:
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, run the last tick, stop the thread and the sink."""
         self._stop.set()
+        with self._ready:
+            self._ready.notify()
         self._thread.join(timeout_s)
         self._tick()
         self._close_sink()

@@ -189,7 +189,9 @@ class TritonPythonModel:
 class InputMonitor:
     """The preprocessing step's metrics: input statistics of the images it produced, rejections by reason.
 
-    Counts accumulate here per batch; a background thread sends them to Triton (control.monitor.serving).
+    `observe()` (in `execute`) only appends to a pending list; a background thread computes the
+    statistics over everything pending in one vectorised pass and sends the counts to Triton
+    (control.monitor.serving), so the request path pays for neither.
     """
 
     def __init__(self, pb: Any, model: str, version: str, input_name: str, flush_s: float) -> None:
@@ -203,24 +205,32 @@ class InputMonitor:
             kind=pb.MetricFamily.COUNTER))
         self._model = model
         self._lock = threading.Lock()
+        self._images: list[np.ndarray] = []
+        self._sizes: list[int] = []
+        self._rejected: dict[str, int] = {}
         self._ticker = serving.Ticker(flush_s, self.flush, f"input-metrics-{model}")
 
     def observe(self, produced: list[np.ndarray], sizes: list[int], rejected: dict[str, int]) -> None:
-        if produced:
-            values = self._stats.image_stats(np.concatenate(produced))
+        with self._lock:
+            self._images.extend(produced)
+            self._sizes.extend(sizes)
+            for reason, count in rejected.items():
+                self._rejected[reason] = self._rejected.get(reason, 0) + count
+
+    def flush(self) -> None:
+        with self._lock:
+            images, self._images = self._images, []
+            sizes, self._sizes = self._sizes, []
+            rejected, self._rejected = self._rejected, {}
+        if images:
+            values = self._stats.image_stats(np.concatenate(images))
             columns = {name: values[:, k] for k, name in enumerate(self._stats.PIXEL_STATS)}
             # sqrt(height * width) of the image as sent (its header), before any resizing.
             columns["original_size"] = np.sqrt(np.asarray(sizes, dtype=np.float64))
             self.inputs.add(self.labels, columns)
-        if rejected:
-            with self._lock:
-                for reason, count in rejected.items():
-                    self.rejected.add((("model", self._model), ("reason", reason)), float(count))
-
-    def flush(self) -> None:
-        with self._lock:
-            pending = self.rejected.take()
-        self.rejected.send(pending)
+        for reason, count in rejected.items():
+            self.rejected.add((("model", self._model), ("reason", reason)), float(count))
+        self.rejected.send(self.rejected.take())
         self.inputs.flush()
 
     def close(self) -> None:
