@@ -149,6 +149,12 @@ class PendingCounters:
         self._metrics: dict[tuple[tuple[str, str], ...], Any] = {}
         self._pending: dict[tuple[tuple[str, str], ...], float] = {}
 
+    def ensure(self, labels: tuple[tuple[str, str], ...]) -> None:
+        """Create the series now, at 0: a counter that exists from the start makes rate() and
+        increase() correct from the first event (Prometheus's advice for known label sets)."""
+        if labels not in self._metrics:
+            self._metrics[labels] = self.family.Metric(labels=dict(labels))
+
     def add(self, labels: tuple[tuple[str, str], ...], value: float) -> None:
         if value:
             self._pending[labels] = self._pending.get(labels, 0.0) + value
@@ -263,9 +269,12 @@ class ServingMonitor:
         self.log_records = PendingCounters(pb_utils.MetricFamily(
             name=LOG_RECORDS, description="Prediction log records by outcome (written, dropped, failed)", kind=kind))
         self._logged = {"written": 0, "dropped": 0, "failed": 0}
+        for outcome in self._logged:
+            self.log_records.ensure((("model", s.model), ("outcome", outcome)))
         self._random = random.Random()
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, list[str], list[np.ndarray], list[np.ndarray], float]] = []
+        # (version, request ids, rows per request, inputs, outputs, time answered)
+        self._pending: list[tuple[str, list[str], list[int], np.ndarray | None, np.ndarray, float]] = []
         self._pending_rows = 0
         self.dropped = 0  # images never accounted for: the pending list was full
         self.writer = PredictionLogWriter(
@@ -284,34 +293,45 @@ class ServingMonitor:
         rows). Copies the arrays (the backend's buffers are released after the response) and returns."""
         if not outputs:
             return
-        rows = sum(len(o) for o in outputs)
+        sizes = [len(o) for o in outputs]
+        # np.concatenate copies, even of a single array.
+        self.observe_batch(version, request_ids, sizes, np.concatenate(inputs) if len(inputs) == len(outputs)
+                           else None, np.concatenate(outputs), copied=True)
+
+    def observe_batch(self, version: str, request_ids: Sequence[str], sizes: Sequence[int],
+                      inputs: np.ndarray | None, outputs: np.ndarray, copied: bool = False) -> None:
+        """The same for requests already concatenated (rows of request k follow those of request k-1)."""
+        rows = len(outputs)
         with self._lock:
             if self._pending_rows + rows > self.settings.queue_size:
                 self.dropped += rows
                 return
             self._pending_rows += rows
-            self._pending.append((str(version), list(request_ids), [np.array(i) for i in inputs],
-                                  [np.array(o) for o in outputs], time.time()))
+        if not copied:
+            inputs = None if inputs is None else np.array(inputs)
+            outputs = np.array(outputs)
+        item = (str(version), list(request_ids), list(sizes), inputs, outputs, time.time())
+        with self._lock:
+            self._pending.append(item)
 
     def process(self) -> None:
         """Everything pending, in one pass per version; then the metric counts go to Triton."""
         with self._lock:
             pending, self._pending = self._pending, []
             self._pending_rows = 0
-        by_version: dict[str, list[tuple[list[str], list[np.ndarray], list[np.ndarray], float]]] = {}
-        for version, ids, inputs, outputs, ts in pending:
-            by_version.setdefault(version, []).append((ids, inputs, outputs, ts))
+        by_version: dict[str, list[Any]] = {}
+        for item in pending:
+            by_version.setdefault(item[0], []).append(item)
         for version, items in by_version.items():
             self._account(version, items)
         self.flush()
 
-    def _account(self, version: str, items: list[tuple[list[str], list[np.ndarray], list[np.ndarray], float]]) -> None:
+    def _account(self, version: str, items: list[Any]) -> None:
         s = self.settings
-        outputs = [o for _, _, outs, _ in items for o in outs]
-        probs = np.concatenate(outputs)
+        probs = np.concatenate([it[4] for it in items])
         probs = probs.reshape(len(probs), -1)
-        inputs = [i for _, ins, _, _ in items for i in ins]
-        images = np.concatenate(inputs) if inputs and len(inputs) == len(outputs) else None
+        with_inputs = all(it[3] is not None for it in items)
+        images = np.concatenate([it[3] for it in items]) if with_inputs else None
         predicted = probs.argmax(axis=1)
         top = probs[np.arange(len(probs)), predicted].astype(np.float64)
         stats = image_stats(images, s.input_scale) if images is not None and images.ndim >= 3 else None
@@ -327,9 +347,8 @@ class ServingMonitor:
         # Python scalars once for the whole pass (per-element numpy access is slow).
         classes, tops = predicted.tolist(), top.tolist()
         stat_rows = stats.tolist() if stats is not None else None
-        for ids, _, outs, ts in items:
-            for request_id, out in zip(ids, outs):
-                size = len(out)
+        for _, ids, sizes, _, _, ts in items:
+            for request_id, size in zip(ids, sizes):
                 if s.sample_rate >= 1.0 or self._random.random() < s.sample_rate:
                     self._log(records, version, request_id, ts, row, size, images, classes, tops, stat_rows)
                 row += size

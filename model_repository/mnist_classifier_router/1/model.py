@@ -151,17 +151,26 @@ class TritonPythonModel:
             results = await asyncio.gather(*(self._one(version, r) for _, r in members))
             for (i, _), res in zip(members, results):
                 responses[i] = res
+            if self.monitor is not None:
+                self._observe(version, members, responses)
             return
         arrays = [{t.name(): t.as_numpy() for t in r.inputs()} for _, r in members]
         sizes = [next(iter(a.values())).shape[0] for a in arrays]
         names = list(arrays[0])
-        merged = [pb_utils.Tensor(n, np.concatenate([a[n] for a in arrays])) for n in names]
+        concatenated = {n: np.concatenate([a[n] for a in arrays]) for n in names}
+        merged = [pb_utils.Tensor(n, concatenated[n]) for n in names]
         response = await self._send(version, merged)
         if response.has_error():
             # Retry one by one: only the request at fault gets the error.
             await self._group_singly(version, members, responses)
             return
         outs = [(t.name(), t.as_numpy()) for t in response.output_tensors()]
+        if self.monitor is not None:
+            # The group's own arrays: no per-request tensor lookups (the input is ours already).
+            watched = dict(outs).get(self.monitor.settings.output)
+            if watched is not None:
+                self.monitor.observe_batch(str(version), [r.request_id() for _, r in members], sizes,
+                                           concatenated.get(self.monitor.settings.input), watched)
         offset = 0
         for (i, _), size in zip(members, sizes):
             responses[i] = pb_utils.InferenceResponse(
@@ -173,6 +182,8 @@ class TritonPythonModel:
         results = await asyncio.gather(*(self._one(version, r) for _, r in members))
         for (i, _), res in zip(members, results):
             responses[i] = res
+        if self.monitor is not None:
+            self._observe(version, members, responses)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -193,11 +204,10 @@ class TritonPythonModel:
             self._count(self._requests, self.requests_family, version).increment(len(members))
             if failed:
                 self._count(self._failures, self.failures_family, version).increment(failed)
-            if self.monitor is not None and failed < len(members):
-                self._observe(version, members, responses)
         return responses
 
     def _observe(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
+        """Hand the answered requests answered one by one to the monitor."""
         settings = self.monitor.settings
         ids, inputs, outputs = [], [], []
         for i, request in members:

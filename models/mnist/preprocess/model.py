@@ -186,6 +186,10 @@ class TritonPythonModel:
             self.monitor.close()
 
 
+# The `reason` of every BadImageError raised here or in pixels.py (tdk_input_rejected_total{reason}).
+REJECT_REASONS = ("empty", "not_an_image", "too_large", "too_small", "corrupt", "no_digit", "budget")
+
+
 class InputMonitor:
     """The preprocessing step's metrics: input statistics of the images it produced, rejections by reason.
 
@@ -204,6 +208,8 @@ class InputMonitor:
             name=serving.REJECTED, description="Images refused by preprocessing, by reason",
             kind=pb.MetricFamily.COUNTER))
         self._model = model
+        for reason in REJECT_REASONS:
+            self.rejected.ensure((("model", model), ("reason", reason)))
         self._lock = threading.Lock()
         self._images: list[np.ndarray] = []
         self._sizes: list[int] = []
