@@ -65,15 +65,14 @@ def migrate(db: Database) -> None:
 
 
 def write_predictions(db: Database, records: Sequence[PredictionRecord]) -> int:
-    """Insert records in one transaction; returns how many."""
+    """Insert records in one transaction (one driver call for all of them); returns how many."""
     with db.transaction():
-        for r in records:
-            db.execute(
-                "INSERT INTO predictions (request_id, ts, model, version, predicted, top_prob, stats, input)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.request_id, r.ts, r.model, r.version, int(r.predicted), float(r.top_prob),
-                 json.dumps(r.stats, sort_keys=True), r.input),
-            )
+        db.execute_many(
+            "INSERT INTO predictions (request_id, ts, model, version, predicted, top_prob, stats, input)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.request_id, r.ts, r.model, r.version, int(r.predicted), float(r.top_prob),
+              json.dumps(r.stats, sort_keys=True), r.input) for r in records],
+        )
     return len(records)
 
 

@@ -75,7 +75,7 @@ class PredictionLogWriter:
         self.written = 0
         self.failed = 0  # the database (or the sink) refused them
         self.deleted = 0  # by the retention
-        self._sink: subprocess.Popen[str] | None = None
+        self._sink: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._run, name=f"prediction-log-{model}", daemon=True)
         self._thread.start()
 
@@ -98,13 +98,13 @@ class PredictionLogWriter:
         return len(taken)
 
     # -- the background thread ---------------------------------------------------------------
-    def _start_sink(self) -> subprocess.Popen[str]:
+    def _start_sink(self) -> subprocess.Popen[bytes]:
         if self._sink is None or self._sink.poll() is not None:
             self._sink = subprocess.Popen(
                 [sink_python(), "-m", "control.monitor.sink", self.database_url, self.model,
                  "--max-rows", str(self.retention.max_rows), "--max-days", str(self.retention.max_days),
                  "--retention-interval-s", str(self.retention_interval_s)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             )
         return self._sink
 
@@ -112,7 +112,7 @@ class PredictionLogWriter:
         try:
             sink = self._start_sink()
             assert sink.stdin is not None and sink.stdout is not None
-            sink.stdin.write(encode_batch(batch) + "\n")
+            sink.stdin.write(encode_batch(batch))
             sink.stdin.flush()
             reply = sink.stdout.readline()
             result = json.loads(reply) if reply else {"failed": len(batch)}

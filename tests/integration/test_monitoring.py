@@ -160,14 +160,37 @@ def test_rejected_images_are_counted_by_reason_when_preprocessing_refuses_them(e
             before, REJECTED, model="mnist_preprocess", reason=reason) == 1, reason
 
 
+def test_torchscript_runner_counts_its_own_predictions_when_served_directly(
+    embedded_server: TritonServer, digits
+) -> None:
+    images, expected = digits
+    url = embedded_server.metrics_url
+    model = "mnist_classifier_torchscript"
+    before = quiet_snapshot(url)
+    if f'model="{model}"' not in before:
+        pytest.skip(f"{model} is not served here (no PyTorch in this environment)")
+    with TritonClient(embedded_server.http_url) as client:
+        for i, image in enumerate(images[:8]):
+            client.infer(model, {"image": image.astype(np.float32)[None, None]}, request_id=f"ts-{i}")
+
+    def sent(text: str) -> float:
+        return total(text, PREDICTIONS, model=model) - total(before, PREDICTIONS, model=model)
+
+    assert settle(url, sent, 8) == 8
+    now, then = class_counts(scrape(url), model), class_counts(before, model)
+    moved = {c: v - then.get(c, 0.0) for c, v in now.items() if v - then.get(c, 0.0)}
+    assert moved == {str(c): float(n) for c, n in zip(*np.unique(expected[:8], return_counts=True))}
+
+
 def test_prediction_log_lands_in_postgresql_when_the_server_is_pointed_at_it(
     project_spec: DeploySpec, tmp_path: Path, postgres_url: str, digits
 ) -> None:
-    """A second server, its monitored router logging to a real PostgreSQL through the environment override."""
+    """A second server logging to a real PostgreSQL through the environment override. Its classifier has
+    no lifecycle, so no router: the embedded ONNX Runtime runner watches its own predictions."""
     out = tmp_path / "repo"
     clf = project_spec.models["mnist_classifier"]
     models = {"mnist_classifier": clf.model_copy(update={
-        "formats": ["onnx"], "torchscript": type(clf.torchscript)(),
+        "formats": ["onnx"], "torchscript": type(clf.torchscript)(), "lifecycle": None,
         "instance_groups": {"embedded": clf.instance_groups["embedded"][:1]},
     })}
     spec = project_spec.model_copy(update={
@@ -183,7 +206,7 @@ def test_prediction_log_lands_in_postgresql_when_the_server_is_pointed_at_it(
         run = uuid.uuid4().hex[:8]
         with TritonClient(server.grpc_url, protocol="grpc") as client:
             for i, image in enumerate(images[:10]):
-                client.infer("mnist_classifier_router", {"image": image.astype(np.float32)[None, None]},
+                client.infer("mnist_classifier", {"image": image.astype(np.float32)[None, None]},
                              request_id=f"pg-{run}-{i}")
         with Database(postgres_url) as db:
             rows: list = []
@@ -194,7 +217,10 @@ def test_prediction_log_lands_in_postgresql_when_the_server_is_pointed_at_it(
                     rows = db.query("SELECT * FROM predictions WHERE request_id LIKE ? ORDER BY id", (f"pg-{run}-%",))
                 except DatabaseError:  # the table appears with the writer's first connection
                     continue
-        got = {r.request_id: r.predicted for r in map(contract.prediction_from_row, rows)}
-        assert got == {f"pg-{run}-{i}": int(c) for i, c in enumerate(expected[:10])}
+        got = {r.request_id: (r.model, r.version, r.predicted) for r in map(contract.prediction_from_row, rows)}
+        assert got == {f"pg-{run}-{i}": ("mnist_classifier", "1", int(c)) for i, c in enumerate(expected[:10])}
+        # The runner's metrics count the same ten requests (warmup requests come first, so compare after).
+        text = scrape(server.metrics_url)
+        assert metric_value(text, "tdk_prediction_log_records_total", model="mnist_classifier", outcome="failed") == 0
     finally:
         server.stop()
