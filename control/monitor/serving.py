@@ -163,6 +163,10 @@ class PendingCounters:
         pending, self._pending = self._pending, {}
         return pending
 
+    def clear(self) -> None:
+        """Drop the metric objects before the family goes (Triton refuses a family deleted first)."""
+        self._metrics.clear()
+
     def send(self, pending: dict[tuple[tuple[str, str], ...], float]) -> None:
         for labels, value in pending.items():
             metric = self._metrics.get(labels)
@@ -199,9 +203,15 @@ class HistogramExport:
         for labels, cumulative, total, count in taken:
             if not count:
                 continue
+            for b in self.bounds:  # every bucket of a label set exists (at 0) from its first flush on
+                self.buckets.ensure((*labels, ("le", le_label(b))))
             self.buckets.send({(*labels, ("le", le_label(b))): float(c) for b, c in zip(self.bounds, cumulative) if c})
             self.sums.send({labels: total} if total else {})
             self.counts.send({labels: float(count)})
+
+    def clear(self) -> None:
+        for counters in (self.buckets, self.sums, self.counts):
+            counters.clear()
 
 
 class InputStatsExport:
@@ -221,6 +231,10 @@ class InputStatsExport:
     def flush(self) -> None:
         for h in self.hists.values():
             h.flush()
+
+    def clear(self) -> None:
+        for h in self.hists.values():
+            h.clear()
 
 
 class Ticker:
@@ -389,3 +403,5 @@ class ServingMonitor:
         self._ticker.close()  # its last run processes what is pending
         self.writer.close()
         self.flush()
+        for exported in (self.predictions, self.top_probability, self.inputs, self.log_records):
+            exported.clear()
