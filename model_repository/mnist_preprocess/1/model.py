@@ -241,3 +241,5 @@ class InputMonitor:
 
     def close(self) -> None:
         self._ticker.close()
+        self.rejected.clear()
+        self.inputs.clear()
