@@ -176,12 +176,12 @@ class PredictionLogWriter:
         try:
             if sink.stdin is not None:
                 sink.stdin.close()
-            sink.wait(timeout=10)
+            sink.wait(timeout=3)
         except (OSError, subprocess.TimeoutExpired):
             sink.kill()
             sink.wait()
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float = 3.0) -> None:
         """Write what is queued, run the last tick, stop the thread and the sink."""
         self._stop.set()
         with self._ready:

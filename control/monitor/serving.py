@@ -256,7 +256,7 @@ class Ticker:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(5.0)
+        self._thread.join(2.0)
         self.fn()
 
 

@@ -195,7 +195,10 @@ class TritonPythonModel:
         responses = []
         results = self.infer(read)
         if self.monitor is not None:
-            self._observe(requests, read, results)
+            try:
+                self._observe(requests, read, results)
+            except Exception as e:  # monitoring never fails a request
+                pb_utils.Logger.log_warn(f"{self.name}: monitoring failed (answers unaffected): {e!r}")
         for result in results:
             if isinstance(result, ValueError):
                 responses.append(self._error(str(result), pb_utils.TritonError.INVALID_ARG))

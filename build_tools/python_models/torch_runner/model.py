@@ -200,8 +200,11 @@ class TritonPythonModel:
                 )
                 offset = end
         if watched:
-            self.monitor.observe(self.version, [w[0] for w in watched], [w[1] for w in watched],
-                                 [w[2] for w in watched])
+            try:
+                self.monitor.observe(self.version, [w[0] for w in watched], [w[1] for w in watched],
+                                     [w[2] for w in watched])
+            except Exception as e:  # monitoring never fails a request
+                pb_utils.Logger.log_warn(f"{self.name}: monitoring failed (answers unaffected): {e!r}")
         return responses
 
     def finalize(self) -> None:

@@ -88,6 +88,7 @@ class TritonPythonModel:
         self._labels = labels
         self._gauges = []
         self.monitor = None
+        self._watch_failed = False
         if config.get("parameters", {}).get("monitoring.enabled", {}).get("string_value") == "true":
             # Imported only when asked for: the watching code lives in the project's package.
             from control.monitor.serving import ServingMonitor
@@ -152,7 +153,7 @@ class TritonPythonModel:
             for (i, _), res in zip(members, results):
                 responses[i] = res
             if self.monitor is not None:
-                self._observe(version, members, responses)
+                self._watch(self._observe, version, members, responses)
             return
         arrays = [{t.name(): t.as_numpy() for t in r.inputs()} for _, r in members]
         sizes = [next(iter(a.values())).shape[0] for a in arrays]
@@ -169,8 +170,8 @@ class TritonPythonModel:
             # The group's own arrays: no per-request tensor lookups (the input is ours already).
             watched = dict(outs).get(self.monitor.settings.output)
             if watched is not None:
-                self.monitor.observe_batch(str(version), [r.request_id() for _, r in members], sizes,
-                                           concatenated.get(self.monitor.settings.input), watched)
+                self._watch(self.monitor.observe_batch, str(version), [r.request_id() for _, r in members], sizes,
+                            concatenated.get(self.monitor.settings.input), watched)
         offset = 0
         for (i, _), size in zip(members, sizes):
             responses[i] = pb_utils.InferenceResponse(
@@ -183,7 +184,7 @@ class TritonPythonModel:
         for (i, _), res in zip(members, results):
             responses[i] = res
         if self.monitor is not None:
-            self._observe(version, members, responses)
+            self._watch(self._observe, version, members, responses)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -205,6 +206,15 @@ class TritonPythonModel:
             if failed:
                 self._count(self._failures, self.failures_family, version).increment(failed)
         return responses
+
+    def _watch(self, fn: Any, *args: Any) -> None:
+        """Monitoring never fails a request: a monitoring error is logged (once) and the answers go out."""
+        try:
+            fn(*args)
+        except Exception as e:
+            if not self._watch_failed:
+                self._watch_failed = True
+                pb_utils.Logger.log_warn(f"{self.name}: monitoring failed (answers unaffected): {e!r}")
 
     def _observe(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
         """Hand the answered requests answered one by one to the monitor."""
