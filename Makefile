@@ -9,9 +9,10 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
+K8S_RATE ?= 20000
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
-	lifecycle-demo soak mutation perf-analyzer docker up down clean
+	lifecycle-demo soak mutation mutation-sample perf-analyzer docker up down clean k8s
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +29,13 @@ build-repo: install
 # Fails when the committed ngc repository differs from what the spec generates.
 check-repo: install
 	$(VENV)/bin/triton-repo build-repo --spec $(SPEC) --check
+	$(VENV)/bin/triton-repo k8s --spec $(SPEC) --check
+
+# Kubernetes manifests from the spec into k8s/ (validated offline), then a capacity plan with its
+# autoscaling simulation (build/capacity/capacity.png). See docs/kubernetes.md.
+k8s: install
+	$(VENV)/bin/triton-repo k8s --spec $(SPEC)
+	$(VENV)/bin/triton-repo capacity --rate $(K8S_RATE)
 
 serve: build-repo
 	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)
@@ -75,12 +83,21 @@ bench: perf-analyzer
 bench-router: install
 	$(PY) -m loadtest.router_cost
 
-# Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/; MUTATION_ARGS=--sample for
-# about one mutant in five. Needs promtool (Debian package `prometheus`). See docs/mutation.md.
+# Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/, at low priority with one
+# worker (MUTATION_CHILDREN); MUTATION_ARGS="--only 'clients.gate.*'" for one module. Needs promtool
+# (Debian package `prometheus`). See docs/mutation.md.
 MUTATION_ARGS ?=
+MUTATION_CHILDREN ?= 1
 mutation: install
 	$(PY) -m pip install --quiet -e '.[mutation]'
-	$(PY) -m mutation.run $(MUTATION_ARGS)
+	$(PY) -m mutation.run --children $(MUTATION_CHILDREN) $(MUTATION_ARGS)
+
+# CI's sampled run: MUTATION_SAMPLE mutants drawn at random (seed: MUTATION_SEED, else the CI run id or
+# the date) from every mutated module; fails when fewer than 85 % of the non-equivalent ones are killed.
+MUTATION_SAMPLE ?= 40
+mutation-sample: install
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) -m mutation.run --children $(MUTATION_CHILDREN) --sample $(MUTATION_SAMPLE) $(if $(MUTATION_SEED),--seed $(MUTATION_SEED))
 
 # Triton's perf_analyzer as .venv/bin/perf_analyzer (on PATH with the virtualenv active).
 perf-analyzer: install

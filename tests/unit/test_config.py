@@ -260,3 +260,79 @@ def test_read_config_names_the_file_when_it_is_not_a_model_config(tmp_path: Path
     bad.write_text('name: "m"\nmax_batch_size: "eight"\n')
     with pytest.raises(RepositoryError, match=rf"^{bad}: not a valid ModelConfig: "):
         read_config(bad)
+
+
+def test_ngc_configs_equal_the_committed_ones_when_planned_from_the_project_spec() -> None:
+    """Every config the project's spec plans for the ngc flavor (ONNX, TensorRT plan, TorchScript, Python,
+    ensemble, router), compared field by field with the committed repository's, in memory. Unlike the
+    drift check, the copied model files are left out, so this also holds in a mutation tool's copy."""
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    plan = plan_flavor(spec, "ngc", lint_or_raise(spec))
+    names = sorted(folder.name for folder in plan.models)
+    assert names == sorted(p.parent.name for p in (ROOT / "model_repository").glob("*/config.pbtxt"))
+    assert {"mnist_classifier_trt", "mnist_classifier_torchscript", "mnist_preprocess", "mnist"} <= set(names)
+    for folder in plan.models:
+        committed = read_config(ROOT / "model_repository" / folder.name / "config.pbtxt")
+        assert to_pbtxt(folder.config) == to_pbtxt(committed), folder.name
+
+
+def test_embedded_torchscript_config_runs_the_torch_runner_when_planned_from_the_project_spec() -> None:
+    """The embedded flavor's TorchScript variant: the Python backend (the torch runner), the ngc
+    variant's inputs and outputs, its own instance groups, and the runner's parameters from the spec."""
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_classifier"]["runtime"]["intra_op_threads"] = 3
+    spec = parse_spec(data, ROOT)
+    ios = lint_or_raise(spec)
+    embedded = {f.name: f.config for f in plan_flavor(spec, "embedded", ios).models}
+    ngc = {f.name: f.config for f in plan_flavor(spec, "ngc", ios).models}
+    ts = embedded["mnist_classifier_torchscript"]
+    assert (ts.name, ts.backend, ts.platform) == ("mnist_classifier_torchscript", "python", "")
+    assert list(ts.input) == list(ngc["mnist_classifier_torchscript"].input)
+    assert list(ts.output) == list(ngc["mnist_classifier_torchscript"].output)
+    assert [(g.kind, g.count) for g in ts.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert {k: v.string_value for k, v in ts.parameters.items()} == {"torchscript_file": "model.pt",
+                                                                     "torch_threads": "3"}
+    assert ngc["mnist_classifier_torchscript"].parameters["INTRA_OP_THREAD_COUNT"].string_value == "3"
+
+
+def test_tensorrt_config_keeps_group_counts_on_gpu_and_drops_onnx_threads_when_the_model_sets_them() -> None:
+    """The plan variant (ngc) from a model that asks for CPU instances and passes the onnxruntime thread
+    parameters through: the plan runs on the GPU with the same counts, without those parameters; the
+    ensemble's folder still holds its empty version folder, and the ONNX model asking for ONNX Runtime's
+    TensorRT accelerator gets it by name."""
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    clf = data["models"]["mnist_classifier"]
+    clf["instance_groups"] = {**clf.get("instance_groups", {}), "ngc": [{"kind": "KIND_CPU", "count": 2}]}
+    clf["parameters"] = {"intra_op_thread_count": "4", "inter_op_thread_count": "2", "note": "kept"}
+    clf["ort_tensorrt"] = {"enabled": True}
+    spec = parse_spec(data, ROOT)
+    folders = {f.name: f for f in plan_flavor(spec, "ngc", lint_or_raise(spec)).models}
+    trt = folders["mnist_classifier_trt"].config
+    assert [(g.kind, g.count) for g in trt.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert {k: v.string_value for k, v in trt.parameters.items()} == {"note": "kept"}
+    assert (trt.platform, trt.default_model_filename) == ("tensorrt_plan", "model.plan")
+    onnx = folders["mnist_classifier"].config
+    (acc,) = onnx.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt" and set(acc.parameters) == {"precision_mode", "max_workspace_size_bytes"}
+    assert "labels.txt" in folders["mnist_classifier_trt"].files  # the plan's folder has the labels too
+    assert folders["mnist"].files["1/.keep"] == b""
+
+
+def test_router_config_batches_only_when_its_target_batches() -> None:
+    from build_tools.config import router_config
+    from build_tools.repository import lint_or_raise
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    ios = lint_or_raise(spec)
+    model = spec.models["mnist_classifier"]
+    batching = router_config("r", "mnist_classifier", model, ios["mnist_classifier_router"], {1: 100.0})
+    assert batching.HasField("dynamic_batching") and batching.dynamic_batching.max_queue_delay_microseconds == 0
+    single = model.model_copy(update={"max_batch_size": 0})
+    plain = router_config("r", "mnist_classifier", single, ios["mnist_classifier_router"], {1: 100.0})
+    assert plain.max_batch_size == 0 and not plain.HasField("dynamic_batching")

@@ -180,3 +180,55 @@ def test_project_spec_has_no_stall_warning_when_linted_as_committed() -> None:
     from build_tools.spec import load_spec
 
     assert stall_warnings(load_spec(Path(__file__).resolve().parents[2] / "deploy.yaml")) == []
+
+
+def test_prefetch_blockers_name_every_queue_policy_field_when_all_are_set() -> None:
+    from build_tools.batching import prefetch_blockers
+    from build_tools.spec import DynamicBatchingSpec
+
+    db = DynamicBatchingSpec(max_queue_size=8, default_timeout_microseconds=500, allow_timeout_override=True)
+    assert prefetch_blockers(db) == [
+        "max_queue_size: 8", "default_timeout_microseconds: 500", "allow_timeout_override: true"
+    ]
+    assert prefetch_blockers(DynamicBatchingSpec(max_queue_delay_microseconds=100, preferred_batch_size=[4])) == []
+
+
+def test_stall_warnings_cover_every_model_when_an_earlier_one_does_not_batch(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from build_tools.batching import stall_warnings
+
+    data = _good(models, tmp_path)
+    # `pre` (no dynamic batching) comes after `clf` in the spec; put a non-batching model first too.
+    data["models"] = {"pre": data["models"].pop("pre"), **data["models"]}
+    data["models"]["clf"]["dynamic_batching"] = {"max_queue_size": 8, "allow_timeout_override": True}
+    assert stall_warnings(parse_spec(data, tmp_path)) == [
+        "models.clf.dynamic_batching: max_queue_size: 8, allow_timeout_override: true turns Triton's payload "
+        "prefetching off; on the embedded flavor the batcher can then miss a wake-up and hold requests for "
+        "500 ms (see docs/stall.md); remove the queue policy unless this model must shed load"
+    ]
+
+
+def test_lint_names_the_gate_field_and_file_when_a_lifecycle_gate_is_broken() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "deploy.yaml").read_text())
+    gate = data["models"]["mnist_classifier"]["lifecycle"]["gate"]
+    gate.update(data="no/such.npz", output="scores")
+    findings, _ = lint_spec(parse_spec(data, root))
+    where = "models.mnist_classifier.lifecycle.gate"
+    assert f"{where}.data: file 'no/such.npz' not found (resolved to {root / 'no/such.npz'})" in findings
+    assert f"{where}.output: 'scores' is not an output of mnist_classifier; outputs: ['probabilities']" in findings
+    assert not any(f.startswith(f"{where}.labels") for f in findings)
+    gate.update(data="models/mnist/holdout_digits.npz", output="probabilities")
+    assert lint_spec(parse_spec(data, root))[0] == []
+
+
+def test_lint_names_the_source_when_an_onnx_model_points_at_another_kind_of_file(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    data = _good(models, tmp_path)
+    data["models"]["clf"]["source"] = str(models["pre"])  # an existing file, but Python, not ONNX
+    findings, _ = lint_spec(parse_spec(data, tmp_path))
+    assert f"models.clf.source: {str(models['pre'])!r} is not an .onnx file" in findings

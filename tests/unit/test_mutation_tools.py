@@ -61,3 +61,26 @@ def test_mutant_names_map_to_their_source_file_when_reported() -> None:
     assert _module_of("build_tools.python_models.onnx_runner.model.xǁTritonPythonModelǁcheck__mutmut_12") == (
         "build_tools/python_models/onnx_runner/model.py"
     )
+
+
+def test_draw_sample_covers_every_module_and_repeats_when_the_seed_is_the_same() -> None:
+    from mutation.run import draw_sample
+
+    names = [f"clients.gate.x_compare__mutmut_{i}" for i in range(1, 91)]
+    names += [f"build_tools.batching.x_prefetch_blockers__mutmut_{i}" for i in range(1, 11)]
+    first = draw_sample(names, 20, "20261126")
+    assert first == draw_sample(names, 20, "20261126") and first != draw_sample(names, 20, "20261127")
+    modules = [_module_of(n) for n in first]
+    assert modules.count("clients/gate.py") == 18 and modules.count("build_tools/batching.py") == 2
+    assert len(set(first)) == 20 and set(first) <= set(names)
+
+
+def test_default_seed_is_the_ci_run_when_ci_names_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mutation.run import default_seed
+
+    monkeypatch.setenv("GITHUB_RUN_ID", "4711")
+    assert default_seed() == "4711"
+    monkeypatch.delenv("GITHUB_RUN_ID")
+    for key in ("CI_PIPELINE_ID", "BUILD_ID"):
+        monkeypatch.delenv(key, raising=False)
+    assert len(default_seed()) == 8 and default_seed().isdigit()  # the date, YYYYMMDD

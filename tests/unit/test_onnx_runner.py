@@ -8,6 +8,7 @@ rows back, in order; a bad request is refused alone; a failed run fails its grou
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools.config import onnx_config_embedded
 from build_tools.interfaces import resolve_model_io
@@ -25,11 +27,17 @@ from tests.support.backend import import_backend_model
 runner = import_backend_model("build_tools.python_models.onnx_runner.model")
 
 
-def _model(tmp_path: Path, onnx_file: Path, max_batch_size: int = 8, **extra: Any) -> Any:
-    """A runner initialised exactly as Triton would: config JSON, repository folder, version."""
+def _model(
+    tmp_path: Path, onnx_file: Path, max_batch_size: int = 8, edit: Callable[[Any], None] | None = None,
+    **extra: Any,
+) -> Any:
+    """A runner initialised exactly as Triton would: config JSON, repository folder, version; `edit`
+    changes the generated config first (a hand-written config.pbtxt)."""
     spec = parse_spec({"models": {"m": {"source": str(onnx_file), "max_batch_size": max_batch_size, **extra}}},
                       tmp_path)
     cfg = onnx_config_embedded("m", spec.models["m"], resolve_model_io(spec, "m"))
+    if edit is not None:
+        edit(cfg)
     repo = tmp_path / "repo" / "m"
     (repo / "1").mkdir(parents=True)
     shutil.copy(onnx_file, repo / "1" / "model.onnx")
@@ -190,3 +198,98 @@ def test_check_refuses_non_finite_and_out_of_range_values_when_batched_with_good
     assert str(answers[1]).startswith("input 'a' has 1 value(s) outside [-1, 1] out of 4")
     assert isinstance(answers[2], ValueError)
     assert str(answers[2]).startswith("input 'b' has 2 non-finite value(s) (NaN or +-Inf) out of 4")
+
+
+def test_check_values_refuses_one_non_finite_value_when_the_rest_is_finite() -> None:
+    # One +Inf among finite values (min finite, max not); a lone NaN in a one-element tensor.
+    with pytest.raises(ValueError, match=r"^input 'x' has 1 non-finite value\(s\) \(NaN or \+-Inf\) out of 4; "
+                                         r"expected finite values$"):
+        runner.check_values("x", np.array([0.0, np.inf, 1.0, 2.0], np.float32), None)
+    with pytest.raises(ValueError, match=r"^input 'x' has 1 non-finite .* out of 1; expected finite values in "
+                                         r"\[-1, 2\]$"):
+        runner.check_values("x", np.array([np.nan], np.float32), (-1.0, 2.0))
+    runner.check_values("x", np.zeros((0, 4), np.float32), (-1.0, 1.0))  # an empty tensor has nothing wrong
+
+
+def test_check_values_counts_only_values_beyond_the_bounds_when_integers_have_a_range() -> None:
+    # Integers have no NaN, but a declared range still applies; values on the bounds are inside it.
+    with pytest.raises(ValueError, match=r"^input 'ids' has 1 value\(s\) outside \[0, 9\] out of 4 \(seen 0 to 11\)$"):
+        runner.check_values("ids", np.array([0, 9, 11, 5], np.int64), (0.0, 9.0))
+    with pytest.raises(ValueError, match=r"has 2 value\(s\) outside \[-1, 1\] out of 4 \(seen -3 to 2\)$"):
+        runner.check_values("a", np.array([-1.0, -3.0, 2.0, 1.0], np.float32), (-1.0, 1.0))
+    runner.check_values("ids", np.array([0, 9], np.int64), (0.0, 9.0))
+    runner.check_values("ids", np.array([-5, 99], np.int64), None)  # no range, no float: nothing to check
+
+
+def test_check_reads_the_first_dim_as_batch_when_max_batch_size_is_one(tmp_path: Path) -> None:
+    model = _model(tmp_path, onnx_models.multi_input(tmp_path / "multi.onnx"), max_batch_size=1)
+    req = _ab(1, 5)
+    arrays, batch = model.check(req)
+    assert batch == 1 and list(arrays) == ["a", "b"]
+    (answer,) = _run(model, req)
+    np.testing.assert_array_equal(answer[0], req["a"] + req["b"])
+
+
+def test_infer_answers_in_config_order_and_types_when_config_differs_from_graph(tmp_path: Path) -> None:
+    """A hand-written config may list the outputs in another order than the graph, and ask for a wider
+    type: each answer holds exactly the config's outputs, in its order and of its types."""
+
+    def edit(cfg: Any) -> None:
+        outputs = [mc.ModelOutput() for _ in cfg.output]
+        for o, src in zip(outputs, reversed(cfg.output)):
+            o.CopyFrom(src)
+            o.data_type = mc.TYPE_FP64
+        del cfg.output[:]
+        cfg.output.extend(outputs)
+
+    model = _model(tmp_path, onnx_models.multi_input(tmp_path / "multi.onnx"), edit=edit)
+    requests = [_ab(2, 1), _ab(1, 2)]
+    for req, (diff, total) in zip(requests, _run(model, *requests)):
+        assert diff.dtype == np.float64 and total.dtype == np.float64 and diff.flags.c_contiguous
+        np.testing.assert_array_equal(diff, (req["a"] - req["b"]).astype(np.float64))
+        np.testing.assert_array_equal(total, (req["a"] + req["b"]).astype(np.float64))
+
+
+def test_infer_still_runs_later_groups_when_an_earlier_group_fails(multi: Any) -> None:
+    good = _ab(2, 4)
+    answers = multi.infer([({"a": np.zeros((1, 5), object), "b": np.zeros((1, 5), object)}, 1), (good, 2)])
+    assert isinstance(answers[0], str) and answers[0].startswith("onnxruntime failed: ")
+    np.testing.assert_array_equal(answers[1][0], good["a"] + good["b"])
+
+
+def test_initialize_applies_the_runner_parameters_when_the_config_sets_them(tmp_path: Path) -> None:
+    """The session is built from the config's parameters: the ONNX file's name, thread counts, and the
+    graph optimisation level (the load errors need the stub's TritonModelException: server tests)."""
+    from build_tools.runner_params import (
+        RUNNER_PARAM_INTER,
+        RUNNER_PARAM_INTRA,
+        RUNNER_PARAM_OPT_LEVEL,
+    )
+
+    onnx_file = onnx_models.multi_input(tmp_path / "multi.onnx")
+
+    def params(**values: str) -> Callable[[Any], None]:
+        def edit(cfg: Any) -> None:
+            for key, value in values.items():
+                cfg.parameters[key].string_value = value
+        return edit
+
+    model = _model(tmp_path / "a", onnx_file, edit=params(**{
+        RUNNER_PARAM_INTRA: "2", RUNNER_PARAM_INTER: "3", RUNNER_PARAM_OPT_LEVEL: "basic"}))
+    opts = model.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 3)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert model.max_batch_size == 8 and model.output_names == ["sum:0", "diff"]
+
+    defaults = _model(tmp_path / "b", onnx_file, edit=lambda cfg: cfg.parameters.clear())
+    opts = defaults.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_check_still_checks_later_inputs_when_an_optional_one_is_absent(tmp_path: Path) -> None:
+    model = _model(tmp_path, onnx_models.multi_input(tmp_path / "multi.onnx"), inputs={"a": {"optional": True}})
+    arrays, batch = model.check({"b": np.zeros((3, 4), np.float32)})
+    assert list(arrays) == ["b"] and batch == 3
+    with pytest.raises(ValueError, match=r"input 'b' has shape \[3, 5\], expected \[-1, 4\]"):
+        model.check({"b": np.zeros((3, 5), np.float32)})

@@ -172,3 +172,22 @@ def test_to_mnist_recentres_28x28_digit_when_mass_is_3_px_off(digits: np.ndarray
         assert not np.array_equal(out, moved.astype(np.float32))
         outputs.append(out)
     _assert_mnist_layout(outputs, "28x28, mass 3 px off")
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_is_mnist_layout_allows_2_px_of_mass_offset_but_not_3_when_moved_along_either_axis(axis: int) -> None:
+    assert pre.is_mnist_layout(np.roll(_centred_block(12, 8), 2, axis=axis)) is True
+    assert pre.is_mnist_layout(np.roll(_centred_block(12, 8), 3, axis=axis)) is False
+    assert pre.is_mnist_layout(np.roll(_centred_block(12, 8), -3, axis=axis)) is False
+
+
+def test_bright_background_counts_all_four_edges_when_the_majority_is_narrow() -> None:
+    # 10x10 border = 36 pixels: the top row (10), the right column (8) and one more = 19 bright, a majority
+    # only when the right column counts too.
+    gray = np.zeros((10, 10), np.uint8)
+    gray[0, :] = 255
+    gray[1:-1, -1] = 255
+    gray[-1, 0] = 255
+    assert pre.bright_background(gray) is True
+    gray[-1, 0] = 0  # 18 of 36: not a majority
+    assert pre.bright_background(gray) is False

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from build_tools.python_models import batch_groups
 from build_tools.runner_params import (
     RUNNER_PARAM_INTER,
     RUNNER_PARAM_INTRA,
@@ -237,47 +238,29 @@ class TritonPythonModel:
         Requests whose non-batch dims agree share one session run; a failed run fails its group only.
         """
         answers: list[list[np.ndarray] | ValueError | str] = [[] for _ in read]
-        batching = self.max_batch_size > 0
-        # Requests can only share a session run when their non-batch dims (and inputs) agree.
-        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], int]]] = {}
+        checked = []
         for i, item in enumerate(read):
             if isinstance(item, ValueError):
                 answers[i] = item
-                continue
-            arrays, batch = item
-            # Inputs are read in config order, so equal keys mean the same inputs with the same dims.
-            key = tuple((n, a.shape[1:]) for n, a in arrays.items()) if batching else ("request", i)
-            members = groups.get(key)
-            if members is None:
-                groups[key] = [(i, arrays, batch)]
             else:
-                members.append((i, arrays, batch))
-
+                checked.append((i, *item))
         outputs = self.outputs
-        for members in groups.values():
-            if len(members) == 1:
-                feed = members[0][1]
-            else:
-                feed = {n: np.concatenate([m[1][n] for m in members]) for n in members[0][1]}
+        # Inputs are read in config order, so equal names and non-batch dims mean one session run.
+        for members in batch_groups.group(checked, self.max_batch_size > 0):
+            feed = batch_groups.feed(members)
             try:
                 results = self.session.run(self.output_names, feed)
             except Exception as e:  # onnxruntime errors are per run: fail this group only
-                for i, _, _ in members:
-                    answers[i] = f"onnxruntime failed: {e}"
+                for m in members:
+                    answers[m.index] = f"onnxruntime failed: {e}"
                 continue
             # One conversion per run (not per request); row slices of a C-contiguous array stay contiguous.
             results = [
                 r if r.dtype == dtype and r.flags.c_contiguous else np.ascontiguousarray(r, dtype=dtype)
                 for r, (_, dtype) in zip(results, outputs)
             ]
-            if len(members) == 1 or not batching:
-                answers[members[0][0]] = results
-                continue
-            offset = 0
-            for i, _, batch in members:
-                end = offset + batch
-                answers[i] = [r[offset:end] for r in results]
-                offset = end
+            for i, rows in batch_groups.split(members, results):
+                answers[i] = rows
         return answers
 
     def finalize(self) -> None:

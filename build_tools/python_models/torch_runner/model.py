@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from build_tools.python_models import batch_groups
 from build_tools.runner_params import RUNNER_PARAM_TORCH_THREADS, RUNNER_PARAM_TORCHSCRIPT_FILE
 
 
@@ -148,22 +149,18 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         batching = self.max_batch_size > 0
-        groups: dict[tuple, list[tuple[int, list[np.ndarray], int]]] = {}
+        checked = []
         for i, request in enumerate(requests):
             try:
                 arrays, batch = self._read(request)
             except ValueError as e:
                 responses[i] = self._error(str(e), pb_utils.TritonError.INVALID_ARG)
                 continue
-            key = tuple(a.shape[1:] for a in arrays) if batching else ("request", i)
-            groups.setdefault(key, []).append((i, arrays, batch))
+            checked.append((i, arrays, batch))
 
         watched: list[tuple[str, np.ndarray, np.ndarray]] = []
-        for members in groups.values():
-            if len(members) == 1:
-                feed = members[0][1]
-            else:
-                feed = [np.concatenate([m[1][k] for m in members]) for k in range(len(self.inputs))]
+        for members in batch_groups.group(checked, batching):
+            feed = batch_groups.feed(members)
             try:
                 with torch.inference_mode():
                     # One host->device copy per input and one device->host copy per output per group.
@@ -173,32 +170,20 @@ class TritonPythonModel:
                         for t, (_, dtype) in zip(out, self.outputs)
                     ]
             except Exception as e:  # a failed forward fails this group only
-                for i, _, _ in members:
-                    responses[i] = self._error(f"torch forward failed: {e}")
+                for m in members:
+                    responses[m.index] = self._error(f"torch forward failed: {e}")
                 continue
-            if self.monitor is not None and None not in self._watch:
-                k_in, k_out = self._watch
-                lead = (lambda a: a) if batching else (lambda a: a[None])
-                offset = 0
-                for i, arrays, batch in members:
-                    size = batch if batching else 1
-                    rows = results[k_out][offset:offset + size] if batching else results[k_out]
-                    watched.append((requests[i].request_id(), lead(arrays[k_in]), lead(rows)))
-                    offset += size
-            if len(members) == 1 or not batching:
-                responses[members[0][0]] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, r) for (name, _), r in zip(self.outputs, results)]
-                )
-                continue
-            offset = 0
-            for i, _, batch in members:
-                end = offset + batch
+            arrays_of = {m.index: m.arrays for m in members}
+            for i, rows in batch_groups.split(members, results):
                 responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(name, r[offset:end]) for (name, _), r in zip(self.outputs, results)
-                    ]
+                    output_tensors=[pb_utils.Tensor(name, r) for (name, _), r in zip(self.outputs, rows)]
                 )
-                offset = end
+                if self.monitor is not None and None not in self._watch:
+                    k_in, k_out = self._watch
+                    inp, answer = arrays_of[i][k_in], rows[k_out]
+                    # Without batching a request has no batch dimension: the monitor wants one.
+                    watched.append((requests[i].request_id(), inp if batching else inp[None],
+                                    answer if batching else answer[None]))
         if watched:
             try:
                 self.monitor.observe(self.version, [w[0] for w in watched], [w[1] for w in watched],
