@@ -54,7 +54,7 @@ VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
 CPU_FILE="compose/docker-compose.cpu.yml"
 GPU_FILE="compose/docker-compose.yml"
-BASE_TAG="triton-deploy-kit-base:bookworm-py3.11-1"
+BASE_TAG="triton-deploy-kit-base:bookworm-py3.11-2"  # -2: with nginx (the front proxy)
 export COMPOSE_BAKE=false          # no buildx here: build with the engine's own BuildKit
 export DOCKER_CLI_HINTS=false
 
@@ -245,7 +245,7 @@ ensure_base_image() {
   chmod 0755 "$rootfs" # becomes the image's /: mktemp's 0700 would lock every non-root user out
   [[ -n "${DEBOOTSTRAP_MIRROR:-}" ]] && mirror=("$DEBOOTSTRAP_MIRROR")
   log "debootstrap bookworm (minbase + python3.11) into $rootfs; log: $STATE/debootstrap.log"
-  debootstrap --variant=minbase --include=python3.11,libpython3.11,python3-venv,ca-certificates \
+  debootstrap --variant=minbase --include=python3.11,libpython3.11,python3-venv,ca-certificates,nginx \
     bookworm "$rootfs" "${mirror[@]}" >"$STATE/debootstrap.log" 2>&1 \
     || { tail -n 30 "$STATE/debootstrap.log"; rm -rf --one-file-system "$rootfs"; exit 1; }
   # Trust what this host trusts (e.g. a TLS-inspecting egress proxy's CA), for pip in image builds.
@@ -288,7 +288,7 @@ pick_ports() {
 import os, socket
 held = []
 for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_HEALTH_PORT", "PROMETHEUS_PORT",
-             "ALERTMANAGER_PORT", "REGISTRY_PORT"):
+             "ALERTMANAGER_PORT", "REGISTRY_PORT", "TRITON_PROXY_HTTP_PORT", "TRITON_PROXY_GRPC_PORT"):
     port = int(os.environ.get(name) or 0)
     if not port:
         s = socket.socket()
@@ -299,6 +299,7 @@ for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRI
 EOF
 )"
   log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT health $TRITON_HEALTH_PORT," \
+    "proxy http $TRITON_PROXY_HTTP_PORT grpc $TRITON_PROXY_GRPC_PORT," \
     "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT, registry $REGISTRY_PORT"
 }
 stack_up() {
@@ -315,9 +316,13 @@ probe() {
   phase "inferences to the ensemble mnist"
   "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
     --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 3 --count-file "$STATE/sent"
+  phase "front proxy: inferences through it, an oversize body refused (413), a restricted API refused (403)"
+  "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_PROXY_HTTP_PORT" \
+    --grpc-url "127.0.0.1:$TRITON_PROXY_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-proxy"
+  "$PY" tests/compose/stack_probe.py proxy --url "127.0.0.1:$TRITON_PROXY_HTTP_PORT"
   phase "Prometheus: target up, nv_inference_count scraped"
   "$PY" tests/compose/stack_probe.py prometheus --url "http://127.0.0.1:$PROMETHEUS_PORT" --model mnist \
-    --min-count "$(cat "$STATE/sent")" --timeout 120 --dashboards compose/grafana/dashboards
+    --min-count "$(( $(cat "$STATE/sent") + $(cat "$STATE/sent-proxy") ))" --timeout 120 --dashboards compose/grafana/dashboards
 }
 
 # ---- 9. lifecycle: one canary and one rollback through the real commands ----------------------------

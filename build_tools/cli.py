@@ -121,6 +121,78 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watchdog(args: argparse.Namespace) -> int:
+    """The stub watchdog beside a server it did not start (the GPU stack's sidecar, Kubernetes)."""
+    from build_tools.healer import Healer, HealthEndpoint, find_server_pid, http_canary, http_reload
+    from build_tools.server import env_admin_headers
+    from triton_api import TritonClient
+
+    spec = load_spec(args.spec) if Path(args.spec).is_file() else None
+    healer_spec = (spec.server if spec is not None else ServerSpec()).healer
+    header = (spec.server if spec is not None else ServerSpec()).admin_api.header
+    headers = env_admin_headers(header, "http")
+    if headers is None:
+        raise ToolkitError("set $TRITON_ADMIN_KEY: the watchdog reloads models through the restricted "
+                           "repository API")
+    repos = [Path(r) for r in args.model_repository]
+
+    def restart() -> None:  # never called: reload is always given here
+        logger.error("the watchdog cannot restart a server it did not start")
+
+    server_pid = (lambda: args.server_pid) if args.server_pid else find_server_pid
+    healer = Healer(
+        server_pid, http_reload(args.url, headers), restart,
+        interval_s=healer_spec.interval_s, max_heals_per_10min=healer_spec.max_heals_per_10min,
+        canary=http_canary(args.url, repos, healer_spec.canary_timeout_s),
+        canary_interval_s=healer_spec.canary_interval_s or 5.0, canary_misses=healer_spec.canary_misses,
+    )
+    def ready() -> bool:  # a client per call: the health endpoint answers from several threads
+        with TritonClient(args.url, "http", timeout_s=2.0) as client:
+            return client.is_ready()
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not ready():  # the server may still be loading its models
+        if stop.wait(2.0):
+            return 0
+    with TritonClient(args.url, "http", timeout_s=10.0, headers=headers) as client:
+        models = [m["name"] for m in client.repository_index() if m.get("state") == "READY"]
+    healer.watch(models)
+    healer.start()
+    health = HealthEndpoint(healer, ready, args.host, args.health_port)
+    sys.stdout.write(f"watchdog on {args.url}: models {sorted(healer.models)}, server pid "
+                     f"{server_pid() or 'not visible (canaries only)'}; health "
+                     f"http://{args.host}:{health.port}/health\n")
+    sys.stdout.flush()
+    stop.wait()
+    health.close()
+    healer.stop()
+    return 0
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    """Write the front proxy's nginx configuration from the spec, check it, and run nginx in its place."""
+    from build_tools.proxy import ProxyAddresses, check_conf, nginx_binary, nginx_conf, write_conf
+
+    server = load_spec(args.spec).server if Path(args.spec).is_file() else ServerSpec()
+    where = ProxyAddresses(args.listen_http, args.listen_grpc, args.upstream_http, args.upstream_grpc)
+    state = Path(args.state_dir)
+    conf = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), where, state.resolve()), state)
+    if args.write_only:
+        sys.stdout.write(f"{conf}\n")
+        return 0
+    nginx = nginx_binary()
+    if nginx is None:
+        raise ToolkitError("nginx is not installed (Debian package nginx)")
+    check_conf(nginx, conf)
+    sys.stdout.write(f"front proxy: http {args.listen_http} -> {args.upstream_http}, grpc {args.listen_grpc} -> "
+                     f"{args.upstream_grpc}, requests up to {server.proxy.max_request_mib} MiB\n")
+    sys.stdout.flush()
+    os.execv(nginx, [nginx, "-e", "stderr", "-c", str(conf.resolve()), "-p", str(state.resolve())])
+    return 0  # not reached
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     # The tuner drives the load generator; imported here so the other commands do not need it.
     from loadtest import tune
@@ -175,6 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable; also $TRITON_EXTRA_ARGS)",
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("watchdog", help="heal hung or dead stubs of a server this command did not start "
+                       "(canary inferences; stub processes too where the pid namespace is shared)")
+    p.add_argument("--spec", default="deploy.yaml", help="the deployment spec (server.healer settings)")
+    p.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP endpoint, host:port")
+    p.add_argument("--model-repository", action="append", default=[],
+                   help="the served repository, for the models' warmup samples (repeatable)")
+    p.add_argument("--host", default="0.0.0.0", help="address of the /health and /metrics endpoint")
+    p.add_argument("--health-port", type=port_number, default=8003, help="the watchdog's /health and /metrics")
+    p.add_argument("--server-pid", type=int, help="tritonserver's pid (default: the one tritonserver process "
+                   "visible here, as in a container sharing the server's pid namespace)")
+    p.set_defaults(func=_cmd_watchdog)
+
+    p = sub.add_parser("proxy", help="run the front proxy (nginx: request size limits, restricted APIs refused) "
+                       "in front of a server")
+    p.add_argument("--spec", default="deploy.yaml", help="the deployment spec (server.proxy, server.admin_api)")
+    p.add_argument("--listen-http", default="127.0.0.1:8080", help="host:port the proxy serves HTTP on")
+    p.add_argument("--listen-grpc", default="127.0.0.1:8081", help="host:port the proxy serves gRPC on")
+    p.add_argument("--upstream-http", default="127.0.0.1:8000", help="the server's HTTP endpoint")
+    p.add_argument("--upstream-grpc", default="127.0.0.1:8001", help="the server's gRPC endpoint")
+    p.add_argument("--state-dir", default="build/proxy", help="nginx's configuration, pid file and temp folders")
+    p.add_argument("--write-only", action="store_true", help="write the configuration and exit")
+    p.set_defaults(func=_cmd_proxy)
 
     p = sub.add_parser("tune", help="search a model's serving settings against a latency target on the real server")
     p.add_argument("--spec", default="deploy.yaml")

@@ -13,6 +13,12 @@ instance each serves, from its command line) and, when an instance's stub is gon
 * counts it: `triton_kit_stub_heals_total{model}` and `triton_kit_model_unhealthy{model}` on its own
   `/metrics` (Prometheus scrapes it beside Triton; alerts.yml has the rules).
 
+A stub can also hang: alive in /proc, never answering (a deadlock, SIGSTOP). So the watchdog also
+sends each model a canary inference every `canary_interval_s` (its own warmup sample, else a zero
+tensor) with a deadline; a model that misses `canary_misses` canaries in a row (no answer within
+`canary_timeout_s`, or Triton's "Stub process ... is not healthy") is healed the same way, and the
+misses are counted (`triton_kit_canary_failures_total{model}`).
+
 It also keeps the stubs' shared-memory regions (`/dev/shm/<region>`) private to the server's user
 (mode 0600, Triton creates them 0644) and remembers their names, so the harness can remove regions a
 dead stub left behind after the server stops.
@@ -21,10 +27,11 @@ dead stub left behind after the server stops.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
+import re
+import signal
 import threading
 import time
 import urllib.error
@@ -35,11 +42,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from build_tools.folder_lock import folder_lock
+
 logger = logging.getLogger(__name__)
 
 STUB_COMM = "triton_python_b"  # /proc/<pid>/comm keeps 15 characters of triton_python_backend_stub
 SHM_DIR = Path("/dev/shm")
 HEAL_WINDOW_S = 600.0
+STOPPED_STATES = ("T", "t")
+LEFTOVER_GRACE_S = 5.0  # after a reload, how long a replaced stub may take to end before it is killed
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Stub:
     model: str
     instance: str
     shm_region: str  # the name under /dev/shm, without the leading slash
+    state: str = "R"  # /proc/<pid>/stat's state: T (stopped) and t (traced) never answer
 
 
 def _read(path: Path) -> bytes | None:
@@ -85,6 +97,15 @@ def _children(pid: int) -> list[Path] | None:
     return found
 
 
+def find_server_pid() -> int | None:
+    """The pid of a `tritonserver` process visible here (the watchdog sidecar shares the server's pid
+    namespace), or None."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (_read(entry / "comm") or b"").strip() == b"tritonserver":
+            return int(entry.name)
+    return None
+
+
 def list_stubs(server_pid: int) -> list[Stub]:
     """The live (not zombie) stubs whose parent is server_pid."""
     stubs = []
@@ -107,7 +128,7 @@ def list_stubs(server_pid: int) -> list[Stub]:
             continue
         parsed = parse_stub_cmdline([a.decode(errors="replace") for a in raw.split(b"\0") if a])
         if parsed is not None:
-            stubs.append(Stub(int(entry.name), *parsed))
+            stubs.append(Stub(int(entry.name), *parsed, state=fields[0]))
     return stubs
 
 
@@ -120,6 +141,9 @@ class ModelHealth:
     recent: deque[float] = field(default_factory=deque)  # heal times, for the rate limit
     last_problem: str = ""
     gave_up: bool = False  # the heal limit was hit (reported once per outage)
+    canary_failures: int = 0  # canaries unanswered in time, ever (the counter)
+    canary_missed: int = 0  # in a row, since the last answer
+    canary_seconds: float = 0.0  # the last canary's round trip
 
 
 class Healer:
@@ -136,12 +160,24 @@ class Healer:
         restart: Callable[[], None],
         interval_s: float = 0.5,
         max_heals_per_10min: int = 10,
+        canary: Callable[[str], str | None] | None = None,
+        canary_interval_s: float = 10.0,
+        canary_misses: int = 2,
     ) -> None:
         self._server_pid = server_pid
         self._reload = reload
         self._restart = restart
         self.interval_s = interval_s
         self.max_heals = max_heals_per_10min
+        # canary(model) -> None when the model answered in time, else what went wrong.
+        self._canary = canary
+        self.canary_interval_s = canary_interval_s
+        self.canary_misses = canary_misses
+        # Stopped stubs (state T in /proc) are healed from the process watch; the chaos test of the
+        # canaries turns this off to show that they find a hung stub on their own.
+        self.watch_stopped = True
+        self._heal_lock = threading.Lock()  # the process watch and the canaries heal one at a time
+        self._canary_thread: threading.Thread | None = None
         self.models: dict[str, ModelHealth] = {}
         self.shm_regions: set[str] = set()
         self.server_restarts = 0
@@ -163,6 +199,12 @@ class Healer:
                 self.models.setdefault(model, ModelHealth()).expected = instances
             self._guard_regions(stubs)
         logger.debug("healer baseline: %s", dict(Counter(s.model for s in stubs)))
+
+    def watch(self, models: list[str]) -> None:
+        """Canary these models too (e.g. ONNX models, which have no stub to watch in /proc)."""
+        with self._lock:
+            for model in models:
+                self.models.setdefault(model, ModelHealth())
 
     def _guard_regions(self, stubs: list[Stub]) -> None:
         for s in stubs:
@@ -204,17 +246,82 @@ class Healer:
             }
         for model, missing in broken.items():
             self._heal(model, missing)
-        return sorted(broken)
+        # A stopped stub (SIGSTOP, a debugger) is alive but never answers: healed as a hung one, at once.
+        stopped: dict[str, list[str]] = {}
+        if self.watch_stopped:
+            for s in stubs:
+                if s.state in STOPPED_STATES and s.model in self.models and s.model not in broken:
+                    stopped.setdefault(s.model, []).append(s.instance)
+        for model, instances in stopped.items():
+            self._heal(model, [], f"stub process of instance(s) {', '.join(sorted(instances))} is stopped")
+        return sorted(set(broken) | set(stopped))
 
-    def _heal(self, model: str, missing: list[str]) -> None:
+    def canary_once(self) -> list[str]:
+        """One canary per model; returns the models it healed. A canary unanswered within its deadline
+        counts as a miss, and `canary_misses` in a row heal the model (one slow answer on a busy host
+        is not a hang). Triton's own "Stub process '<instance>' is not healthy" heals the model that
+        owns that instance at once: it is Triton's verdict, and with several instances only some
+        canaries reach the hung one."""
+        if self._canary is None:
+            return []
+        with self._lock:
+            models = sorted(m for m, h in self.models.items() if h.unhealthy_since is None)
+        healed: list[str] = []
+        for model in models:
+            if self._stop.is_set():
+                break
+            started = time.monotonic()
+            problem = self._canary(model)
+            with self._lock:
+                h = self.models[model]
+                h.canary_seconds = time.monotonic() - started
+                if problem is None:
+                    h.canary_missed = 0
+                    continue
+                h.canary_failures += 1
+                h.canary_missed += 1
+                missed = h.canary_missed
+            self._event(logging.WARNING, f"model {model}: canary {missed} of {self.canary_misses} missed: {problem}")
+            owner = self._owner_of_unhealthy_stub(problem)
+            target = owner or model
+            if (owner is not None or missed >= self.canary_misses) and target not in healed:
+                healed.append(target)
+                self._heal(target, [], f"stub not answering ({missed} canary(ies) of {model} missed: {problem})")
+                with self._lock:
+                    h.canary_missed = 0
+        return healed
+
+    def _owner_of_unhealthy_stub(self, problem: str) -> str | None:
+        """The model whose instance Triton named in "Stub process '<instance>' is not healthy"."""
+        found = _UNHEALTHY_STUB.search(problem)
+        if found is None:
+            return None
+        instance = found.group(1)
+        pid = self._server_pid()
+        for s in list_stubs(pid) if pid else []:
+            if s.instance == instance:
+                return s.model
+        with self._lock:
+            return next((m for m, h in self.models.items() if instance in h.expected), None)
+
+    def _heal(self, model: str, missing: list[str], problem: str | None = None) -> None:
+        """Reload `model` (or restart the server): `missing` instances have no live stub, or, with
+        `problem`, its stubs are alive but do not answer (then every stub must be replaced)."""
+        with self._heal_lock:
+            self._heal_locked(model, missing, problem)
+
+    def _heal_locked(self, model: str, missing: list[str], problem: str | None) -> None:
+        if missing and not set(missing) - {s.instance for s in self._stubs_of(model)}:
+            return  # healed meanwhile (by a heal the other thread had under way)
         if self._stop.is_set():
             return  # the server is being stopped: its stubs are going away on purpose
         now = time.monotonic()
+        hung_pids = {s.pid for s in self._stubs_of(model)} if problem else set()
         with self._lock:
             h = self.models[model]
             if h.unhealthy_since is None:
                 h.unhealthy_since = now
-            h.last_problem = f"stub process of instance(s) {', '.join(missing)} is gone"
+            h.last_problem = problem or f"stub process of instance(s) {', '.join(missing)} is gone"
             while h.recent and now - h.recent[0] > HEAL_WINDOW_S:
                 h.recent.popleft()
             give_up = len(h.recent) >= self.max_heals
@@ -238,8 +345,10 @@ class Healer:
             ok = True
             with self._lock:
                 self.server_restarts += 1
-        # Healed means every missing instance has a live stub again, not just "the API said 200".
-        ok = ok and set(missing) <= {s.instance for s in self._stubs_of(model)}
+        # Healed means every missing instance has a live stub again, not just "the API said 200"; for
+        # a hung model, that none of the stubs that did not answer serves it any more.
+        stubs_now = self._stubs_of(model)
+        ok = ok and set(missing) <= {s.instance for s in stubs_now}
         with self._lock:
             if ok:
                 h.heals += 1
@@ -253,6 +362,22 @@ class Healer:
                         f"(heal {h.heals})")
         else:
             self._event(logging.ERROR, f"model {model}: reload failed; it stays unhealthy")
+        if ok and hung_pids:
+            # The replaced instances' stubs end on their own once their requests are done (a few
+            # seconds); one that is still there after LEFTOVER_GRACE_S is the hung one.
+            grace_end = time.monotonic() + LEFTOVER_GRACE_S
+            left = hung_pids & {s.pid for s in stubs_now}
+            while left and time.monotonic() < grace_end and not self._stop.is_set():
+                time.sleep(0.2)
+                left = hung_pids & {s.pid for s in self._stubs_of(model)}
+            if left and self._reload is not None:
+                # Triton keeps an old instance until its in-flight requests end, which a hung stub never
+                # does: end those stubs (Triton then fails their requests and finishes the swap).
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                self._event(logging.WARNING, f"model {model}: killed {len(left)} hung stub(s) the reload "
+                            f"left behind (pids {sorted(left)})")
 
     def _stubs_of(self, model: str) -> list[Stub]:
         pid = self._server_pid()
@@ -268,6 +393,10 @@ class Healer:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="stub-healer", daemon=True)
         self._thread.start()
+        if self._canary is not None and self.canary_interval_s > 0:
+            # Its own thread: a canary waits up to its deadline, the process watch must not.
+            self._canary_thread = threading.Thread(target=self._run_canaries, name="stub-canary", daemon=True)
+            self._canary_thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -276,14 +405,22 @@ class Healer:
             except Exception:  # the watchdog must outlive any one bad pass
                 logger.exception("stub healer pass failed")
 
+    def _run_canaries(self) -> None:
+        while not self._stop.wait(self.canary_interval_s):
+            try:
+                self.canary_once()
+            except Exception:
+                logger.exception("canary pass failed")
+
     def request_stop(self) -> None:
         self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
-        self._thread = None
+        for thread in (self._thread, self._canary_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
+        self._thread = self._canary_thread = None
 
     # -- what Prometheus and the probes read -----------------------------------------------------
     def metrics_text(self) -> str:
@@ -298,6 +435,13 @@ class Healer:
             "# HELP triton_kit_model_unhealthy 1 while a model has a dead stub that is not healed yet.",
             "# TYPE triton_kit_model_unhealthy gauge",
             *(f'triton_kit_model_unhealthy{{model="{m}"}} {int(h.unhealthy_since is not None)}' for m, h in items),
+            "# HELP triton_kit_canary_failures_total Canary inferences not answered within their deadline (or "
+            "answered with a stub health error).",
+            "# TYPE triton_kit_canary_failures_total counter",
+            *(f'triton_kit_canary_failures_total{{model="{m}"}} {h.canary_failures}' for m, h in items),
+            "# HELP triton_kit_canary_seconds Round trip of the last canary inference.",
+            "# TYPE triton_kit_canary_seconds gauge",
+            *(f'triton_kit_canary_seconds{{model="{m}"}} {h.canary_seconds:.4f}' for m, h in items),
             "# HELP triton_kit_server_restarts_total Server restarts done by the healer.",
             "# TYPE triton_kit_server_restarts_total counter",
             f"triton_kit_server_restarts_total {restarts}",
@@ -339,6 +483,102 @@ def http_reload(http_url: str, headers: dict[str, str], timeout_s: float = 120.0
     return reload
 
 
+# Bytes per element of Triton's fixed-size types (config names); TYPE_STRING (BYTES) is serialized.
+_TYPE_SIZES = {
+    "TYPE_BOOL": 1, "TYPE_UINT8": 1, "TYPE_INT8": 1, "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_FP16": 2,
+    "TYPE_BF16": 2, "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_FP32": 4, "TYPE_UINT64": 8, "TYPE_INT64": 8,
+    "TYPE_FP64": 8,
+}
+STUB_UNHEALTHY_MARKERS = ("Stub process", "is not healthy")
+_UNHEALTHY_STUB = re.compile(r"Stub process '([^']+)' is not healthy")
+
+
+def canary_request(config: dict, model_dir: Path | None) -> tuple[bytes, int] | None:
+    """(body, JSON header length) of a one-sample inference in Triton's binary HTTP form, built from
+    the served config: the model's smallest warmup sample (its data file, or zeros), else a zero
+    tensor per input (in range for the declared 0-255 inputs). None when no known-good sample exists
+    (a BYTES input without a warmup file: zeros are not a valid image)."""
+    batching = int(config.get("max_batch_size", 0)) > 0
+    warmups = sorted(config.get("model_warmup", []), key=lambda w: int(w.get("batch_size", 1)))
+    warm_inputs: dict = warmups[0].get("inputs", {}) if warmups else {}
+    inputs, blobs = [], []
+    for inp in config.get("input", []):
+        name, dtype = inp["name"], inp.get("data_type", "TYPE_FP32")
+        warm = warm_inputs.get(name, {})
+        dims = [max(int(d), 1) for d in (warm.get("dims") or inp.get("dims", []))]
+        count = 1
+        for d in dims:
+            count *= d
+        data: bytes | None = None
+        if warm.get("input_data_file") and model_dir is not None:
+            data = _read(model_dir / "warmup" / warm["input_data_file"])
+        if data is None:
+            if dtype not in _TYPE_SIZES:
+                return None
+            data = bytes(count * _TYPE_SIZES[dtype])
+        shape = [1, *dims] if batching else dims
+        wire_type = "BYTES" if dtype == "TYPE_STRING" else dtype.removeprefix("TYPE_")
+        inputs.append({"name": name, "shape": shape, "datatype": wire_type,
+                       "parameters": {"binary_data_size": len(data)}})
+        blobs.append(data)
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(blobs), len(header)
+
+
+def http_canary(
+    http_url: str, repositories: list[Path], timeout_s: float = 5.0, headers: dict[str, str] | None = None
+) -> Callable[[str], str | None]:
+    """`canary(model)`: one known-good inference (canary_request) with a deadline. None when the model
+    answered in time, whatever it answered (an answer, even an error, proves its stub is alive), else
+    what went wrong: no answer within timeout_s, or Triton's own "Stub process ... is not healthy".
+    A server that refuses the connection is not the canary's business (the process watch has it)."""
+    base = f"http://{http_url}/v2/models"
+
+    def model_dir(model: str) -> Path | None:
+        for repo in repositories:
+            if (Path(repo) / model / "config.pbtxt").is_file():
+                return Path(repo) / model
+        return None
+
+    def canary(model: str) -> str | None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{base}/{model}/config", headers=headers or {}),
+                                        timeout=timeout_s) as r:
+                config = json.loads(r.read())
+        except urllib.error.HTTPError:
+            return None  # not served (unloaded by a lifecycle step): nothing to check
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            return f"no answer to the config request within {timeout_s:.1f} s" if _timed_out(e) else None
+        built = canary_request(config, model_dir(model))
+        if built is None:
+            return None
+        body, header_len = built
+        req = urllib.request.Request(
+            f"{base}/{model}/infer", data=body, method="POST",
+            headers={**(headers or {}), "Content-Type": "application/octet-stream",
+                     "Inference-Header-Content-Length": str(header_len)},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                r.read()
+            return None
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            if any(marker in detail for marker in STUB_UNHEALTHY_MARKERS):
+                return f"HTTP {e.code}: {detail.strip()[:200]}"
+            logger.debug("canary of %s answered HTTP %d: %s", model, e.code, detail[:200])
+            return None
+        except (urllib.error.URLError, OSError) as e:
+            return f"no answer within {timeout_s:.1f} s" if _timed_out(e) else None
+
+    return canary
+
+
+def _timed_out(e: BaseException) -> bool:
+    reason = getattr(e, "reason", e)
+    return isinstance(reason, TimeoutError) or "timed out" in str(reason)
+
+
 def repository_locked(
     reload: Callable[[str], bool], repositories: list[Path], wait_s: float = 30.0
 ) -> Callable[[str], bool]:
@@ -349,29 +589,16 @@ def repository_locked(
     heal goes ahead anyway (a step stuck behind the dead stub must not keep the model down)."""
 
     def locked(model: str) -> bool:
-        fds: list[int] = []
-        try:
+        with contextlib.ExitStack() as held:
             for repo in repositories:
                 try:
-                    fd = os.open(repo, os.O_RDONLY)
+                    got = held.enter_context(folder_lock(repo, wait_s))
                 except OSError:
-                    continue
-                fds.append(fd)
-                deadline = time.monotonic() + wait_s
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            logger.warning("a lifecycle step has held %s for %.0f s; reloading %s anyway",
-                                           repo, wait_s, model)
-                            break
-                        time.sleep(0.1)
+                    continue  # a repository folder gone: nothing to keep in order with
+                if not got:
+                    logger.warning("a lifecycle step has held %s for %.0f s; reloading %s anyway",
+                                   repo, wait_s, model)
             return reload(model)
-        finally:
-            for fd in fds:
-                os.close(fd)  # releases the flock
 
     return locked
 

@@ -15,6 +15,7 @@ from build_tools.interfaces import (
     torchscript_model_name,
     trt_model_name,
 )
+from build_tools.proxy import lint_request_limits
 from build_tools.spec import FLAVORS, DeploySpec, FlavorName, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
                         f"model this spec builds; known: {sorted(known)}"
                     )
         findings.extend(ios[name].findings)
+    findings.extend(lint_request_limits(spec))
     # One message per problem, in spec order: findings from shared resolution can repeat.
     unique = list(dict.fromkeys(findings))
     for f in unique:

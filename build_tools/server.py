@@ -29,7 +29,14 @@ from pathlib import Path
 from types import TracebackType
 
 from build_tools.errors import ServerError
-from build_tools.healer import Healer, HealthEndpoint, http_reload, remove_regions, repository_locked
+from build_tools.healer import (
+    Healer,
+    HealthEndpoint,
+    http_canary,
+    http_reload,
+    remove_regions,
+    repository_locked,
+)
 from build_tools.logrotate import RotatingLog
 from build_tools.spec import DEFAULT_RESTRICTED_APIS, ServerSpec
 from triton_api import TritonClient
@@ -162,6 +169,10 @@ class ServerOptions:
     heal: bool = True
     heal_interval_s: float = 0.5
     max_heals_per_10min: int = 10
+    # Off unless asked (from_spec: the spec's 5 s): canaries add inferences to the counts tests compare.
+    canary_interval_s: float = 0.0  # 0 = no canary inferences
+    canary_timeout_s: float = 5.0
+    canary_misses: int = 2
     health_port: int | None = 0
     # The server log rotates past this size, keeping this many older files (.1 is the newest).
     log_max_bytes: int = 64 << 20
@@ -177,6 +188,9 @@ class ServerOptions:
             "heal": server.healer.enabled,
             "heal_interval_s": server.healer.interval_s,
             "max_heals_per_10min": server.healer.max_heals_per_10min,
+            "canary_interval_s": server.healer.canary_interval_s,
+            "canary_timeout_s": server.healer.canary_timeout_s,
+            "canary_misses": server.healer.canary_misses,
             "log_max_bytes": server.log.max_mib << 20,
             "log_backups": server.log.backups,
         }
@@ -367,6 +381,10 @@ class TritonServer:
             self.restart,
             interval_s=o.heal_interval_s,
             max_heals_per_10min=o.max_heals_per_10min,
+            canary=http_canary(self.http_url, list(o.model_repositories), o.canary_timeout_s)
+            if o.canary_interval_s > 0 else None,
+            canary_interval_s=o.canary_interval_s,
+            canary_misses=o.canary_misses,
         )
         self.healer.start()
         if o.health_port is not None:

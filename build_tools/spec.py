@@ -361,6 +361,12 @@ class HealerSpec(_Strict):
     interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     # A model reloaded this many times within 10 minutes is left down (and shown unhealthy).
     max_heals_per_10min: Annotated[int, Field(ge=1)] = 10
+    # A hung stub (alive, never answering) is found by a canary inference per model (its warmup sample)
+    # every canary_interval_s (0 = no canaries); canary_misses in a row without an answer within
+    # canary_timeout_s heal the model as a dead stub would.
+    canary_interval_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    canary_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    canary_misses: Annotated[int, Field(ge=1, le=100)] = 2
 
 
 class LogSpec(_Strict):
@@ -368,6 +374,17 @@ class LogSpec(_Strict):
 
     max_mib: Annotated[int, Field(ge=1)] = 64
     backups: Annotated[int, Field(ge=0, le=100)] = 3
+
+
+class ProxySpec(_Strict):
+    """The front proxy (nginx, build_tools/proxy.py) where Triton is exposed: Triton 2.51 has no flag
+    that caps a request, so the proxy refuses bigger HTTP bodies and gRPC messages (the linter checks
+    the spec's largest request fits), buffers and de-chunks HTTP bodies, and answers the restricted
+    API groups with 403 (operators reach them on the server's own loopback address, with the key)."""
+
+    max_request_mib: Annotated[int, Field(ge=1, le=2048)] = 16
+    # How long the proxy waits for Triton's answer (a long queue, a big batch) before a 504.
+    upstream_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 300
 
 
 class ServerSpec(_Strict):
@@ -378,6 +395,7 @@ class ServerSpec(_Strict):
     exit_timeout_s: Annotated[int, Field(ge=0, le=300)] = 30
     healer: HealerSpec = Field(default_factory=HealerSpec)
     log: LogSpec = Field(default_factory=LogSpec)
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
 
 
 class MonitorRetentionSpec(_Strict):

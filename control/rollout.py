@@ -16,7 +16,6 @@ router and the champion serving, and the registry says why.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import logging
@@ -35,6 +34,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools import config as cfg
 from build_tools.errors import ClientError, ModelInspectionError, RolloutError
+from build_tools.folder_lock import folder_lock
 from build_tools.onnx_io import read_interface
 from build_tools.runner_params import ROUTER_PARAM_WEIGHTS
 from build_tools.spec import DeploySpec, LifecycleSpec, ModelSpec
@@ -140,24 +140,13 @@ class Rollout:
     # -- the repository on disk --------------------------------------------------------------------
     @contextlib.contextmanager
     def _repository_lock(self) -> Iterator[None]:
-        # flock on the repository folder itself: no lock file appears in the (drift-checked) repository.
-        fd = os.open(self.repository, os.O_RDONLY)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RolloutError(
-                            f"another lifecycle step has held {self.repository} for {LOCK_TIMEOUT_S:.0f} s; "
-                            f"try again when it is done"
-                        ) from None
-                    time.sleep(0.2)
+        with folder_lock(self.repository, LOCK_TIMEOUT_S) as got:
+            if not got:
+                raise RolloutError(
+                    f"another lifecycle step has held {self.repository} for {LOCK_TIMEOUT_S:.0f} s; "
+                    f"try again when it is done"
+                )
             yield
-        finally:
-            os.close(fd)
 
     @property
     def model_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
     python tests/compose/stack_probe.py infer --url 127.0.0.1:8000 [--model mnist] [--rounds 3]
     python tests/compose/stack_probe.py prometheus --url http://127.0.0.1:9090 --model mnist --min-count 30
+    python tests/compose/stack_probe.py proxy --url 127.0.0.1:8080 [--oversize-mib 32]
 
 `infer` sends real PNG digits to the ensemble (image_bytes BYTES [1] -> probabilities FP32 [10]) over
 HTTP and gRPC and checks the answers; `prometheus` checks through Prometheus's HTTP API that the
@@ -19,6 +20,7 @@ import json
 import re
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -210,6 +212,37 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """The front proxy refuses a body over its limit (413) and a restricted API (403)."""
+    import http.client
+
+    host, port = args.url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", "/v2/models/mnist/infer", body=bytes(args.oversize_mib << 20),
+                     headers={"Content-Type": "application/octet-stream"})
+        status = conn.getresponse().status
+    except (BrokenPipeError, ConnectionResetError):
+        status = 413  # refused while the body was still being sent
+    finally:
+        conn.close()
+    _say(f"{args.oversize_mib} MiB body through the proxy: HTTP {status}")
+    if status != 413:
+        _say(f"FAIL: expected 413 for a {args.oversize_mib} MiB body")
+        return 1
+    req = urllib.request.Request(f"http://{args.url}/v2/logging", data=b'{"log_verbose_level": 1}', method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        code = 200
+    except urllib.error.HTTPError as e:
+        code = e.code
+    _say(f"POST /v2/logging through the proxy: HTTP {code}")
+    if code != 403:
+        _say("FAIL: expected 403 for the logging API through the proxy")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -228,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--timeout", type=float, default=90)
     q.add_argument("--dashboards", help="folder of Grafana dashboards whose queries must run")
     q.set_defaults(func=cmd_prometheus)
+    x = sub.add_parser("proxy")
+    x.add_argument("--url", required=True, help="the front proxy's HTTP host:port")
+    x.add_argument("--oversize-mib", type=int, default=32, help="a body this big must be refused")
+    x.set_defaults(func=cmd_proxy)
     args = p.parse_args(argv)
     return int(args.func(args))
 

@@ -65,7 +65,7 @@ def test_promtool_check_rules_passes_when_checking_alerts() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # promtool loaded every rule the file declares (none skipped or merged away).
     declared = sum(len(g["rules"]) for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"])
-    assert declared >= 9 and f"SUCCESS: {declared} rules found" in result.stdout
+    assert declared >= 10 and f"SUCCESS: {declared} rules found" in result.stdout
 
 
 def test_promtool_test_rules_passes_when_running_alert_unit_tests() -> None:
@@ -224,8 +224,18 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     assert sorted(int(p["published"]) for p in triton["ports"]) == [8000, 8001, 8002]
     # Writable: the lifecycle commands keep the repository in step with what the server loaded.
     assert any(v["target"] == "/models" and not v.get("read_only") for v in triton["volumes"])
-    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    # Health is the watchdog sidecar's: not ready, or a model with a dead or hung stub, is unhealthy.
+    assert "watchdog:8003/health" in " ".join(triton["healthcheck"]["test"])
     assert triton["restart"] == "unless-stopped"
+    watchdog = services["watchdog"]
+    assert watchdog["pid"] == "service:triton"  # sees the stubs in /proc
+    assert watchdog["entrypoint"] == ["triton-repo", "watchdog"] and "--url=triton:8000" in watchdog["command"]
+    assert watchdog["environment"]["TRITON_ADMIN_KEY"] == "placeholder-admin-key"
+    proxy = services["proxy"]
+    assert proxy["entrypoint"] == ["triton-repo", "proxy"]
+    assert "--upstream-http=triton:8000" in proxy["command"] and "--upstream-grpc=triton:8001" in proxy["command"]
+    assert {p["host_ip"] for p in proxy["ports"]} == {"127.0.0.1"}
+    assert sorted(int(p["published"]) for p in proxy["ports"]) == [8080, 8081]
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices and "gpu" in devices[0]["capabilities"]
     for name in ("prometheus", "alertmanager", "grafana", "registry"):
@@ -233,22 +243,30 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     assert "repo-builder" not in services  # profile `build` only
 
 
-def test_gpu_triton_ports_rebound_when_bind_overridden(compose_cmd: list[str], empty_env_file: Path) -> None:
-    settings = {**GPU_REQUIRED, "TRITON_BIND": "0.0.0.0", "TRITON_HTTP_PORT": "18000"}
-    triton = _services(_compose_config(compose_cmd, GPU_FILE, empty_env_file, settings))["triton"]
-    assert {p["host_ip"] for p in triton["ports"]} == {"0.0.0.0"}
-    assert "18000" in {str(p["published"]) for p in triton["ports"]}
+def test_gpu_proxy_ports_rebound_when_bind_overridden(compose_cmd: list[str], empty_env_file: Path) -> None:
+    settings = {**GPU_REQUIRED, "TRITON_BIND": "0.0.0.0", "TRITON_HTTP_PORT": "18000",
+                "TRITON_PROXY_HTTP_PORT": "18080"}
+    services = _services(_compose_config(compose_cmd, GPU_FILE, empty_env_file, settings))
+    # Other machines reach the proxy only; Triton itself stays on loopback (no request size limit).
+    assert {p["host_ip"] for p in services["proxy"]["ports"]} == {"0.0.0.0"}
+    assert "18080" in {str(p["published"]) for p in services["proxy"]["ports"]}
+    assert {p["host_ip"] for p in services["triton"]["ports"]} == {"127.0.0.1"}
+    assert "18000" in {str(p["published"]) for p in services["triton"]["ports"]}
 
 
 def test_cpu_compose_config_passes_when_base_image_given(compose_cmd: list[str], empty_env_file: Path) -> None:
     services = _services(_compose_config(compose_cmd, CPU_FILE, empty_env_file, CPU_REQUIRED))
-    assert set(services) == {"triton", "registry", "prometheus", "alertmanager"}  # grafana and locust: profiles
+    # grafana and locust: profiles
+    assert set(services) == {"triton", "proxy", "registry", "prometheus", "alertmanager"}
     for name, svc in services.items():
         assert svc["network_mode"] == "host", name
     triton = services["triton"]
     assert triton["build"]["args"]["BASE_IMAGE"] == CPU_REQUIRED["BASE_IMAGE"]
     assert triton["image"] == "triton-deploy-kit-cpu:local"
     assert "--host=127.0.0.1" in triton["command"]
+    proxy = services["proxy"]
+    assert proxy["image"] == triton["image"] and proxy["entrypoint"] == ["triton-repo", "proxy"]
+    assert "--listen-http=127.0.0.1:8080" in proxy["command"] and "--upstream-http=127.0.0.1:8000" in proxy["command"]
     assert "summary_latencies=true" in triton["environment"]["TRITON_EXTRA_ARGS"]
     assert int(triton["shm_size"]) >= 1 << 30
     # Lifecycle: explicit model control, the registry on the PostgreSQL service, both on 127.0.0.1 only.
@@ -270,6 +288,15 @@ def test_cpu_compose_ports_follow_environment_when_ports_overridden(
     assert services["prometheus"]["environment"]["TRITON_HEALTH_PORT"] == "18003"
     assert services["prometheus"]["environment"]["TRITON_METRICS_PORT"] == "18002"
     assert "--web.listen-address=127.0.0.1:19090" in services["prometheus"]["command"]
+    assert "--upstream-http=127.0.0.1:18000" in services["proxy"]["command"]
+
+
+def test_cpu_triton_stays_on_loopback_when_bind_overridden(compose_cmd: list[str], empty_env_file: Path) -> None:
+    settings = {**CPU_REQUIRED, "TRITON_BIND": "0.0.0.0", "TRITON_PROXY_GRPC_PORT": "18081"}
+    services = _services(_compose_config(compose_cmd, CPU_FILE, empty_env_file, settings))
+    assert "--host=127.0.0.1" in services["triton"]["command"]
+    assert "--listen-http=0.0.0.0:8080" in services["proxy"]["command"]
+    assert "--listen-grpc=0.0.0.0:18081" in services["proxy"]["command"]
 
 
 def test_cpu_compose_config_passes_when_optional_profiles_enabled(compose_cmd: list[str], empty_env_file: Path) -> None:

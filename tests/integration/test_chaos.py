@@ -8,6 +8,7 @@ the requests lost, and prints the figures for the closing note.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from build_tools.errors import ClientError
-from build_tools.healer import SHM_DIR, list_stubs
+from build_tools.healer import LEFTOVER_GRACE_S, SHM_DIR, list_stubs
 from build_tools.server import ServerOptions, TritonServer
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
@@ -30,6 +31,9 @@ from triton_api import TritonClient
 pytestmark = pytest.mark.server
 
 RECOVERY_BOUND_S = 20.0  # kill -> every instance back and requests answered again
+# SIGSTOP -> healed: the canaries (every 1 s here, 2 s deadline, 2 misses) find it within about 6 s,
+# then the reload (new instances with their warmup) on a busy 2-core machine.
+HUNG_RECOVERY_BOUND_S = 30.0
 STOP_BOUND_S = 45.0  # stop() with a dead stub: the 30 s exit timeout plus the SIGTERM and SIGKILL waits
 
 
@@ -77,6 +81,7 @@ def chaos_server(project_repository: Path, tmp_path_factory: pytest.TempPathFact
     server = TritonServer(ServerOptions(
         [project_repository], log_file=root / "tritonserver.log", workdir=root / "server",
         model_control_explicit=True, heal_interval_s=0.25,
+        canary_interval_s=1.0, canary_timeout_s=2.0, canary_misses=2,
     ))
     server.start()
     try:
@@ -99,11 +104,11 @@ def _health(server: TritonServer) -> int:
         return e.code
 
 
-def _healer_metric(server: TritonServer, model: str) -> float:
+def _healer_metric(server: TritonServer, model: str, name: str = "triton_kit_stub_heals_total") -> float:
     assert server.health_url is not None
     text = urllib.request.urlopen(server.health_url.replace("/health", "/metrics"), timeout=5).read().decode()
     for line in text.splitlines():
-        if line.startswith(f'triton_kit_stub_heals_total{{model="{model}"}}'):
+        if line.startswith(f'{name}{{model="{model}"}}'):
             return float(line.split()[-1])
     return 0.0
 
@@ -148,6 +153,62 @@ def test_stub_kill_healed_within_bound_when_under_load(
     assert _health(chaos_server) == 200
     assert f"model {model}: stub process of instance(s) {victim.instance} is gone" in _server_log_and_ours(
         chaos_server)
+
+
+@pytest.mark.parametrize(("model", "finder"), [("mnist_preprocess", "canary"), ("mnist_classifier", "stopped")])
+def test_hung_stub_healed_when_stopped_under_load(
+    chaos_server: TritonServer, digit_payload: dict, model: str, finder: str
+) -> None:
+    """A stub that hangs (SIGSTOP: alive, never answering) is not a dead one. `canary`: with the
+    process-state check off, the canary inferences alone find it (as they would a deadlocked stub);
+    `stopped`: the process watch sees state T in /proc. Either way the model is reloaded as for a dead
+    stub. (One hung classifier instance of three is reached by a canary only when Triton's scheduler
+    routes one there: the process state finds it at once.)"""
+    assert chaos_server.process is not None and chaos_server.healer is not None
+    chaos_server.healer.watch_stopped = finder == "stopped"
+    stubs = [s for s in list_stubs(chaos_server.process.pid) if s.model == model]
+    assert stubs, f"no stub for {model}"
+    victim = stubs[0]
+    heals_before = _healer_metric(chaos_server, model)
+    misses_before = _healer_metric(chaos_server, model, "triton_kit_canary_failures_total")
+    try:
+        with Load(chaos_server.http_url, digit_payload) as load:
+            time.sleep(1.0)
+            stopped_at = time.monotonic()
+            os.kill(victim.pid, signal.SIGSTOP)
+            healed_at = None
+            while time.monotonic() < stopped_at + HUNG_RECOVERY_BOUND_S:
+                if _healer_metric(chaos_server, model) > heals_before:
+                    healed_at = time.monotonic()
+                    break
+                time.sleep(0.1)
+            assert healed_at is not None, (
+                f"{model} not healed within {HUNG_RECOVERY_BOUND_S} s; events: {list(chaos_server.healer.events)[-5:]}"
+                if chaos_server.healer else "no healer")
+            steady_from = time.monotonic()
+            time.sleep(2.0)
+    finally:
+        chaos_server.healer.watch_stopped = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.pid, signal.SIGCONT)
+    misses = _healer_metric(chaos_server, model, "triton_kit_canary_failures_total") - misses_before
+    lost = [f for f in load.failed if f[0] >= stopped_at]
+    print(f"\n{model}: stub {victim.instance} (pid {victim.pid}) stopped (SIGSTOP); found by {finder}, healed "
+          f"after {healed_at - stopped_at:.2f} s ({misses:.0f} canaries missed); {len(lost)} request(s) lost, "
+          f"{len([t for t in load.ok if t >= stopped_at])} answered since the stop")
+    if finder == "canary":
+        assert misses >= 1
+    assert not [f for f in load.failed if f[0] > steady_from], load.failed[-3:]
+    assert [t for t in load.ok if t > healed_at], "no request answered after the heal"
+    # The hung stub is gone too: Triton ends it with its instance, or the healer kills it after a grace.
+    gone_by = time.monotonic() + LEFTOVER_GRACE_S + 5
+    while victim.pid in {s.pid for s in list_stubs(chaos_server.process.pid)} and time.monotonic() < gone_by:
+        time.sleep(0.2)
+    assert victim.pid not in {s.pid for s in list_stubs(chaos_server.process.pid)}
+    assert _health(chaos_server) == 200
+    expected = ("stub not answering" if finder == "canary"
+                else f"stub process of instance(s) {victim.instance} is stopped")
+    assert f"model {model}: {expected}" in _server_log_and_ours(chaos_server)
 
 
 def _server_log_and_ours(server: TritonServer) -> str:

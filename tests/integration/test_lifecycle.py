@@ -77,6 +77,8 @@ def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> I
         server = TritonServer(ServerOptions.from_spec(
             project_spec.server, model_repositories=[repository], model_control_explicit=True,
             log_file=root / "tritonserver.log", workdir=root / "server",
+            # No canary inferences: the tests count each version's inferences exactly.
+            canary_interval_s=0,
         ))
         assert "model-repository" in server.options.restricted_apis
         server.start()

@@ -220,3 +220,35 @@ def test_capture_class_reaches_floor_offline_when_all_steps_on(name: str) -> Non
 def test_capture_class_misses_floor_when_its_step_is_off(name: str, step: str) -> None:
     off = px.Steps(**{step: False})
     assert _accuracy(name, off) < FLOORS[name], f"{name} reaches its floor without the {step} step"
+
+
+def _runs_by_scanning(counts: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(row, first column, last column, ink) of every run of non-zero cells, one cell at a time."""
+    runs = []
+    for y, row in enumerate(counts.tolist()):
+        x0 = -1
+        for x, c in enumerate([*row, 0]):
+            if c and x0 < 0:
+                x0 = x
+            elif not c and x0 >= 0:
+                runs.append((y, x0, x - 1, int(sum(row[x0:x]))))
+                x0 = -1
+    return runs
+
+
+def test_runs_match_a_cell_by_cell_scan_when_grids_are_random() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        counts = np.where(rng.random((h, w)) < rng.uniform(0.05, 0.9), rng.integers(1, 256, (h, w)), 0)
+        assert px._runs(counts.astype(np.uint8)) == _runs_by_scanning(counts)
+
+
+def test_max_filter_matches_clipped_windows_when_filter_is_separable() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(-255, 256, (2, 13, 9)).astype(np.int16)
+    out = px._max_filter(a, 5)
+    for y in range(13):
+        for x in range(9):
+            window = a[:, max(0, y - 2): y + 3, max(0, x - 2): x + 3]
+            assert (out[:, y, x] == window.max(axis=(1, 2))).all()

@@ -11,7 +11,9 @@ change loses no request). Everything comes from config parameters, read once in 
 Routing, per request: the pin parameter if present; otherwise a hash of the request id (so the same id
 always lands on the same version while the weights stay put), otherwise a low-discrepancy counter. Each
 version owns a slice of [0, 100) in ascending version order, so a canary that grows keeps its requests.
-Requests going to the same version are sent as one BLS request (batched), concurrently across versions.
+The per-version counters reach Triton's metrics endpoint within COUNTER_FLUSH_S.
+Requests going to the same version are sent as one synchronous BLS request (batched); with a canary the
+second version's batch is sent from a worker thread at the same time.
 A failed batch is retried request by request, so one bad request never fails its neighbours.
 
 Monitoring (`monitoring.enabled` in the config, from the spec's `monitoring:` section): the router is
@@ -21,15 +23,19 @@ metrics and the prediction log (control/monitor/serving.py), for every answered 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 _GOLDEN = 0.6180339887498949
+# Router counters reach Triton's metrics this often (seconds), from a thread of their own.
+COUNTER_FLUSH_S = 0.5
 
 
 def _param(config: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -66,6 +72,7 @@ class TritonPythonModel:
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.outputs = [o["name"] for o in config["output"]]
         self._counter = 0
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="router-bls")
 
         labels = {"router": self.name, "target": self.target}
         self.requests_family = pb_utils.MetricFamily(
@@ -98,6 +105,13 @@ class TritonPythonModel:
             gauge = self.weight_family.Metric(labels={**labels, "version": str(version)})
             gauge.set(percent)
             self._gauges.append(gauge)
+        # Each metric update is a synchronous round trip to the backend process, as costly as a
+        # quarter of the BLS call on a busy core: requests add to local counts, a thread flushes them.
+        self._unflushed: Counter[tuple[str, int]] = Counter()
+        self._unflushed_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="router-metrics", daemon=True)
+        self._flusher.start()
 
     # -- choosing a version ----------------------------------------------------------------------
     def _pick(self, request: Any) -> int:
@@ -129,29 +143,41 @@ class TritonPythonModel:
             metric = store[version] = family.Metric(labels={**self._labels, "version": str(version)})
         return metric
 
+    def _flush(self) -> None:
+        with self._unflushed_lock:
+            counts, self._unflushed = self._unflushed, Counter()
+        for (kind, version), n in counts.items():
+            if kind == "requests":
+                self._count(self._requests, self.requests_family, version).increment(n)
+            else:
+                self._count(self._failures, self.failures_family, version).increment(n)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(COUNTER_FLUSH_S):
+            self._flush()
+
     # -- serving ---------------------------------------------------------------------------------
     def _error(self, message: str, code: Any = None) -> Any:
         err = pb_utils.TritonError(f"{self.name}: {message}") if code is None else pb_utils.TritonError(
             f"{self.name}: {message}", code)
         return pb_utils.InferenceResponse(error=err)
 
-    async def _send(self, version: int, tensors: list[Any]) -> Any:
+    def _send(self, version: int, tensors: list[Any]) -> Any:
         bls = pb_utils.InferenceRequest(
             model_name=self.target, model_version=version, inputs=tensors, requested_output_names=self.outputs
         )
-        return await bls.async_exec()
+        return bls.exec()
 
-    async def _one(self, version: int, request: Any) -> Any:
-        response = await self._send(version, request.inputs())
+    def _one(self, version: int, request: Any) -> Any:
+        response = self._send(version, request.inputs())
         if response.has_error():
             return self._error(f"{self.target} version {version}: {response.error().message()}")
         return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
 
-    async def _group(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
+    def _group(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
         if len(members) == 1 or not self.batching:
-            results = await asyncio.gather(*(self._one(version, r) for _, r in members))
-            for (i, _), res in zip(members, results):
-                responses[i] = res
+            for i, request in members:
+                responses[i] = self._one(version, request)
             if self.monitor is not None:
                 self._watch(self._observe, version, members, responses)
             return
@@ -160,10 +186,13 @@ class TritonPythonModel:
         names = list(arrays[0])
         concatenated = {n: np.concatenate([a[n] for a in arrays]) for n in names}
         merged = [pb_utils.Tensor(n, concatenated[n]) for n in names]
-        response = await self._send(version, merged)
+        response = self._send(version, merged)
         if response.has_error():
             # Retry one by one: only the request at fault gets the error.
-            await self._group_singly(version, members, responses)
+            for i, request in members:
+                responses[i] = self._one(version, request)
+            if self.monitor is not None:
+                self._watch(self._observe, version, members, responses)
             return
         outs = [(t.name(), t.as_numpy()) for t in response.output_tensors()]
         if self.monitor is not None:
@@ -179,14 +208,7 @@ class TritonPythonModel:
             )
             offset += size
 
-    async def _group_singly(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
-        results = await asyncio.gather(*(self._one(version, r) for _, r in members))
-        for (i, _), res in zip(members, results):
-            responses[i] = res
-        if self.monitor is not None:
-            self._watch(self._observe, version, members, responses)
-
-    async def execute(self, requests: list[Any]) -> list[Any]:
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, Any]]] = {}
         for i, request in enumerate(requests):
@@ -198,13 +220,22 @@ class TritonPythonModel:
             # Requests share a BLS request only when they go to the same version with the same inner dims.
             shapes = tuple((t.name(), tuple(t.shape()[1:])) for t in request.inputs()) if self.batching else ()
             groups.setdefault((version, shapes), []).append((i, request))
-        await asyncio.gather(*(self._group(key[0], members, responses) for key, members in groups.items()))
-        for key, members in groups.items():
-            version = key[0]
-            failed = sum(1 for i, _ in members if responses[i].has_error())
-            self._count(self._requests, self.requests_family, version).increment(len(members))
-            if failed:
-                self._count(self._failures, self.failures_family, version).increment(failed)
+        items = list(groups.items())
+        # Synchronous BLS: `async_exec` hands each call to an executor thread and an async `execute` runs
+        # on the stub's event-loop thread, three threads per batch on a busy core. With more than one
+        # group (a canary) the others go to a worker thread while this one sends the first.
+        pending = [self._pool.submit(self._group, key[0], members, responses) for key, members in items[1:]]
+        if items:
+            self._group(items[0][0][0], items[0][1], responses)
+        for future in pending:
+            future.result()
+        with self._unflushed_lock:
+            for key, members in items:
+                version = key[0]
+                failed = sum(1 for i, _ in members if responses[i].has_error())
+                self._unflushed["requests", version] += len(members)
+                if failed:
+                    self._unflushed["failures", version] += failed
         return responses
 
     def _watch(self, fn: Any, *args: Any) -> None:
@@ -234,6 +265,10 @@ class TritonPythonModel:
         self.monitor.observe(str(version), ids, inputs, outputs)
 
     def finalize(self) -> None:
+        self._stop.set()
+        self._flusher.join()
+        self._flush()
+        self._pool.shutdown(wait=True)
         if self.monitor is not None:
             self.monitor.close()
         self._requests.clear()

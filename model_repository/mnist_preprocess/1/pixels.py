@@ -82,6 +82,24 @@ class Steps:
 ALL_STEPS = Steps()
 
 
+# Pillow <-> numpy through the raw buffer: np.asarray(image) and Image.fromarray go through the array
+# interface's Python layers, which cost more than the few operations done on these small images.
+_DTYPES = {"L": np.uint8, "RGB": np.uint8, "F": np.float32}
+
+
+def _array(img: Image.Image) -> np.ndarray:
+    """A read-only array of an "L", "RGB" or "F" image."""
+    w, h = img.size
+    flat = np.frombuffer(img.tobytes(), _DTYPES[img.mode])
+    return flat.reshape((h, w, 3) if img.mode == "RGB" else (h, w))
+
+
+def _image(a: np.ndarray, mode: str = "L") -> Image.Image:
+    """An "L" (uint8 [H, W]), "RGB" (uint8 [H, W, 3]) or "F" (float32 [H, W]) image on the array's memory."""
+    a = np.ascontiguousarray(a, dtype=_DTYPES[mode])
+    return Image.frombuffer(mode, (a.shape[1], a.shape[0]), a, "raw", mode, 0, 1)
+
+
 # --------------------------------------------------------------------------- 1. decode
 
 
@@ -126,8 +144,8 @@ def decode(data: bytes, max_pixels: int, min_side: int, steps: Steps = ALL_STEPS
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
     if img.mode in ("L", "1", "I", "I;16", "F") or (img.mode == "P" and _grey_palette(img)):
-        return np.asarray(img.convert("L"), dtype=np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return _array(img.convert("L"))
+    return _array(img.convert("RGB"))
 
 
 def upright(img: Image.Image) -> Image.Image:
@@ -153,7 +171,7 @@ def to_grey(pixels: np.ndarray, steps: Steps = ALL_STEPS) -> np.ndarray:
     """uint8 [H, W(, 3)] -> uint8 [H, W]: luminance, or the colour channel with the most ink/paper contrast."""
     if pixels.ndim == 2:
         return pixels
-    luminance = np.asarray(Image.fromarray(pixels, "RGB").convert("L"), dtype=np.uint8)
+    luminance = _array(_image(pixels, "RGB").convert("L"))
     if not steps.channel:
         return luminance
     # A sample is enough to judge the channels and keeps the cost flat for large images.
@@ -195,22 +213,23 @@ def shrink(gray: np.ndarray) -> np.ndarray:
         return gray
     scale = WORK_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.uint8)
+    return _array(_image(gray).resize(size, Image.Resampling.BOX))
 
 
 def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
     """Square max filter over the last two axes, windows clipped at the edges, as shifted 1-D passes.
 
-    Pillow's rank filters sort every window, which costs far more even on a small image.
+    Pillow's rank filters sort every window, which costs far more even on a small image; on images
+    this small each numpy call costs more than its arithmetic, so the passes use as few calls as they can.
     """
-    out = a.copy()
-    for axis in (-2, -1):
-        src = out.copy()
-        for k in range(1, size // 2 + 1):
-            head = (slice(None),) * (a.ndim + axis)
-            lo, hi = (*head, slice(None, -k)), (*head, slice(k, None))
-            np.maximum(out[lo], src[hi], out=out[lo])
-            np.maximum(out[hi], src[lo], out=out[hi])
+    rows = a.copy()
+    for k in range(1, size // 2 + 1):
+        np.maximum(rows[..., :-k, :], a[..., k:, :], out=rows[..., :-k, :])
+        np.maximum(rows[..., k:, :], a[..., :-k, :], out=rows[..., k:, :])
+    out = rows.copy()
+    for k in range(1, size // 2 + 1):
+        np.maximum(out[..., :-k], rows[..., k:], out=out[..., :-k])
+        np.maximum(out[..., k:], rows[..., :-k], out=out[..., k:])
     return out
 
 
@@ -236,7 +255,7 @@ def look(gray: np.ndarray, ink_threshold: int, dark_ink: bool | None = None) -> 
     h, w = gray.shape
     scale = min(1.0, BG_SIDE / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.int16)
+    small = _array(_image(gray).resize(size, Image.Resampling.BOX)).astype(np.int16)
     # Closing and opening in two max-filter passes over [x, -x]: erosion is -max(-x).
     twice = _max_filter(-_max_filter(np.stack([small, -small]), BG_WINDOW), BG_WINDOW)
     closed, opened = -twice[0], twice[1]
@@ -264,7 +283,7 @@ def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.n
     paper = page.paper if page.dark_ink else 255 - page.paper
     # 255 / paper level, on the small copy (cheap), then brought to full size: one multiply per pixel.
     gain = np.divide(255.0, np.maximum(paper, 1), dtype=np.float32)
-    gain_full = np.asarray(Image.fromarray(gain, "F").resize((w, h), Image.Resampling.BILINEAR))
+    gain_full = _array(_image(gain, "F").resize((w, h), Image.Resampling.BILINEAR))
     ink = np.multiply(gray if page.dark_ink else 255 - gray, gain_full, dtype=np.float32)
     np.subtract(255.0, ink, out=ink)
     return np.maximum(ink, 0.0, out=ink)
@@ -281,9 +300,9 @@ def otsu(values: np.ndarray) -> int:
     hist = np.bincount(values.reshape(-1), minlength=256).astype(np.float64)
     weight, mass = np.cumsum(hist), np.cumsum(hist * _LEVELS)
     total = weight[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mass[-1] * weight - total * mass) ** 2 / (weight * (total - weight))
-    between[~np.isfinite(between)] = -1.0
+    spread = weight * (total - weight)
+    # Levels with everything on one side (spread 0) cannot split; np.errstate would cost more than the rest.
+    between = np.divide((mass[-1] * weight - total * mass) ** 2, spread, out=np.full(256, -1.0), where=spread > 0)
     return int(np.argmax(between[:-1])) + 1
 
 
@@ -315,7 +334,7 @@ def digit_cells(mask: np.ndarray, steps: Steps = ALL_STEPS) -> tuple[np.ndarray,
     cell = max(2, -(-max(h, w) // GRID))
     gh, gw = -(-h // cell), -(-w // cell)
     # Share of ink per cell (0..255), from Pillow's box reduction: one pass in C.
-    counts = np.asarray(Image.fromarray(mask.view(np.uint8) * np.uint8(255)).reduce(cell), dtype=np.int32)
+    counts = _array(_image(mask.view(np.uint8) * np.uint8(255)).reduce(cell))
     runs = _runs(counts)
     if len(runs) == 1:
         return mask, None
@@ -354,20 +373,18 @@ def digit_cells(mask: np.ndarray, steps: Steps = ALL_STEPS) -> tuple[np.ndarray,
 
 def _runs(counts: np.ndarray) -> list[tuple[int, int, int, int]]:
     """(row, first column, last column, ink) of every horizontal run of occupied cells, row by row."""
-    runs = []
-    for y, row in enumerate(counts.tolist()):
-        x0, ink = -1, 0
-        for x, c in enumerate(row):
-            if c:
-                if x0 < 0:
-                    x0, ink = x, 0
-                ink += c
-            elif x0 >= 0:
-                runs.append((y, x0, x - 1, ink))
-                x0 = -1
-        if x0 >= 0:
-            runs.append((y, x0, len(row) - 1, ink))
-    return runs
+    h, w = counts.shape
+    # Each row padded with a free cell at both ends: a run starts where the row goes free -> occupied.
+    occupied = np.zeros((h, w + 2), np.int8)
+    occupied[:, 1:-1] = counts > 0
+    edges = occupied[:, 1:] - occupied[:, :-1]
+    ys, x0 = np.nonzero(edges == 1)
+    x1 = np.nonzero(edges == -1)[1]  # exclusive; row-major order pairs each end with its start
+    # Ink of a run: the row's running sum (with a 0 in front) at its end minus at its start.
+    cum = np.zeros((h, w + 1), np.int64)
+    np.cumsum(counts, axis=1, out=cum[:, 1:])
+    ink = cum[ys, x1] - cum[ys, x0]
+    return list(zip(ys.tolist(), x0.tolist(), (x1 - 1).tolist(), ink.tolist()))
 
 
 def ink_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -407,15 +424,18 @@ def layout(crop: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     scale = BOX / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    box = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.LANCZOS), dtype=np.float64)
-    box = np.clip(box, 0, 255)
-    if box.sum() == 0:
+    # An "L" image: whole numbers 0..255 already (nothing to clip or round), sums exact in float64.
+    box = _array(_image(crop).resize((new_w, new_h), Image.Resampling.LANCZOS))
+    rows, cols = box.sum(axis=1, dtype=np.float64), box.sum(axis=0, dtype=np.float64)
+    total = float(rows.sum())
+    if total == 0:
         raise BadImageError("no digit found after scaling (the ink is too thin)")
-    cy, cx = centre_of_mass(box)
-    top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))
-    left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))
+    cy = float(rows @ np.arange(new_h, dtype=np.float64)) / total
+    cx = float(cols @ np.arange(new_w, dtype=np.float64)) / total
+    top = min(max(round(SIDE / 2 - cy), 0), SIDE - new_h)
+    left = min(max(round(SIDE / 2 - cx), 0), SIDE - new_w)
     out = np.zeros((SIDE, SIDE), dtype=np.float32)
-    out[top: top + new_h, left: left + new_w] = np.round(box)
+    out[top: top + new_h, left: left + new_w] = box
     return out[None]
 
 
