@@ -25,6 +25,18 @@ from build_tools.interfaces import (
     warmup_filename,
 )
 from build_tools.runner_params import (
+    MONITOR_PARAM_DATABASE,
+    MONITOR_PARAM_ENABLED,
+    MONITOR_PARAM_FLUSH_MS,
+    MONITOR_PARAM_INPUT,
+    MONITOR_PARAM_KEEP_INPUTS,
+    MONITOR_PARAM_MAX_DAYS,
+    MONITOR_PARAM_MAX_ROWS,
+    MONITOR_PARAM_MODEL,
+    MONITOR_PARAM_OUTPUT,
+    MONITOR_PARAM_QUEUE,
+    MONITOR_PARAM_SAMPLE,
+    MONITOR_PARAM_SCALE,
     ROUTER_PARAM_PIN,
     ROUTER_PARAM_TARGET,
     ROUTER_PARAM_WEIGHTS,
@@ -214,6 +226,42 @@ def router_config(
     return cfg
 
 
+def _monitoring_flush(cfg: mc.ModelConfig, spec: DeploySpec) -> None:
+    cfg.parameters[MONITOR_PARAM_ENABLED].string_value = "true"
+    cfg.parameters[MONITOR_PARAM_FLUSH_MS].string_value = str(spec.monitoring.flush_ms)
+
+
+def monitoring_parameters(cfg: mc.ModelConfig, spec: DeploySpec, name: str, io: ModelIO) -> None:
+    """The `monitoring.*` parameters of the model that watches `name`'s predictions (its router, or its
+    embedded runner when it has none): what to watch, where the prediction log goes, how much of it."""
+    mon = spec.monitoring
+    watched = mon.models[name]
+    model = spec.models[name]
+    _monitoring_flush(cfg, spec)
+    p = cfg.parameters
+    p[MONITOR_PARAM_MODEL].string_value = name
+    input_name = watched.input or io.inputs[0].name
+    p[MONITOR_PARAM_INPUT].string_value = input_name
+    labelled = [t.name for t in io.outputs if t.labels is not None]
+    p[MONITOR_PARAM_OUTPUT].string_value = watched.output or (labelled or [io.outputs[0].name])[0]
+    override = model.inputs.get(input_name) if isinstance(model.inputs, dict) else None
+    # Full ink: the top of the input's declared range (raw 0-255 pixels when none is declared).
+    scale = override.range[1] if override is not None and override.range is not None else 255.0
+    p[MONITOR_PARAM_SCALE].string_value = repr(float(scale))
+    p[MONITOR_PARAM_DATABASE].string_value = mon.database
+    p[MONITOR_PARAM_SAMPLE].string_value = repr(mon.sample_rate)
+    p[MONITOR_PARAM_KEEP_INPUTS].string_value = repr(mon.keep_inputs_rate)
+    p[MONITOR_PARAM_MAX_ROWS].string_value = str(mon.retention.max_rows)
+    p[MONITOR_PARAM_MAX_DAYS].string_value = repr(mon.retention.max_days)
+    p[MONITOR_PARAM_QUEUE].string_value = str(mon.queue_size)
+
+
+def monitored_here(spec: DeploySpec, name: str, flavor: FlavorName) -> bool:
+    """Whether `name`'s predictions are watched in this flavor. Embedded only: the watching code
+    (control.monitor) is installed beside the embedded server, not in the official image."""
+    return flavor == "embedded" and spec.monitoring.enabled and name in spec.monitoring.models
+
+
 def tensorrt_config(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
     """The TensorRT plan variant of an ONNX model (ngc only), with the same inputs and outputs."""
     cfg = mc.ModelConfig(name=name, platform="tensorrt_plan", default_model_filename=PLAN_FILENAME)
@@ -317,6 +365,9 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
     files: dict[str, Path | bytes] = {}
     if model.kind == "python":
         config = python_config(name, model, io, flavor)
+        if flavor == "embedded" and spec.monitoring.enabled:
+            # Python steps (e.g. preprocessing) may export their own input metrics.
+            _monitoring_flush(config, spec)
         for version, src in model.version_sources.items():
             files.update(_python_sources(spec.resolve(src), version))
     else:
@@ -325,6 +376,9 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
             files[f"{version}/{ONNX_FILENAME}"] = spec.resolve(src)
             if flavor == "embedded":
                 files[f"{version}/model.py"] = RUNNER_SOURCE
+        # Behind a router the router watches (it sees each client request); else the runner itself.
+        if monitored_here(spec, name, flavor) and model.lifecycle is None:
+            monitoring_parameters(config, spec, name, io)
     folders = [ModelFolder(name, config, {**files, **io.files})]
     if "torchscript" in model.formats:
         ts_name = torchscript_model_name(name, model)
@@ -338,6 +392,10 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
             if flavor == "ngc"
             else torchscript_config_embedded(ts_name, model, io)
         )
+        if monitored_here(spec, name, flavor):
+            # Served directly (never behind the router): it watches its own predictions, as itself.
+            monitoring_parameters(ts_config, spec, name, io)
+            ts_config.parameters[MONITOR_PARAM_MODEL].string_value = ts_name
         folders.append(ModelFolder(ts_name, ts_config, ts_files))
     if flavor == "ngc" and "tensorrt_plan" in model.formats:
         # The plan itself is a later build step's output; the folder holds its config, labels and warmup.
@@ -363,6 +421,8 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
         # A fresh build sends everything to the newest version; the lifecycle commands change it at runtime.
         weights = {max(model.version_sources): 100.0}
         config = router_config(router, target, model, ios[router], weights)
+        if monitored_here(spec, target, flavor):
+            monitoring_parameters(config, spec, target, ios[router])
         folders.append(ModelFolder(router, config, {"1/model.py": ROUTER_SOURCE, **ios[router].files}))
     for name in spec.ensembles:
         folders.append(ensemble_folder(spec, name, ios[name], flavor))

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 # Marks a folder as written by build-repo, so a rebuild may replace it without touching anything else.
 MARKER = ".triton-repo"
 # Model binaries are build outputs: the ngc repository in git holds everything else.
-BINARY_SUFFIXES = (".onnx", ".plan", ".pt", ".json.lock")
+# reference.json (the monitoring reference) is computed from the ONNX file by a build step, like a plan.
+BINARY_SUFFIXES = (".onnx", ".plan", ".pt", ".json.lock", "reference.json")
 
 
 @dataclass

@@ -442,6 +442,53 @@ class ServerSpec(_Strict):
     proxy: ProxySpec = Field(default_factory=ProxySpec)
 
 
+class MonitorRetentionSpec(_Strict):
+    """How much of the prediction log is kept: the newest `max_rows` rows per model, none older than
+    `max_days` (0 switches a limit off)."""
+
+    max_rows: Annotated[int, Field(ge=0)] = 100_000
+    max_days: Annotated[float, Field(ge=0)] = 7.0
+
+
+class ReferenceDataSpec(_Strict):
+    """Held-out data a monitored model's reference (reference.json, beside each version) is computed from."""
+
+    data: str  # .npz (first array) or .npy: model-ready inputs
+    labels: str | None = None  # .npy of true classes (for the reference accuracy)
+
+
+class MonitoredModelSpec(_Strict):
+    """One monitored classifier: which input the statistics are computed on, and its reference data."""
+
+    input: str | None = None  # default: the model's first input
+    output: str | None = None  # default: the first output with a labels file
+    reference: ReferenceDataSpec | None = None
+
+
+class MonitoringSpec(_Strict):
+    """Model monitoring inside Triton: metrics from the serving models and the sampled prediction log
+    (docs/monitoring.md). `drift:` belongs to the drift monitor service (its thresholds)."""
+
+    enabled: bool = False
+    # A relative SQLite path resolves against the folder holding the model repository (the server's
+    # runtime folder); $TDK_MONITORING_DATABASE_URL overrides it (tests, compose stacks: PostgreSQL).
+    database: Annotated[str, Field(min_length=1)] = "sqlite:///monitoring/predictions.db"
+    sample_rate: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of requests written to the log
+    keep_inputs_rate: Annotated[float, Field(ge=0, le=1)] = 0.1  # share of logged records keeping the input
+    retention: MonitorRetentionSpec = Field(default_factory=MonitorRetentionSpec)
+    queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000  # beyond it records are dropped (counted)
+    flush_ms: Annotated[int, Field(ge=50, le=60_000)] = 500  # how often metrics and log are flushed
+    models: dict[str, MonitoredModelSpec] = Field(default_factory=dict)
+    drift: dict[str, Any] = Field(default_factory=dict)  # the drift monitor's settings (its own section)
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"database must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB, got {value!r}")
+        return value
+
+
 class DeploySpec(_Strict):
     triton: TritonSpec = Field(default_factory=TritonSpec)
     flavors: dict[FlavorName, FlavorSpec] = Field(
@@ -453,6 +500,7 @@ class DeploySpec(_Strict):
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     ensembles: dict[str, EnsembleSpec] = Field(default_factory=dict)
     server: ServerSpec = Field(default_factory=ServerSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     # Filled in by load_spec: relative paths in the spec resolve against the spec's folder.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -474,6 +522,10 @@ class DeploySpec(_Strict):
                 raise ValueError(f"model name {name!r} must be a plain folder name")
         if not self.models and not self.ensembles:
             raise ValueError("the spec declares no models and no ensembles")
+        for name in self.monitoring.models:
+            if name not in self.models or self.models[name].kind != "onnx":
+                onnx = sorted(n for n, m in self.models.items() if m.kind == "onnx")
+                raise ValueError(f"monitoring.models.{name}: not an onnx model of this spec; onnx models: {onnx}")
         return self
 
     def routers(self) -> dict[str, str]:

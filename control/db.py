@@ -120,6 +120,23 @@ class Database:
             cur = self._run(sql, params)
             return int(cur.rowcount or 0)
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run one statement for every parameter row (one driver call: no per-row Python work)."""
+        if not rows:
+            return 0
+        with self._lock:
+            try:
+                if self.dialect == "sqlite":
+                    self._conn.executemany(self._sql(sql), [tuple(r) for r in rows])
+                else:
+                    with self._conn.cursor() as cur:
+                        cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+            except self._errors as e:
+                raise DatabaseError(
+                    f"{self.dialect}: {str(e).strip()} (in: {' '.join(sql.split())[:120]})"
+                ) from e
+            return len(rows)
+
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run an INSERT into a table with a `{serial_pk}` id column; returns the new id."""
         with self._lock:

@@ -65,15 +65,14 @@ def migrate(db: Database) -> None:
 
 
 def write_predictions(db: Database, records: Sequence[PredictionRecord]) -> int:
-    """Insert records in one transaction; returns how many."""
+    """Insert records in one transaction (one driver call for all of them); returns how many."""
     with db.transaction():
-        for r in records:
-            db.execute(
-                "INSERT INTO predictions (request_id, ts, model, version, predicted, top_prob, stats, input)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.request_id, r.ts, r.model, r.version, int(r.predicted), float(r.top_prob),
-                 json.dumps(r.stats, sort_keys=True), r.input),
-            )
+        db.execute_many(
+            "INSERT INTO predictions (request_id, ts, model, version, predicted, top_prob, stats, input)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.request_id, r.ts, r.model, r.version, int(r.predicted), float(r.top_prob),
+              json.dumps(r.stats, sort_keys=True), r.input) for r in records],
+        )
     return len(records)
 
 
@@ -91,8 +90,8 @@ class Reference:
     """The distributions drift is measured against, computed at build time from the model's held-out data
     and stored beside the version as `reference.json` (in the version's folder of the model repository).
 
-    `stats[name]` holds bin edges (len k+1; the first and last are -inf/+inf written as null) and the
-    held-out share per bin (len k, sums to 1). `classes` is the held-out share of each predicted class.
+    `stats[name]` is {"edges": bin edges (len k+1; the first and last are -inf/+inf written as null),
+    "probs": the held-out share per bin (len k, sums to 1)}. `classes` is the held-out share of each predicted class.
     `accuracy` is the version's held-out accuracy, `n` the number of held-out images.
     """
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from build_tools.server import ServerOptions, TritonServer
+from build_tools.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -145,6 +147,9 @@ def _send_digits(server: TritonServer, count: int = 5) -> None:
             client.infer(ENSEMBLE, [bad])
     finally:
         client.close()  # an open keep-alive connection delays the server's shutdown
+    # The models' own metrics (tdk_*, docs/monitoring.md) reach the endpoint every monitoring.flush_ms.
+    flush_s = load_spec(ROOT / "deploy.yaml").monitoring.flush_ms / 1000.0
+    time.sleep(2 * flush_s + 0.5)
 
 
 def _scrape(server: TritonServer) -> str:

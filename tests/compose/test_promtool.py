@@ -63,7 +63,9 @@ def test_promtool_check_rules_passes_when_checking_alerts() -> None:
     promtool = _tool("promtool", "prometheus")
     result = _run([promtool, "check", "rules", "alerts.yml"], cwd=PROM)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    # promtool loaded every rule the file declares (none skipped or merged away).
+    declared = sum(len(g["rules"]) for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"])
+    assert declared >= 10 and f"SUCCESS: {declared} rules found" in result.stdout
 
 
 def test_promtool_test_rules_passes_when_running_alert_unit_tests() -> None:

@@ -6,6 +6,9 @@ config.pbtxt (the build tools write it from the graph), never from assumptions a
 
 Batching: one session run per execute() over every request in the batch that shares non-batch dims,
 split back per request. A bad request gets its own TritonError; its batch neighbours are answered.
+
+Monitoring (`monitoring.enabled`, set when the model is watched and has no lifecycle router in front):
+answered requests feed the prediction metrics and log (control/monitor/serving.py).
 """
 
 from __future__ import annotations
@@ -131,6 +134,13 @@ class TritonPythonModel:
         self._shape_checks: list[tuple[tuple[int, ...] | None, list[int]]] = [
             (tuple(dims) if all(d >= 0 for d in dims) else None, lead + dims) for _, _, dims, _ in self.inputs
         ]
+        self.version = args["model_version"]
+        self.monitor = None
+        if _param(self.config, "monitoring.enabled", "false") == "true":
+            # Imported only when asked for: the watching code lives in the project's package.
+            from control.monitor.serving import ServingMonitor
+
+            self.monitor = ServingMonitor(pb_utils, self.config, args["model_repository"], self.name)
 
     def _read(self, request: Any) -> tuple[dict[str, np.ndarray], int]:
         """The request's arrays and its batch size; raises ValueError naming the problem."""
@@ -184,7 +194,13 @@ class TritonPythonModel:
             except ValueError as e:
                 read.append(e)
         responses = []
-        for result in self.infer(read):
+        results = self.infer(read)
+        if self.monitor is not None:
+            try:
+                self._observe(requests, read, results)
+            except Exception as e:  # monitoring never fails a request
+                pb_utils.Logger.log_warn(f"{self.name}: monitoring failed (answers unaffected): {e!r}")
+        for result in results:
             if isinstance(result, ValueError):
                 responses.append(self._error(str(result), pb_utils.TritonError.INVALID_ARG))
             elif isinstance(result, str):
@@ -194,6 +210,25 @@ class TritonPythonModel:
                     output_tensors=[pb_utils.Tensor(name, r) for name, r in zip(self.output_names, result)]
                 ))
         return responses
+
+    def _observe(self, requests: list[Any], read: list[Any], results: list[Any]) -> None:
+        settings = self.monitor.settings
+        try:
+            out_index = self.output_names.index(settings.output)
+        except ValueError:
+            return
+        ids, inputs, outputs = [], [], []
+        for request, item, result in zip(requests, read, results):
+            if isinstance(result, (ValueError, str)) or isinstance(item, ValueError):
+                continue
+            arr = item[0].get(settings.input)
+            if arr is None:
+                continue
+            ids.append(request.request_id())
+            batching = self.max_batch_size > 0
+            inputs.append(arr if batching else arr[None])
+            outputs.append(result[out_index] if batching else result[out_index][None])
+        self.monitor.observe(self.version, ids, inputs, outputs)
 
     def infer(
         self, read: list[tuple[dict[str, np.ndarray], int] | ValueError]
@@ -229,4 +264,6 @@ class TritonPythonModel:
         return answers
 
     def finalize(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
         self.session = None

@@ -15,6 +15,10 @@ The per-version counters reach Triton's metrics endpoint within COUNTER_FLUSH_S.
 Requests going to the same version are sent as one synchronous BLS request (batched); with a canary the
 second version's batch is sent from a worker thread at the same time.
 A failed batch is retried request by request, so one bad request never fails its neighbours.
+
+Monitoring (`monitoring.enabled` in the config, from the spec's `monitoring:` section): the router is
+where a request, its id, the version that answered and the answer meet, so it feeds the prediction
+metrics and the prediction log (control/monitor/serving.py), for every answered request.
 """
 
 from __future__ import annotations
@@ -90,6 +94,13 @@ class TritonPythonModel:
         self._failures: dict[int, Any] = {}
         self._labels = labels
         self._gauges = []
+        self.monitor = None
+        self._watch_failed = False
+        if config.get("parameters", {}).get("monitoring.enabled", {}).get("string_value") == "true":
+            # Imported only when asked for: the watching code lives in the project's package.
+            from control.monitor.serving import ServingMonitor
+
+            self.monitor = ServingMonitor(pb_utils, config, args["model_repository"], self.target)
         for version, percent in weights:
             gauge = self.weight_family.Metric(labels={**labels, "version": str(version)})
             gauge.set(percent)
@@ -167,18 +178,29 @@ class TritonPythonModel:
         if len(members) == 1 or not self.batching:
             for i, request in members:
                 responses[i] = self._one(version, request)
+            if self.monitor is not None:
+                self._watch(self._observe, version, members, responses)
             return
         arrays = [{t.name(): t.as_numpy() for t in r.inputs()} for _, r in members]
         sizes = [next(iter(a.values())).shape[0] for a in arrays]
         names = list(arrays[0])
-        merged = [pb_utils.Tensor(n, np.concatenate([a[n] for a in arrays])) for n in names]
+        concatenated = {n: np.concatenate([a[n] for a in arrays]) for n in names}
+        merged = [pb_utils.Tensor(n, concatenated[n]) for n in names]
         response = self._send(version, merged)
         if response.has_error():
             # Retry one by one: only the request at fault gets the error.
             for i, request in members:
                 responses[i] = self._one(version, request)
+            if self.monitor is not None:
+                self._watch(self._observe, version, members, responses)
             return
         outs = [(t.name(), t.as_numpy()) for t in response.output_tensors()]
+        if self.monitor is not None:
+            # The group's own arrays: no per-request tensor lookups (the input is ours already).
+            watched = dict(outs).get(self.monitor.settings.output)
+            if watched is not None:
+                self._watch(self.monitor.observe_batch, str(version), [r.request_id() for _, r in members], sizes,
+                            concatenated.get(self.monitor.settings.input), watched)
         offset = 0
         for (i, _), size in zip(members, sizes):
             responses[i] = pb_utils.InferenceResponse(
@@ -216,11 +238,39 @@ class TritonPythonModel:
                     self._unflushed["failures", version] += failed
         return responses
 
+    def _watch(self, fn: Any, *args: Any) -> None:
+        """Monitoring never fails a request: a monitoring error is logged (once) and the answers go out."""
+        try:
+            fn(*args)
+        except Exception as e:
+            if not self._watch_failed:
+                self._watch_failed = True
+                pb_utils.Logger.log_warn(f"{self.name}: monitoring failed (answers unaffected): {e!r}")
+
+    def _observe(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
+        """Hand the answered requests answered one by one to the monitor."""
+        settings = self.monitor.settings
+        ids, inputs, outputs = [], [], []
+        for i, request in members:
+            if responses[i].has_error():
+                continue
+            out = pb_utils.get_output_tensor_by_name(responses[i], settings.output)
+            inp = pb_utils.get_input_tensor_by_name(request, settings.input)
+            if out is None or inp is None:
+                continue
+            ids.append(request.request_id())
+            # Without batching a request is one item with no batch dimension: give it one.
+            inputs.append(inp.as_numpy() if self.batching else inp.as_numpy()[None])
+            outputs.append(out.as_numpy() if self.batching else out.as_numpy()[None])
+        self.monitor.observe(str(version), ids, inputs, outputs)
+
     def finalize(self) -> None:
         self._stop.set()
         self._flusher.join()
         self._flush()
         self._pool.shutdown(wait=True)
+        if self.monitor is not None:
+            self.monitor.close()
         self._requests.clear()
         self._failures.clear()
         self._gauges.clear()

@@ -9,6 +9,9 @@ Batching: one forward() per execute() over every request in the batch that share
 split back per request. A bad request gets its own TritonError; its batch neighbours are answered.
 forward() takes the config's inputs positionally, in config order, and returns a tensor or a tuple of
 tensors in the config's output order (the PyTorch backend's convention for such names).
+
+Monitoring (`monitoring.enabled`): answered requests feed the prediction metrics and log
+(control/monitor/serving.py), as the ONNX runner's do.
 """
 
 from __future__ import annotations
@@ -82,6 +85,17 @@ class TritonPythonModel:
         ]
         lead = [-1] if self.max_batch_size > 0 else []
         self._expected = [lead + dims for _, _, dims in self.inputs]
+        self.version = args["model_version"]
+        self.monitor = None
+        if _param(self.config, "monitoring.enabled", "false") == "true":
+            from control.monitor.serving import ServingMonitor
+
+            self.monitor = ServingMonitor(pb_utils, self.config, args["model_repository"], self.name)
+            names = [n for n, _, _ in self.inputs]
+            outs = [n for n, _ in self.outputs]
+            s = self.monitor.settings
+            self._watch = (names.index(s.input) if s.input in names else None,
+                           outs.index(s.output) if s.output in outs else None)
         # One forward pass at load: a module whose signature does not fit the config fails here, not on
         # the first client's request.
         with torch.inference_mode():
@@ -134,6 +148,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
+        batching = self.max_batch_size > 0
         checked = []
         for i, request in enumerate(requests):
             try:
@@ -143,7 +158,8 @@ class TritonPythonModel:
                 continue
             checked.append((i, arrays, batch))
 
-        for members in batch_groups.group(checked, self.max_batch_size > 0):
+        watched: list[tuple[str, np.ndarray, np.ndarray]] = []
+        for members in batch_groups.group(checked, batching):
             feed = batch_groups.feed(members)
             try:
                 with torch.inference_mode():
@@ -157,13 +173,28 @@ class TritonPythonModel:
                 for m in members:
                     responses[m.index] = self._error(f"torch forward failed: {e}")
                 continue
+            arrays_of = {m.index: m.arrays for m in members}
             for i, rows in batch_groups.split(members, results):
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(name, r) for (name, _), r in zip(self.outputs, rows)]
                 )
+                if self.monitor is not None and None not in self._watch:
+                    k_in, k_out = self._watch
+                    inp, answer = arrays_of[i][k_in], rows[k_out]
+                    # Without batching a request has no batch dimension: the monitor wants one.
+                    watched.append((requests[i].request_id(), inp if batching else inp[None],
+                                    answer if batching else answer[None]))
+        if watched:
+            try:
+                self.monitor.observe(self.version, [w[0] for w in watched], [w[1] for w in watched],
+                                     [w[2] for w in watched])
+            except Exception as e:  # monitoring never fails a request
+                pb_utils.Logger.log_warn(f"{self.name}: monitoring failed (answers unaffected): {e!r}")
         return responses
 
     def finalize(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
         self.module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -53,7 +53,14 @@ MAX_INK_SHARE = 0.45
 
 
 class BadImageError(ValueError):
-    """One image cannot be turned into a digit; the message is sent back to the client."""
+    """One image cannot be turned into a digit; the message is sent back to the client.
+
+    `reason` is a short label for the rejected-images metric (tdk_input_rejected_total{reason}).
+    """
+
+    def __init__(self, message: str, reason: str = "no_digit") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -99,24 +106,28 @@ def _image(a: np.ndarray, mode: str = "L") -> Image.Image:
 def decode(data: bytes, max_pixels: int, min_side: int, steps: Steps = ALL_STEPS) -> np.ndarray:
     """Encoded bytes -> uint8 [H, W] (grey) or [H, W, 3] (colour), upright, every check before decoding."""
     if not data:
-        raise BadImageError("empty image bytes; expected an encoded PNG or JPEG image")
+        raise BadImageError("empty image bytes; expected an encoded PNG or JPEG image", "empty")
     try:
         # open() reads the header only: size and format are known before any pixel is decoded.
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
-        raise BadImageError(f"not an image ({len(data)} bytes, format not recognised); expected PNG or JPEG") from e
+        raise BadImageError(
+            f"not an image ({len(data)} bytes, format not recognised); expected PNG or JPEG", "not_an_image"
+        ) from e
     except Image.DecompressionBombError as e:
-        raise BadImageError(f"image too large: {e}") from e
+        raise BadImageError(f"image too large: {e}", "too_large") from e
     if img.format not in ALLOWED_FORMATS:
-        raise BadImageError(f"image format {img.format} is not supported; expected PNG or JPEG")
+        raise BadImageError(f"image format {img.format} is not supported; expected PNG or JPEG", "not_an_image")
     width, height = img.size
     if width * height > max_pixels:
         raise BadImageError(
             f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} "
-            f"(decompression bomb protection)"
+            f"(decompression bomb protection)", "too_large",
         )
     if min(width, height) < min_side:
-        raise BadImageError(f"image is {width}x{height} pixels; a digit needs at least {min_side}x{min_side}")
+        raise BadImageError(
+            f"image is {width}x{height} pixels; a digit needs at least {min_side}x{min_side}", "too_small"
+        )
     if img.format == "JPEG" and max(width, height) > 2 * WORK_SIDE:
         # libjpeg decodes at 1/2, 1/4 or 1/8 scale for free; keep at least WORK_SIDE on the long side.
         scale = max(width, height) / WORK_SIDE
@@ -125,7 +136,7 @@ def decode(data: bytes, max_pixels: int, min_side: int, steps: Steps = ALL_STEPS
         # No bomb warning can fire here: the pixel count was checked against the same limit above.
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(f"corrupt or truncated {img.format} image: {e}") from e
+        raise BadImageError(f"corrupt or truncated {img.format} image: {e}", "corrupt") from e
     if steps.exif:
         img = upright(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -10,6 +10,11 @@ A request whose image is unusable (empty, not PNG/JPEG, truncated, too large, to
 plausible digit) gets its own error naming the problem; the other requests of the batch are answered
 normally. Per-request budgets (images, bytes per image, pixels per request, a deadline) are checked from
 the headers before anything is decoded, so one request cannot hold the instance for long.
+
+Monitoring (`monitoring.enabled`, from the spec's `monitoring:` section): the input statistics of every
+image it produced (control/monitor/stats.py, once per batch, vectorised; `original_size` from the
+header) as histograms, and rejected images by reason, exported by a background thread
+(docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,9 @@ from pixels import SIDE, BadImageError, decode, to_mnist
 
 class BudgetError(BadImageError):
     """A request asks for more work than one request may: refused before (or while) decoding."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "budget")
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,9 @@ def header_pixels(data: bytes) -> int:
     return width * height
 
 
-def check_budget(items: list[bytes], budget: RequestBudget, max_pixels: int) -> None:
-    """Everything a request's size can be checked by, before a single pixel is decoded.
+def check_budget(items: list[bytes], budget: RequestBudget, max_pixels: int) -> list[int]:
+    """Everything a request's size can be checked by, before a single pixel is decoded; returns each
+    image's pixel count from its header (0 when unreadable).
 
     An image above the per-image limit is not counted: decode() refuses it with its own reason.
     """
@@ -77,12 +87,14 @@ def check_budget(items: list[bytes], budget: RequestBudget, max_pixels: int) -> 
             raise BudgetError(
                 f"image {i} is {len(raw)} bytes, above the limit of {budget.max_element_bytes} bytes per image"
             )
-    total = sum(n for n in (header_pixels(raw) for raw in items) if n <= max_pixels)
+    sizes = [header_pixels(raw) for raw in items]
+    total = sum(n for n in sizes if n <= max_pixels)
     if total > budget.max_total_pixels:
         raise BudgetError(
             f"the request's images hold {total} pixels in all, above the limit of {budget.max_total_pixels} "
             f"pixels per request; send fewer or smaller images"
         )
+    return sizes
 
 
 def check_deadline(started: float, budget: RequestBudget, done: int, total: int) -> None:
@@ -117,12 +129,20 @@ class TritonPythonModel:
         self.batching = int(self.config.get("max_batch_size", 0)) > 0
         # Pillow's own bomb check would only warn below 2x its limit; ours runs on the header first.
         Image.MAX_IMAGE_PIXELS = self.max_pixels
+        self.monitor = None
+        params = self.config.get("parameters", {})
+        if params.get("monitoring.enabled", {}).get("string_value") == "true":
+            self.monitor = InputMonitor(
+                pb_utils, self.name, args["model_version"], "image_bytes",
+                int(params.get("monitoring.flush_ms", {}).get("string_value", "500")) / 1000.0,
+            )
 
-    def _one(self, request: Any) -> Any:
+    def _one(self, request: Any) -> tuple[Any, np.ndarray, list[int]]:
+        """The response, the [N, 1, 28, 28] images and each image's header pixel count."""
         data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy()
         flat = data.reshape(-1)
         items = [item if isinstance(item, bytes) else bytes(item) for item in flat]
-        check_budget(items, self.budget, self.max_pixels)
+        sizes = check_budget(items, self.budget, self.max_pixels)
         started = time.monotonic()
         images = []
         for i, raw in enumerate(items):
@@ -135,17 +155,91 @@ class TritonPythonModel:
                 raise
             except BadImageError as e:
                 where = f"image {i}" if flat.size > 1 else "image"
-                raise BadImageError(f"{where}: {e}") from e
-        batch = np.stack(images) if self.batching else images[0]
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", batch.astype(np.float32))])
+                raise BadImageError(f"{where}: {e}", e.reason) from e
+        stacked = np.stack(images)
+        batch = stacked if self.batching else images[0]
+        response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", batch.astype(np.float32))])
+        return response, stacked, sizes
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
+        produced: list[np.ndarray] = []
+        sizes: list[int] = []
+        rejected: dict[str, int] = {}
         for request in requests:
             try:
-                responses.append(self._one(request))
+                response, images, pixels = self._one(request)
+                responses.append(response)
+                produced.append(images)
+                sizes.extend(pixels)
             except BadImageError as e:
+                rejected[e.reason] = rejected.get(e.reason, 0) + 1
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)
                 ))
+        if self.monitor is not None:
+            self.monitor.observe(produced, sizes, rejected)
         return responses
+
+    def finalize(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+
+# The `reason` of every BadImageError raised here or in pixels.py (tdk_input_rejected_total{reason}).
+REJECT_REASONS = ("empty", "not_an_image", "too_large", "too_small", "corrupt", "no_digit", "budget")
+
+
+class InputMonitor:
+    """The preprocessing step's metrics: input statistics of the images it produced, rejections by reason.
+
+    `observe()` (in `execute`) only appends to a pending list; a background thread computes the
+    statistics over everything pending in one vectorised pass and sends the counts to Triton
+    (control.monitor.serving), so the request path pays for neither.
+    """
+
+    def __init__(self, pb: Any, model: str, version: str, input_name: str, flush_s: float) -> None:
+        from control.monitor import serving, stats
+
+        self._stats = stats
+        self.labels = (("model", model), ("version", str(version)), ("input", input_name))
+        self.inputs = serving.InputStatsExport(pb, (*stats.PIXEL_STATS, "original_size"))
+        self.rejected = serving.PendingCounters(pb.MetricFamily(
+            name=serving.REJECTED, description="Images refused by preprocessing, by reason",
+            kind=pb.MetricFamily.COUNTER))
+        self._model = model
+        for reason in REJECT_REASONS:
+            self.rejected.ensure((("model", model), ("reason", reason)))
+        self._lock = threading.Lock()
+        self._images: list[np.ndarray] = []
+        self._sizes: list[int] = []
+        self._rejected: dict[str, int] = {}
+        self._ticker = serving.Ticker(flush_s, self.flush, f"input-metrics-{model}")
+
+    def observe(self, produced: list[np.ndarray], sizes: list[int], rejected: dict[str, int]) -> None:
+        with self._lock:
+            self._images.extend(produced)
+            self._sizes.extend(sizes)
+            for reason, count in rejected.items():
+                self._rejected[reason] = self._rejected.get(reason, 0) + count
+
+    def flush(self) -> None:
+        with self._lock:
+            images, self._images = self._images, []
+            sizes, self._sizes = self._sizes, []
+            rejected, self._rejected = self._rejected, {}
+        if images:
+            values = self._stats.image_stats(np.concatenate(images))
+            columns = {name: values[:, k] for k, name in enumerate(self._stats.PIXEL_STATS)}
+            # sqrt(height * width) of the image as sent (its header), before any resizing.
+            columns["original_size"] = np.sqrt(np.asarray(sizes, dtype=np.float64))
+            self.inputs.add(self.labels, columns)
+        for reason, count in rejected.items():
+            self.rejected.add((("model", self._model), ("reason", reason)), float(count))
+        self.rejected.send(self.rejected.take())
+        self.inputs.flush()
+
+    def close(self) -> None:
+        self._ticker.close()
+        self.rejected.clear()
+        self.inputs.clear()
