@@ -107,19 +107,22 @@ def parse_payload(payload: Any, num_classes: int) -> list[Label]:
 
 def read_file(path: Path, num_classes: int) -> list[Label]:
     """A bulk file: CSV with a header `request_id,label`, or JSONL (one object per line), by suffix."""
+    kind = path.suffix.lower()
+    if kind not in (".csv", ".jsonl", ".ndjson"):
+        raise LabelError(f"{path}: unknown file type {path.suffix!r}; expected .csv or .jsonl")
     try:
         text = path.read_text()
     except OSError as e:
         raise LabelError(f"{path}: cannot read ({e.strerror})") from e
     labels: list[Label] = []
-    if path.suffix.lower() == ".csv":
+    if kind == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         missing = {"request_id", "label"} - set(reader.fieldnames or ())
         if missing:
             raise LabelError(f"{path}: the CSV header lacks {sorted(missing)}; expected a header row request_id,label")
         for row in reader:
             labels.append(parse_item(row, num_classes, f"{path.name} line {reader.line_num}"))
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+    else:
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -128,8 +131,6 @@ def read_file(path: Path, num_classes: int) -> list[Label]:
             except json.JSONDecodeError as e:
                 raise LabelError(f"{path.name} line {n}: not JSON ({e.msg})") from e
             labels.append(parse_item(item, num_classes, f"{path.name} line {n}"))
-    else:
-        raise LabelError(f"{path}: unknown file type {path.suffix!r}; expected .csv or .jsonl")
     return labels
 
 

@@ -20,7 +20,7 @@ database). Metric names (docs/monitoring.md lists them with their meaning):
   monitor_labels_rejected_total                               malformed label requests (this process)
   monitor_labels{state}                                       late / pending / unknown labels
   monitor_check_alarm{model,version,check}                    1 when a check fails by the spec's thresholds
-  monitor_threshold{name}                                     the spec's thresholds, for the alert rules
+  monitor_threshold{threshold}                                the spec's thresholds, for the alert rules
   monitor_last_update_timestamp_seconds, monitor_update_duration_seconds, monitor_update_errors_total
 """
 
@@ -145,7 +145,7 @@ class Monitor:
             state = self.state
         spec = self.spec
         thresholds = GaugeMetricFamily("monitor_threshold", "The spec's drift thresholds (monitoring.drift)",
-                                       labels=["name"])
+                                       labels=["threshold"])
         for name in ("psi_warn", "psi_alert", "chi2_p_value", "max_accuracy_drop", "confidence", "min_window",
                      "min_labels", "window", "label_window"):
             thresholds.add_metric([name], float(getattr(spec, name)))
