@@ -165,9 +165,13 @@ def _served_repositories(server: TritonServer) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def stack_scrape(embedded_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Metric names scraped from a real server started the way the compose stacks start it."""
+    """Metric names scraped from a real server started the way the compose stacks start it, plus the
+    drift monitor's (the stacks' Prometheus scrapes it too; tests/support/monitoring.py)."""
+    from tests.support.monitoring import monitor_scrape
+
+    monitor = scraped_names(monitor_scrape(f"sqlite:///{tmp_path_factory.mktemp('monitor') / 'monitor.db'}"))
     _send_digits(embedded_server)
-    names = scraped_names(_scrape(embedded_server))
+    names = scraped_names(_scrape(embedded_server)) | monitor
     if SUMMARY_FLAG in embedded_server.options.extra_args or "nv_inference_request_summary_us" in names:
         return names
     workdir = tmp_path_factory.mktemp("summary-server")
@@ -179,7 +183,7 @@ def stack_scrape(embedded_server: TritonServer, tmp_path_factory: pytest.TempPat
     )
     with TritonServer(options) as server:
         _send_digits(server)
-        return scraped_names(_scrape(server))
+        return scraped_names(_scrape(server)) | monitor
 
 
 def _unknown(names: Iterable[str], scraped: set[str]) -> list[str]:

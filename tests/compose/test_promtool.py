@@ -63,7 +63,7 @@ def test_promtool_check_rules_passes_when_checking_alerts() -> None:
     promtool = _tool("promtool", "prometheus")
     result = _run([promtool, "check", "rules", "alerts.yml"], cwd=PROM)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_promtool_test_rules_passes_when_running_alert_unit_tests() -> None:

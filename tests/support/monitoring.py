@@ -47,3 +47,35 @@ def records(rng: np.random.Generator, n: int, model: str = "clf", version: str =
         for i in range(n)
     ]
     return out, truth
+
+
+def monitor_scrape(db_url: str) -> str:
+    """The text of a real monitor's /metrics over a log where every family has series: a champion and a
+    canary with labels (accuracy by role), drifted inputs (PSI, chi-square), a duplicate and a pending
+    label."""
+    import urllib.request
+
+    from build_tools.spec import DriftSpec
+    from control.db import Database
+    from control.monitor import feedback
+    from control.monitor.contract import write_predictions
+    from control.monitor.drift import References
+    from control.monitor.service import Monitor, MonitorServer
+    from control.registry import Registry
+
+    rng = np.random.default_rng(0)
+    refs = References([])
+    with Database(db_url) as db:
+        feedback.migrate(db)
+        registry = Registry(db)
+        for version, state in (("1", "champion"), ("2", "canary")):
+            refs.add(reference_from(synthetic_stats(rng, 2000), rng.integers(0, 10, 2000), 0.98, version=version))
+            registry.add("clf", int(version), version * 64, f"v{version}.onnx", "test", state, {}, "test")
+            recs, truth = records(rng, 300, version=version, prefix=f"v{version}-", shift=1.0)
+            write_predictions(db, recs)
+            feedback.ingest(db, [feedback.Label(r.request_id, int(t)) for r, t in zip(recs, truth)], "test")
+        feedback.ingest(db, [feedback.Label("v1-0", 3), feedback.Label("not-yet", 1)], "test")
+        monitor = Monitor(db, refs, DriftSpec(min_window=100, min_labels=50))
+        monitor.update()
+        with MonitorServer(monitor) as server, urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+            return r.read().decode()
