@@ -266,3 +266,13 @@ def test_gpu_only_metrics_absent_when_server_has_no_gpu(stack_scrape: set[str]) 
     # The exemption list must not hide a metric the CPU server does export under another spelling.
     assert not GPU_ONLY & stack_scrape
     assert {"nv_cpu_utilization", "nv_inference_count"} <= stack_scrape
+
+
+def test_dashboard_has_a_panel_for_every_monitor_metric_when_the_monitor_is_scraped(tmp_path: Path) -> None:
+    from tests.support.monitoring import monitor_scrape
+
+    exported = {n for n in scraped_names(monitor_scrape(f"sqlite:///{tmp_path / 'monitor.db'}"))
+                if n.startswith("monitor_")}
+    assert len(exported) >= 15  # guards against checking nothing
+    on_dashboards = set().union(*(metric_names(e) for path in DASHBOARDS for e in dashboard_expressions(path)))
+    assert not exported - on_dashboards, f"monitor metrics without a Grafana panel: {sorted(exported - on_dashboards)}"
