@@ -30,7 +30,7 @@ from build_tools.errors import DatabaseError
 from build_tools.spec import DriftSpec
 from control.db import Database
 from control.monitor.contract import STAT_NAMES, Reference
-from control.monitor.stats import ChiSquare, Interval, bin_shares, chi_square, psi, wilson
+from control.monitor.measures import ChiSquare, Interval, bin_shares, chi_square, psi, wilson
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ def label_status(db: Database, spec: DriftSpec, now: float | None = None) -> Lab
     return LabelStatus(int(late["n"]) if late else 0, len(orphans) - unknown, unknown)
 
 
-def snapshots(db: Database, refs: References, spec: DriftSpec) -> list[Snapshot]:
-    roles = _roles(db)
+def snapshots(db: Database, refs: References, spec: DriftSpec, registry: Database | None = None) -> list[Snapshot]:
+    """Every version in the log; roles from the lifecycle registry (`registry`, default the log's database)."""
+    roles = _roles(registry or db)
     return [snapshot(db, m, v, refs.get(m, v), spec, roles.get((m, v), "")) for m, v in versions(db)]

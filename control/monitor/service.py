@@ -78,8 +78,10 @@ def alarms(snaps: Sequence[Snapshot], spec: DriftSpec) -> dict[tuple[str, str], 
 class Monitor:
     """Computes the figures from the database and serves them; `update()` is one round."""
 
-    def __init__(self, db: Database, references: References, spec: DriftSpec, num_classes: int = 10) -> None:
+    def __init__(self, db: Database, references: References, spec: DriftSpec, num_classes: int = 10,
+                 registry: Database | None = None) -> None:
         self.db = db
+        self.registry = registry  # the lifecycle registry's database when it is not the log's
         self.references = references
         self.spec = spec
         self.num_classes = num_classes
@@ -96,7 +98,7 @@ class Monitor:
     def update(self, now: float | None = None) -> State:
         start = time.perf_counter()
         now = time.time() if now is None else now
-        snaps = snapshots(self.db, self.references, self.spec)
+        snaps = snapshots(self.db, self.references, self.spec, self.registry)
         state = State(snaps, label_status(self.db, self.spec, now), feedback.outcome_counts(self.db), now,
                       time.perf_counter() - start)
         with self._lock:

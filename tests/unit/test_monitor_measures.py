@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from control.monitor.stats import PSI_FLOOR, bin_shares, chi2_sf, chi_square, psi, wilson
+from control.monitor.measures import PSI_FLOOR, bin_shares, chi2_sf, chi_square, psi, wilson
 
 
 @pytest.mark.parametrize(
