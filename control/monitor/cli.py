@@ -1,8 +1,9 @@
 """`triton-monitor serve|import-labels|status`: the drift monitor service, bulk label import, one report.
 
-The database is the lifecycle registry's (--db, default $TRITON_MONITOR_DB, else $TRITON_LIFECYCLE_DB,
-else the SQLite default of control/db.py): the prediction log, the labels and the registry's roles
-(champion, canary) live together. References (`reference.json`) are read from the model repositories
+The prediction log and the labels are in --db (default $TDK_MONITORING_DATABASE_URL, the serving models'
+log, else $TRITON_LIFECYCLE_DB, else the SQLite default of control/db.py); the roles of the versions
+(champion, canary) come from the lifecycle registry, --registry-db (default $TRITON_LIFECYCLE_DB, else
+--db). References (`reference.json`) are read from the model repositories
 (--repository, default the spec's embedded output).
 """
 
@@ -27,7 +28,8 @@ from control.monitor.service import Monitor, MonitorServer, alarms
 
 logger = logging.getLogger(__name__)
 
-DB_ENV = "TRITON_MONITOR_DB"
+# The prediction log's database: the same variable the serving models' log writer reads.
+DB_ENV = "TDK_MONITORING_DATABASE_URL"
 LIFECYCLE_DB_ENV = "TRITON_LIFECYCLE_DB"
 
 
@@ -53,7 +55,10 @@ def _repositories(args: argparse.Namespace, spec: DeploySpec) -> list[Path]:
 
 def _monitor(args: argparse.Namespace) -> Monitor:
     spec = load_spec(args.spec)
-    return Monitor(connect(args.db), References(_repositories(args, spec)), spec.monitoring.drift, num_classes(spec))
+    registry_url = args.registry_db or os.environ.get(LIFECYCLE_DB_ENV)
+    registry = connect(registry_url) if registry_url and registry_url != args.db else None
+    return Monitor(connect(args.db), References(_repositories(args, spec)), spec.monitoring.drift, num_classes(spec),
+                   registry=registry)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -126,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model repository holding each version's reference.json (repeatable; default: the "
                    "spec's embedded output)")
     _common(p)
+    p.add_argument("--registry-db", help=f"the lifecycle registry's URL, for the versions' roles (default: "
+                   f"${LIFECYCLE_DB_ENV}, else --db)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("import-labels", help="bulk label import: CSV (header request_id,label) or JSONL files")
@@ -135,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="compute the figures once and print them")
     p.add_argument("--repository", action="append", help="as for serve")
+    p.add_argument("--registry-db", help="as for serve")
     _common(p)
     p.set_defaults(func=_cmd_status)
     return parser
