@@ -120,6 +120,28 @@ def versions(db: Database) -> list[tuple[str, str]]:
             db.query("SELECT DISTINCT model, version FROM predictions ORDER BY model, version")]
 
 
+def window_figures(snap: Snapshot, predicted: Sequence[int], stats: Sequence[dict[str, float]],
+                   ref: Reference | None, spec: DriftSpec) -> Snapshot:
+    """Fill the window's figures (size, class shares, chi-square, PSI per statistic) from its records."""
+    snap.window = len(predicted)
+    if not predicted:
+        return snap
+    classes = max(len(ref.classes) if ref else 0, 1 + max(predicted))
+    counts = np.bincount(np.asarray(predicted, dtype=np.int64), minlength=classes)
+    snap.class_shares = (counts / counts.sum()).tolist()
+    if ref is None or snap.window < spec.min_window:
+        return snap
+    # A class the reference never predicted has share 0 there: chi_square pools it.
+    snap.chi2 = chi_square(counts, [*ref.classes, *([0.0] * (classes - len(ref.classes)))])
+    for name in STAT_NAMES:
+        if name not in ref.stats:
+            continue
+        values = [s[name] for s in stats if name in s]
+        if len(values) >= spec.min_window:
+            snap.psi[name] = psi(ref.stats[name]["probs"], bin_shares(values, ref.stats[name]["edges"]))
+    return snap
+
+
 def snapshot(db: Database, model: str, version: str, ref: Reference | None, spec: DriftSpec,
              role: str = "") -> Snapshot:
     snap = Snapshot(model, version, role=role)
@@ -127,23 +149,10 @@ def snapshot(db: Database, model: str, version: str, ref: Reference | None, spec
         "SELECT predicted, stats FROM predictions WHERE model = ? AND version = ? ORDER BY ts DESC, id DESC LIMIT ?",
         (model, version, spec.window),
     )
-    snap.window = len(rows)
     if ref is not None:
         snap.reference_accuracy = ref.accuracy
-    if rows:
-        classes = max(len(ref.classes) if ref else 0, 1 + max(int(r["predicted"]) for r in rows))
-        counts = np.bincount([int(r["predicted"]) for r in rows], minlength=classes)
-        snap.class_shares = (counts / counts.sum()).tolist()
-        if ref is not None and snap.window >= spec.min_window:
-            # A class the reference never predicted has share 0 there: chi_square pools it.
-            snap.chi2 = chi_square(counts, [*ref.classes, *([0.0] * (classes - len(ref.classes)))])
-            stats = [json.loads(r["stats"] or "{}") for r in rows]
-            for name in STAT_NAMES:
-                if name not in ref.stats:
-                    continue
-                values = [s[name] for s in stats if name in s]
-                if len(values) >= spec.min_window:
-                    snap.psi[name] = psi(ref.stats[name]["probs"], bin_shares(values, ref.stats[name]["edges"]))
+    window_figures(snap, [int(r["predicted"]) for r in rows], [json.loads(r["stats"] or "{}") for r in rows], ref,
+                   spec)
     # Labels: the latest label_window records of the version, with their label when one has arrived.
     recent = db.query(
         "SELECT p.predicted, p.ts AS pts, l.label, l.ts AS lts FROM predictions p"
