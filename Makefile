@@ -11,7 +11,7 @@ HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
-	lifecycle-demo soak mutation perf-analyzer docker up down clean
+	lifecycle-demo drift-demo soak mutation perf-analyzer docker up down clean
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,9 @@ demo: build-repo
 # A second MNIST version staged, sent 10%, promoted and rolled back under load (docs/lifecycle.md).
 lifecycle-demo: install
 	$(PY) -m clients.lifecycle_demo --spec $(SPEC)
+
+drift-demo: install
+	$(PY) -m clients.drift_demo --spec $(SPEC)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
