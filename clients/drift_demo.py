@@ -92,6 +92,7 @@ class Result:
     accuracy_drop_alarm: bool = False
     alert_state: str | None = None  # ModelInputDrift in Prometheus
     alert_seconds: float | None = None  # from the detection to the alert firing
+    log_mismatches: int | None = None  # logged prediction != the answer the client got
     false_alarm_windows: int | None = None
     false_alarm_checks: dict[str, int] = field(default_factory=dict)
     points: list[Point] = field(default_factory=list)
@@ -110,6 +111,7 @@ class Scenario:
         self.say = say
         self.threads = threads
         self.result = Result(model, version)
+        self.answers: dict[str, int] = {}  # request id -> top-1 class the client received
 
     @property
     def spec(self) -> DriftSpec:
@@ -137,7 +139,15 @@ class Scenario:
             for part in pool.map(one, chunks):
                 for i, cls in part:
                     predicted[i] = cls
+        self.answers.update(zip(ids, predicted))
         return predicted
+
+    def log_mismatches(self) -> int:
+        """Requests whose logged prediction differs from the answer the client got (the log must agree)."""
+        rows = self.db.query("SELECT request_id, predicted FROM predictions WHERE model = ? AND version = ?",
+                             (self.model, self.version))
+        logged = {r["request_id"]: int(r["predicted"]) for r in rows}
+        return sum(1 for rid, cls in self.answers.items() if logged.get(rid) != cls)
 
     def logged(self) -> int:
         row = self.db.query_one("SELECT COUNT(*) AS n FROM predictions WHERE model = ? AND version = ?",
@@ -204,7 +214,7 @@ class Scenario:
                 break
         self.result.shifted_sent = sent
 
-    def labels(self, monitor_url: str, truth: dict[str, int], served: dict[str, int]) -> Snapshot:
+    def labels(self, monitor_url: str, truth: dict[str, int]) -> Snapshot:
         """Ground truth arrives late, by request id, through the monitor's HTTP endpoint."""
         items = [{"request_id": rid, "label": int(lab)} for rid, lab in truth.items()]
         accepted = duplicate = 0
@@ -216,7 +226,7 @@ class Scenario:
             accepted, duplicate = accepted + body["accepted"], duplicate + body["duplicate"]
         for kind in ("clean", "shift"):
             ids = [rid for rid in truth if rid.startswith(kind + "-")]
-            acc = float(np.mean([served[rid] == truth[rid] for rid in ids])) if ids else None
+            acc = float(np.mean([self.answers[rid] == truth[rid] for rid in ids])) if ids else None
             if kind == "clean":
                 self.result.accuracy_clean = acc
             else:
@@ -359,13 +369,13 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
                 res = scenario.result
                 say(f"   detection delay: input drift after {res.detection_delay} shifted requests; prediction "
                     f"drift after {res.prediction_drift_delay if res.prediction_drift_delay else 'none'}")
-                rows = db.query("SELECT request_id, predicted FROM predictions WHERE request_id LIKE 'clean-%' "
-                                "OR request_id LIKE 'shift-%'")
-                served = {r["request_id"]: int(r["predicted"]) for r in rows}
+                res.log_mismatches = scenario.log_mismatches()
+                say(f"   prediction log: {len(scenario.answers)} requests, {res.log_mismatches} whose logged "
+                    "prediction differs from the answer the client got")
                 truth = {f"clean-{i}": int(t) for i, t in enumerate(clean_truth)}
                 truth.update({f"shift-{i}": int(t) for i, t in enumerate(shift_truth[:res.shifted_sent])})
                 say("5. labels arrive (POST /labels by request id):")
-                snap = scenario.labels(ms.url, truth, served)
+                snap = scenario.labels(ms.url, truth)
                 if snap.accuracy is not None:
                     say(f"   monitor: accuracy over the latest {snap.labelled} labelled requests "
                         f"{snap.accuracy.estimate:.2%} [{snap.accuracy.low:.2%}, {snap.accuracy.high:.2%}] vs "
@@ -420,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"drift-demo: error: {str(e).splitlines()[0]}\n")
         return 1
     ok = (not res.clean_alarms and res.detection_delay is not None and res.accuracy_drop_alarm
-          and res.alert_state in (None, "firing"))
+          and res.log_mismatches == 0 and res.alert_state in (None, "firing"))
     return 0 if ok else 1
 
 
