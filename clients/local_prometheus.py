@@ -37,7 +37,7 @@ class LocalPrometheus:
         if binary is None:
             raise ToolkitError("prometheus is not installed (Debian package `prometheus`)")
         self.binary = binary
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # the process runs in it: every path absolute
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
