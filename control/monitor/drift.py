@@ -3,7 +3,7 @@ database and the version's reference (`reference.json`, written beside the versi
 
   input drift       PSI of each input statistic over the latest `window` records vs the reference's bins
   prediction drift  chi-square of the predicted-class counts over the same window vs the reference's
-                    class shares (statistic, p-value)
+                    predicted classes (a two-sample test: the reference is n held-out images)
   accuracy          over the latest `label_window` labelled records, with a Wilson interval
   label coverage    share of the latest `label_window` records that have a label
   label delay       label time - prediction time over those labelled records (median, 90th percentile)
@@ -30,7 +30,15 @@ from build_tools.errors import DatabaseError
 from build_tools.spec import DriftSpec
 from control.db import Database
 from control.monitor.contract import STAT_NAMES, Reference
-from control.monitor.measures import ChiSquare, Interval, bin_shares, chi_square, psi, wilson
+from control.monitor.measures import (
+    ChiSquare,
+    Interval,
+    bin_shares,
+    chi_square,
+    chi_square_homogeneity,
+    psi,
+    wilson,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +139,10 @@ def window_figures(snap: Snapshot, predicted: Sequence[int], stats: Sequence[dic
     snap.class_shares = (counts / counts.sum()).tolist()
     if ref is None or snap.window < spec.min_window:
         return snap
-    # A class the reference never predicted has share 0 there: chi_square pools it.
-    snap.chi2 = chi_square(counts, [*ref.classes, *([0.0] * (classes - len(ref.classes)))])
+    shares = np.array([*ref.classes, *([0.0] * (classes - len(ref.classes)))])
+    # The reference's shares come from ref.n held-out images: a test of two samples, so their own
+    # sampling noise is not taken for drift (the goodness-of-fit test when n is unknown).
+    snap.chi2 = (chi_square_homogeneity(counts, shares * ref.n) if ref.n > 0 else chi_square(counts, shares))
     for name in STAT_NAMES:
         if name not in ref.stats:
             continue

@@ -1,5 +1,6 @@
-"""The monitor's statistics, pure functions over numbers: PSI, the chi-square goodness-of-fit test, the
-Wilson interval of a proportion. No database, no server: the unit tests drive them with known values.
+"""The monitor's statistics, pure functions over numbers: PSI, the chi-square tests (goodness of fit, and
+homogeneity of two samples), the Wilson interval of a proportion. No database, no server: the unit tests
+drive them with known values.
 """
 
 from __future__ import annotations
@@ -109,6 +110,30 @@ def chi_square(counts: Sequence[int] | np.ndarray, expected_shares: Sequence[flo
     expected = shares / shares.sum() * n
     stat = float(np.sum((obs - expected) ** 2 / expected))
     dof = max(int(obs.size) - 1, 1)
+    return ChiSquare(stat, dof, chi2_sf(stat, dof))
+
+
+def chi_square_homogeneity(counts: Sequence[int] | np.ndarray, reference_counts: Sequence[float] | np.ndarray
+                           ) -> ChiSquare:
+    """Chi-square test that two samples of class counts come from one distribution (a 2 x k table).
+
+    Used when the reference is itself a sample (reference.json's class shares come from a few hundred
+    held-out images): the goodness-of-fit test would treat its shares as exact and raise false alarms on
+    the reference's own sampling noise. Classes empty in both samples are dropped.
+    """
+    a = np.asarray(counts, dtype=np.float64)
+    b = np.asarray(reference_counts, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"counts ({a.shape}) and reference counts ({b.shape}) differ in length")
+    keep = (a + b) > 0
+    a, b = a[keep], b[keep]
+    na, nb = a.sum(), b.sum()
+    if na <= 0 or nb <= 0:
+        raise ValueError("chi-square over an empty sample")
+    col = a + b
+    ea, eb = col * na / (na + nb), col * nb / (na + nb)
+    stat = float(np.sum((a - ea) ** 2 / ea) + np.sum((b - eb) ** 2 / eb))
+    dof = max(int(a.size) - 1, 1)
     return ChiSquare(stat, dof, chi2_sf(stat, dof))
 
 

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from control.monitor.measures import PSI_FLOOR, bin_shares, chi2_sf, chi_square, psi, wilson
+from control.monitor.measures import (
+    PSI_FLOOR,
+    bin_shares,
+    chi2_sf,
+    chi_square,
+    chi_square_homogeneity,
+    psi,
+    wilson,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +68,17 @@ def test_psi_stays_finite_when_a_bin_is_empty() -> None:
 def test_bin_shares_uses_open_ends_and_left_closed_bins_when_values_hit_edges() -> None:
     shares = bin_shares([-5.0, 0.15, 0.2, 0.3, 9.0, float("nan")], [None, 0.15, 0.3, None])
     assert shares.tolist() == pytest.approx([0.2, 0.4, 0.4])
+
+
+def test_chi_square_homogeneity_matches_the_textbook_table_when_two_samples_are_compared() -> None:
+    # 2 x 3 table [[10, 20, 30], [20, 20, 20]]: expected 15, 20, 25 in each row, statistic 16/3, dof 2.
+    result = chi_square_homogeneity([10, 20, 30], [20, 20, 20])
+    assert result.dof == 2 and result.statistic == pytest.approx(16 / 3)
+    assert result.p_value == pytest.approx(math.exp(-8 / 3))
+
+
+def test_chi_square_homogeneity_is_less_alarmed_than_goodness_of_fit_when_the_reference_is_small() -> None:
+    counts = np.array([60, 40, 50, 50, 50, 50, 50, 50, 50, 50])
+    shares = np.full(10, 0.1)
+    assert chi_square_homogeneity(counts, shares * 500).p_value > chi_square(counts, shares).p_value
+    assert chi_square_homogeneity([5, 0, 5], [5, 0, 5]).dof == 1  # a class empty in both is dropped
