@@ -391,8 +391,9 @@ class DriftSpec(_Strict):
       200 x 10 % = 20).
     - psi_warn 0.1 / psi_alert 0.25: the usual PSI reading (< 0.1 stable, 0.1-0.25 moderate shift,
       > 0.25 significant shift); the alert uses psi_alert.
-    - chi2_p_value 0.001 on the predicted-class counts against the reference's class shares, at the
-      fixed window: one false alarm in a thousand clean windows per version.
+    - chi2_p_value 0.001 on the predicted-class counts against the reference's (a two-sample test: the
+      reference is a few hundred held-out images), at the fixed window: about one false alarm in a
+      thousand clean windows per version.
     - accuracy: Wilson interval at `confidence` over the latest `label_window` labelled requests of a
       version, published from min_labels on; an accuracy drop is the interval's upper bound below the
       reference accuracy minus max_accuracy_drop; a canary is worse when its upper bound is below the
