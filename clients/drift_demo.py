@@ -9,10 +9,11 @@
 4. A shifted stream: the same kind of digits written with a thicker pen (a 3x3 dilation). Every `step`
    requests the monitor recomputes: the detection delay is the number of shifted requests sent when
    the input-drift check first fails.
-5. Labels arrive (POST /labels, keyed by request id): the accuracy from labels drops, with its interval.
-6. The alert fires in Prometheus (ModelInputDrift, after its `for:` minute).
-7. The false-alarm rate: 50 windows resampled from the logged clean records, judged like the monitor.
-8. Fine-tuning (issue 13c's `triton-repo finetune`): not in this branch yet; the place is marked below.
+5. One class dominating: digits of one class only, until the prediction-drift check fails.
+6. Labels arrive (POST /labels, keyed by request id): the accuracy from labels drops, with its interval.
+7. The alerts fire in Prometheus (ModelInputDrift, ModelPredictionDrift, after their `for:` minute).
+8. The false-alarm rate: 50 windows resampled from the logged clean records, judged like the monitor.
+9. Fine-tuning (issue 13c's `triton-repo finetune`): not in this branch yet; the place is marked below.
 
 Every number is printed; the figures also go to `<workdir>/drift_demo.json` and a PNG of the drift
 panel's data (`drift_panel.png`).
@@ -86,6 +87,9 @@ class Result:
     clean_alarms: list[str] = field(default_factory=list)
     detection_delay: int | None = None  # shifted requests until the input-drift check failed
     prediction_drift_delay: int | None = None
+    dominant_sent: int = 0  # requests of one class, after the shifted stream
+    dominant_delay: int | None = None  # of those, until the prediction-drift check failed
+    prediction_alert_state: str | None = None  # ModelPredictionDrift in Prometheus
     accuracy_clean: float | None = None  # from labels, clean requests only
     accuracy_shifted: float | None = None
     accuracy_window: list[float] | None = None  # the monitor's estimate, lower, upper after the labels
@@ -214,6 +218,22 @@ class Scenario:
                 break
         self.result.shifted_sent = sent
 
+    def dominant(self, images: np.ndarray, step: int) -> None:
+        """Requests of one class only, in steps, until the prediction-drift check fails."""
+        base = self.logged()
+        sent = 0
+        while sent < len(images):
+            chunk = images[sent:sent + step]
+            self.send(chunk, [f"dominant-{sent + i}" for i in range(len(chunk))])
+            sent += len(chunk)
+            self.wait_logged(base + sent)
+            point, _ = self.measure("one-cls", sent)
+            self.say(self._line(point))
+            if "prediction_drift" in point.alarms:
+                self.result.dominant_delay = sent
+                break
+        self.result.dominant_sent = sent
+
     def labels(self, monitor_url: str, truth: dict[str, int]) -> Snapshot:
         """Ground truth arrives late, by request id, through the monitor's HTTP endpoint."""
         items = [{"request_id": rid, "label": int(lab)} for rid, lab in truth.items()]
@@ -303,7 +323,7 @@ def plot(result: Result, spec: DriftSpec, path: Path) -> Path:
 
 
 def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 1000, step: int = 25,
-        prometheus: bool = True, say: Say | None = None, windows: int = 50) -> Result:
+        prometheus: bool = True, say: Say | None = None, windows: int = 50, dominant_n: int = 300) -> Result:
     """The whole scenario on a fresh embedded server; returns the figures (also written to workdir)."""
     import os
     import shutil
@@ -338,9 +358,13 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
     rng = np.random.default_rng(0)
     order = rng.permutation(len(train.labels))
     pick_clean, pick_shift = order[:clean_n], order[clean_n:clean_n + shifted_n]
+    dominant_class = 1
+    rest = order[clean_n + shifted_n:]
+    pick_dominant = rest[train.labels[rest] == dominant_class][:dominant_n]
     images = np.asarray(train.images, dtype=np.uint8).reshape(-1, 28, 28)
     clean_images, clean_truth = images[pick_clean], train.labels[pick_clean]
     shift_images, shift_truth = thick_pen(images[pick_shift]), train.labels[pick_shift]
+    dominant_images = images[pick_dominant]
 
     os.environ[DB_ENV] = db_url  # the serving models' log writer reads it at load
     server = TritonServer(ServerOptions.from_spec(spec.server, model_repositories=[repo],
@@ -369,12 +393,16 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
                 res = scenario.result
                 say(f"   detection delay: input drift after {res.detection_delay} shifted requests; prediction "
                     f"drift after {res.prediction_drift_delay if res.prediction_drift_delay else 'none'}")
+                say(f"5. one class dominating: MNIST digits of class {dominant_class} only, {step} per step:")
+                scenario.dominant(dominant_images, step)
+                say(f"   prediction drift after {res.dominant_delay} requests of class {dominant_class}")
                 res.log_mismatches = scenario.log_mismatches()
                 say(f"   prediction log: {len(scenario.answers)} requests, {res.log_mismatches} whose logged "
                     "prediction differs from the answer the client got")
                 truth = {f"clean-{i}": int(t) for i, t in enumerate(clean_truth)}
                 truth.update({f"shift-{i}": int(t) for i, t in enumerate(shift_truth[:res.shifted_sent])})
-                say("5. labels arrive (POST /labels by request id):")
+                truth.update({f"dominant-{i}": dominant_class for i in range(res.dominant_sent)})
+                say("6. labels arrive (POST /labels by request id):")
                 snap = scenario.labels(ms.url, truth)
                 if snap.accuracy is not None:
                     say(f"   monitor: accuracy over the latest {snap.labelled} labelled requests "
@@ -382,24 +410,27 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
                         f"held-out {ref.accuracy:.2%}: accuracy_drop "
                         f"{'ALARM' if res.accuracy_drop_alarm else 'quiet'}")
                 if prom is not None:
-                    say("6. Prometheus: waiting for ModelInputDrift to fire (the rule's `for: 1m`)")
+                    say("7. Prometheus: waiting for ModelInputDrift and ModelPredictionDrift to fire (`for: 1m`)")
                     deadline = time.monotonic() + 150
                     while time.monotonic() < deadline:
                         res.alert_state = prom.alert_state("ModelInputDrift")
-                        if res.alert_state == "firing":
+                        res.prediction_alert_state = prom.alert_state("ModelPredictionDrift")
+                        if res.alert_state == "firing" and res.alert_seconds is None:
                             res.alert_seconds = time.monotonic() - detected
+                        if res.alert_state == res.prediction_alert_state == "firing":
                             break
                         time.sleep(1)
                     say(f"   ModelInputDrift: {res.alert_state or 'not active'}"
-                        + (f", {res.alert_seconds:.0f} s after the detection" if res.alert_seconds else ""))
+                        + (f", {res.alert_seconds:.0f} s after the detection" if res.alert_seconds else "")
+                        + f"; ModelPredictionDrift: {res.prediction_alert_state or 'not active'}")
                 n_alarm, per_check = false_alarms(db, names.classifier, version, ref, drift, "clean-", windows)
                 res.false_alarm_windows, res.false_alarm_checks = n_alarm, per_check
-                say(f"7. false alarms on clean traffic: {n_alarm} of {windows} windows of {drift.window} "
+                say(f"8. false alarms on clean traffic: {n_alarm} of {windows} windows of {drift.window} "
                     f"(resampled from the {clean_n} logged clean requests): {per_check}")
                 # 8. Fine-tuning belongs to issue 13c (`triton-repo finetune`: labelled feedback + replay,
                 #    the lifecycle gate, then canary and promote). It is not in this branch; call it here
                 #    once it lands.
-                say("8. fine-tuning: `triton-repo finetune` (issue 13c) is not in this branch yet")
+                say("9. fine-tuning: `triton-repo finetune` (issue 13c) is not in this branch yet")
             finally:
                 if prom is not None:
                     prom.stop()

@@ -2,8 +2,8 @@
 server writing the prediction log, the drift monitor, a local Prometheus with the project's alert rules.
 
 Clean digits raise no alarm; a thicker pen is detected within a stated number of requests and the
-ModelInputDrift alert fires in Prometheus; labels arrive and the accuracy check fails; resampled clean
-windows raise no input-drift alarm.
+ModelInputDrift alert fires in Prometheus; one class dominating is seen by the prediction-drift check;
+labels arrive and the accuracy check fails; resampled clean windows raise no input-drift alarm.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Stated bound: with a 500-record window the thicker pen crosses psi_alert within 400 shifted requests
 # (measured: 300 at 50-request steps; see README, Monitoring).
 MAX_DETECTION_DELAY = 400
+# Requests of one class until the chi-square on the predicted classes fails (measured: 50).
+MAX_DOMINANT_DELAY = 150
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Result:
         tool_missing("prometheus is not installed (Debian package `prometheus`): the alert cannot be checked")
     lines: list[str] = []
     result = run(tmp_path_factory.mktemp("drift") / "demo", ROOT / "deploy.yaml", clean_n=600, shifted_n=600,
-                 step=50, prometheus=True, say=lines.append, windows=20)
+                 step=50, prometheus=True, say=lines.append, windows=20, dominant_n=200)
     print("\n".join(lines))
     return result
 
@@ -51,6 +53,11 @@ def test_drift_scenario_detects_the_thicker_pen_within_the_stated_requests_when_
 
 def test_drift_scenario_fires_the_input_drift_alert_in_prometheus_when_drift_persists(scenario: Result) -> None:
     assert scenario.alert_state == "firing"
+
+
+def test_drift_scenario_flags_prediction_drift_when_one_class_dominates(scenario: Result) -> None:
+    assert scenario.dominant_delay is not None and scenario.dominant_delay <= MAX_DOMINANT_DELAY
+    assert scenario.prediction_alert_state in ("pending", "firing")
 
 
 def test_drift_scenario_flags_the_accuracy_drop_when_labels_arrive(scenario: Result) -> None:
