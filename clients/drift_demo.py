@@ -299,21 +299,30 @@ def plot(result: Result, spec: DriftSpec, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [p for p in result.points if p.phase in ("clean", "shifted")]
-    x = [0 if p.phase == "clean" else p.sent for p in pts]
+    pts = [p for p in result.points if p.phase in ("clean", "shifted", "one-cls")]
+    # x: requests after the clean stream, the thicker pen first, then one class only.
+    x = [0 if p.phase == "clean" else p.sent + (result.shifted_sent if p.phase == "one-cls" else 0) for p in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(x, [p.max_psi or 0 for p in pts], "o-", label="max PSI over the input statistics")
+    ax1.plot(x, [p.max_psi or 0 for p in pts], "o-", ms=3, label="max PSI over the input statistics")
     ax1.axhline(spec.psi_alert, color="red", ls="--", label=f"psi_alert {spec.psi_alert:g}")
     ax1.axhline(spec.psi_warn, color="orange", ls=":", label=f"psi_warn {spec.psi_warn:g}")
     if result.detection_delay is not None:
-        ax1.axvline(result.detection_delay, color="grey", ls="-.", label=f"detected at {result.detection_delay}")
-    ax1.set_xlabel("shifted requests sent (0 = after the clean stream)")
+        ax1.axvline(result.detection_delay, color="grey", ls="-.", label=f"input drift at {result.detection_delay}")
+    ax1.set_xlabel("requests after the clean stream")
     ax1.set_ylabel("PSI")
     ax1.set_title(f"Input drift, {result.model} v{result.version} (window {spec.window})")
     ax1.legend(fontsize=8)
-    ax2.semilogy(x, [max(p.chi2_p or 1.0, 1e-300) for p in pts], "o-", label="chi-square p-value (classes)")
+    ax2.semilogy(x, [max(p.chi2_p or 1.0, 1e-300) for p in pts], "o-", ms=3, label="chi-square p-value (classes)")
     ax2.axhline(spec.chi2_p_value, color="red", ls="--", label=f"chi2_p_value {spec.chi2_p_value:g}")
-    ax2.set_xlabel("shifted requests sent")
+    for ax in (ax1, ax2):
+        ax.axvspan(0, result.shifted_sent, color="tab:blue", alpha=0.06)
+        if result.dominant_sent:
+            ax.axvspan(result.shifted_sent, result.shifted_sent + result.dominant_sent, color="tab:purple", alpha=0.1)
+    ax2.text(result.shifted_sent / 2, spec.chi2_p_value * 3, "thicker pen", ha="center", fontsize=8)
+    if result.dominant_sent:
+        ax2.text(result.shifted_sent + result.dominant_sent / 2, spec.chi2_p_value * 30, "one class", ha="center",
+                 fontsize=8)
+    ax2.set_xlabel("requests after the clean stream")
     ax2.set_title("Prediction drift")
     ax2.legend(fontsize=8)
     fig.tight_layout()
