@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), lambda args: args.func(args), argv, quiet_level=logging.INFO)
+    return run(build_parser(), lambda args: args.func(args), argv)
 
 
 if __name__ == "__main__":
