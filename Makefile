@@ -9,9 +9,10 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
+K8S_RATE ?= 20000
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
-	lifecycle-demo drift-demo soak mutation perf-analyzer docker up down clean
+	lifecycle-demo drift-demo soak mutation perf-analyzer docker up down clean k8s
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +29,13 @@ build-repo: install
 # Fails when the committed ngc repository differs from what the spec generates.
 check-repo: install
 	$(VENV)/bin/triton-repo build-repo --spec $(SPEC) --check
+	$(VENV)/bin/triton-repo k8s --spec $(SPEC) --check
+
+# Kubernetes manifests from the spec into k8s/ (validated offline), then a capacity plan with its
+# autoscaling simulation (build/capacity/capacity.png). See docs/kubernetes.md.
+k8s: install
+	$(VENV)/bin/triton-repo k8s --spec $(SPEC)
+	$(VENV)/bin/triton-repo capacity --rate $(K8S_RATE)
 
 serve: build-repo
 	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)

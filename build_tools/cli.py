@@ -21,6 +21,7 @@ from build_tools.batching import stall_warnings
 from build_tools.build import build_repositories
 from build_tools.console import add_subparsers, make_parser, port_number, positive_float, run
 from build_tools.errors import LintError, ToolkitError
+from build_tools.k8s.cli import register as register_k8s
 from build_tools.lint import lint_spec
 from build_tools.repository import check_drift
 from build_tools.server import ServerOptions, TritonServer
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.register(sub)
     # The lifecycle verbs (versions, stage, canary, promote, rollback, watch) act on a running server.
     register_lifecycle(sub)
+    # Kubernetes manifests and the capacity plan (docs/kubernetes.md).
+    register_k8s(sub)
     return parser
 
 

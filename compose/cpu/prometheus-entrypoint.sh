@@ -11,5 +11,5 @@ sed -e "s/127\.0\.0\.1:8002/127.0.0.1:${TRITON_METRICS_PORT}/" \
     -e "s/127\.0\.0\.1:9093/127.0.0.1:${ALERTMANAGER_PORT}/" \
     -e "s/127\.0\.0\.1:8010/127.0.0.1:${MONITOR_PORT}/" \
     /etc/prometheus/prometheus.cpu.yml > /tmp/prometheus.yml
-cp /etc/prometheus/alerts.yml /tmp/alerts.yml
+cp /etc/prometheus/alerts.yml /etc/prometheus/recording.yml /tmp/
 exec prometheus --config.file=/tmp/prometheus.yml "$@"

@@ -40,6 +40,13 @@ EXPECTED_ALERTS = {
     "ModelAccuracyDrop",
     "ModelCanaryWorse",
 }
+# compose/prometheus/recording.yml: the series the Kubernetes autoscalers read (docs/kubernetes.md).
+QUEUE_RECORD = "namespace_pod_model:triton_queue_us_per_request:rate1m"
+EXPECTED_RECORDS = {
+    QUEUE_RECORD,
+    "namespace_pod:triton_queue_us_per_request:max_rate1m",
+    "namespace_pod:triton_pending_requests:sum",
+}
 
 
 def _say(msg: str) -> None:
@@ -176,6 +183,13 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
             loaded = {r["name"] for g in groups for r in g["rules"]}
             if EXPECTED_ALERTS - loaded:
                 problems.append(f"alert rules missing: {sorted(EXPECTED_ALERTS - loaded)}")
+            # The autoscaling recording rules (recording.yml, the series Kubernetes scales on) run here too.
+            recorded = {r["name"] for g in _api(base, "/api/v1/rules", type="record")["groups"] for r in g["rules"]}
+            if EXPECTED_RECORDS - recorded:
+                problems.append(f"recording rules missing: {sorted(EXPECTED_RECORDS - recorded)}")
+            queue_expr = f'{QUEUE_RECORD}{{model="{args.model}"}}'
+            if not _query(base, queue_expr):
+                problems.append(f"{queue_expr}: no series recorded yet")
             ams = _api(base, "/api/v1/alertmanagers")["activeAlertmanagers"]
             if not ams:
                 problems.append("Prometheus has no active Alertmanager")
@@ -195,7 +209,8 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
     if args.dashboards:
         _say(check_dashboards(base, Path(args.dashboards), args.model))
     _say(
-        f"Prometheus: target triton up; {count_expr} = {value:g}; {len(loaded)} alert rules loaded; "
+        f"Prometheus: target triton up; {count_expr} = {value:g}; {len(loaded)} alert rules and "
+        f"{len(recorded)} recording rules loaded; "
         f"Alertmanager {ams[0]['url']}; firing now: {firing or 'none'}"
     )
     return 0

@@ -73,6 +73,28 @@ def test_promtool_test_rules_passes_when_running_alert_unit_tests() -> None:
     assert "SUCCESS" in result.stdout
 
 
+def test_promtool_check_rules_passes_when_checking_recording_rules() -> None:
+    promtool = _tool("promtool", "prometheus")
+    result = _run([promtool, "check", "rules", "recording.yml"], cwd=PROM)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 3 rules found" in result.stdout
+
+
+def test_promtool_test_rules_passes_when_running_recording_rule_unit_tests() -> None:
+    promtool = _tool("promtool", "prometheus")
+    result = _run([promtool, "test", "rules", "recording.test.yml"], cwd=PROM)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_recording_rule_unit_tests_cover_every_rule_when_rules_and_tests_compared() -> None:
+    rules = yaml.safe_load((PROM / "recording.yml").read_text())
+    names = {r["record"] for g in rules["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((PROM / "recording.test.yml").read_text())
+    tested = {check["expr"] for case in tests["tests"] for check in case.get("promql_expr_test", [])}
+    assert names and names - tested == set(), f"recording rules without a unit test: {sorted(names - tested)}"
+
+
 def test_amtool_check_config_passes_when_checking_alertmanager_config() -> None:
     amtool = _tool("amtool", "prometheus-alertmanager")
     result = _run([amtool, "check-config", "alertmanager.yml"], cwd=COMPOSE / "alertmanager")
@@ -96,7 +118,7 @@ def test_alert_unit_tests_cover_every_rule_when_rules_and_tests_compared() -> No
 def test_prometheus_configs_load_alert_rules_when_parsed() -> None:
     for config in ("prometheus.yml", "prometheus.cpu.yml"):
         data = yaml.safe_load((PROM / config).read_text())
-        assert data["rule_files"] == ["alerts.yml"], config
+        assert data["rule_files"] == ["alerts.yml", "recording.yml"], config
         jobs = {j["job_name"]: j for j in data["scrape_configs"]}
         assert "triton" in jobs, config
         assert data["alerting"]["alertmanagers"], config
