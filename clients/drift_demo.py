@@ -13,7 +13,8 @@
 6. Labels arrive (POST /labels, keyed by request id): the accuracy from labels drops, with its interval.
 7. The alerts fire in Prometheus (ModelInputDrift, ModelPredictionDrift, after their `for:` minute).
 8. The false-alarm rate: 50 windows resampled from the logged clean records, judged like the monitor.
-9. Fine-tuning (issue 13c's `triton-repo finetune`): not in this branch yet; the place is marked below.
+9. Fine-tuning from the labels is `triton-repo finetune` (docs/lifecycle.md, Fine-tuning): not run here
+   yet; the place is marked below.
 
 Every number is printed; the figures also go to `<workdir>/drift_demo.json` and a PNG of the drift
 panel's data (`drift_panel.png`).
@@ -22,6 +23,7 @@ panel's data (`drift_panel.png`).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import json
 import logging
@@ -375,10 +377,22 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
     shift_images, shift_truth = thick_pen(images[pick_shift]), train.labels[pick_shift]
     dominant_images = images[pick_dominant]
 
-    os.environ[DB_ENV] = db_url  # the serving models' log writer reads it at load
     server = TritonServer(ServerOptions.from_spec(spec.server, model_repositories=[repo],
                                                   log_file=workdir / "tritonserver.log", workdir=workdir / "server"))
-    with server, Database(db_url) as db:
+    with contextlib.ExitStack() as stack:
+        # The serving models' log writer reads the database URL from the environment when they load:
+        # the server inherits it at start; the caller's environment is then restored (a test session
+        # starts other servers afterwards).
+        previous = os.environ.get(DB_ENV)
+        os.environ[DB_ENV] = db_url
+        try:
+            stack.enter_context(server)
+        finally:
+            if previous is None:
+                os.environ.pop(DB_ENV, None)
+            else:
+                os.environ[DB_ENV] = previous
+        db = stack.enter_context(Database(db_url))
         monitor = Monitor(db, References([repo]), drift, num_classes(spec))
         with MonitorServer(monitor) as ms:
             say(f"2. Triton {server.http_url}; drift monitor {ms.url}/metrics (window {drift.window}, psi_alert "
@@ -436,10 +450,11 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
                 res.false_alarm_windows, res.false_alarm_checks = n_alarm, per_check
                 say(f"8. false alarms on clean traffic: {n_alarm} of {windows} windows of {drift.window} "
                     f"(resampled from the {clean_n} logged clean requests): {per_check}")
-                # 8. Fine-tuning belongs to issue 13c (`triton-repo finetune`: labelled feedback + replay,
-                #    the lifecycle gate, then canary and promote). It is not in this branch; call it here
-                #    once it lands.
-                say("9. fine-tuning: `triton-repo finetune` (issue 13c) is not in this branch yet")
+                # 9. Fine-tuning from these labels (`triton-repo finetune`: labelled feedback + replay, the
+                #    fine-tune gate, then canary and promote) needs a server in explicit model control with
+                #    the admin key and the inputs kept in the log (keep_inputs_rate); not wired here yet.
+                say("9. fine-tuning: `triton-repo finetune` (docs/lifecycle.md, Fine-tuning; `make finetune-report`) "
+                    "is not run by this demo")
             finally:
                 if prom is not None:
                     prom.stop()
