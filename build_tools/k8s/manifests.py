@@ -41,6 +41,9 @@ WORKDIR = "/var/lib/triton/work"
 PROJECT_DIR = "/opt/triton-deploy-kit"  # where compose/Dockerfile.cpu puts the project
 IMAGE_REPOSITORY = "/models"  # the embedded repository built into the CPU image
 HTTP, GRPC, METRICS, HEALTH = 8000, 8001, 8002, 8003
+PROXY_HTTP, PROXY_GRPC = 8080, 8081  # the front proxy's ports (compose: the proxy service's)
+PROXY_STATE = "/var/lib/triton/proxy"  # nginx's configuration, pid file and temp folders (an emptyDir)
+MONITOR_PORT = 8010  # triton-monitor serve (issue 13; compose: MONITOR_PORT)
 REGISTRY_PORT = 5432
 LOCUST_PORT = 5557
 UID = 1000  # the NGC image's triton-server user; any non-root uid works for the CPU image
@@ -123,10 +126,21 @@ def _http_probe(path: str, port: str, period: int, failures: int, timeout: int =
             "timeoutSeconds": timeout}
 
 
+def _tcp_probe(port: str, period: int, failures: int) -> dict[str, Any]:
+    return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 3}
+
+
 TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 ADMIN_SECRET = ("triton-admin", "admin-key")  # kubectl create secret generic triton-admin --from-literal=admin-key=...
 REGISTRY_SECRET = ("triton-registry", "password")
+REGISTRY_URL = f"postgresql://app:$(REGISTRY_PASSWORD)@triton-registry:{REGISTRY_PORT}/postgres"
+MONITORING_DB_ENV = "TDK_MONITORING_DATABASE_URL"  # the prediction log's database (control/monitor/serving.py)
+
+
+def registry_password_env() -> dict[str, Any]:
+    """The registry's password; a later variable names it as $(REGISTRY_PASSWORD), expanded by the kubelet."""
+    return _secret_env("REGISTRY_PASSWORD", *REGISTRY_SECRET)
 
 
 # -- sizes from the spec -------------------------------------------------------------------------------
@@ -196,6 +210,9 @@ def _triton_container(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions, si
     ports = [_port("http", HTTP), _port("grpc", GRPC), _port("metrics", METRICS)]
     mounts = [{"name": "store", "mountPath": STORE}, {"name": "dshm", "mountPath": "/dev/shm"}, TMP_MOUNT]
     env = [_secret_env("TRITON_ADMIN_KEY", *ADMIN_SECRET), _env("HOME", "/tmp")]
+    if spec.monitoring.enabled:
+        # The prediction log (issue 13a) in the registry's PostgreSQL, where the drift monitor reads it.
+        env += [registry_password_env(), _env(MONITORING_DB_ENV, REGISTRY_URL)]
     if flavor == "ngc":
         restricted = f"{','.join(admin.restricted)}:{admin.header}=$(TRITON_ADMIN_KEY)"
         args = [
@@ -239,9 +256,12 @@ def _triton_container(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions, si
         "env": env,
         "resources": resources,
         # Model loading (warmup included) can take minutes: the startup probe allows 10, then the
-        # readiness probe takes the pod out of the Service while a model is not ready.
+        # readiness probe takes the pod out of the Service while a model is not ready (embedded: the
+        # in-process watchdog's /health, also 503 while a model has a dead or hung stub; ngc: the
+        # watchdog sidecar's readiness probe does that).
         "startupProbe": _http_probe("/v2/health/ready", "http", 5, 120),
-        "readinessProbe": _http_probe("/v2/health/ready", "http", 5, 3),
+        "readinessProbe": _http_probe("/health" if flavor == "embedded" else "/v2/health/ready",
+                                      "health" if flavor == "embedded" else "http", 5, 3),
         "livenessProbe": _http_probe("/v2/health/live", "http", 10, 3, timeout=5),
         "volumeMounts": mounts,
         "securityContext": _container_security(),
@@ -251,15 +271,75 @@ def _triton_container(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions, si
     return container
 
 
+def _proxy_container(spec: DeploySpec, opts: K8sOptions) -> dict[str, Any]:
+    """The front proxy (build_tools/proxy.py, `triton-repo proxy`): nginx from the project's CPU image,
+    configured at start from the image's spec (server.proxy, server.admin_api), in front of Triton on
+    the pod's loopback. The Service `triton` sends clients here, never to Triton's own ports."""
+    return {
+        "name": "proxy",
+        "image": opts.image,
+        "command": ["triton-repo", "proxy"],
+        "args": [
+            f"--spec={opts.spec_file}",
+            f"--listen-http=0.0.0.0:{PROXY_HTTP}", f"--listen-grpc=0.0.0.0:{PROXY_GRPC}",
+            f"--upstream-http=127.0.0.1:{HTTP}", f"--upstream-grpc=127.0.0.1:{GRPC}",
+            f"--state-dir={PROXY_STATE}",
+        ],
+        "workingDir": PROJECT_DIR,
+        "env": [_env("HOME", "/tmp")],
+        "ports": [_port("proxy-http", PROXY_HTTP), _port("proxy-grpc", PROXY_GRPC)],
+        # nginx buffers a body up to 1 MiB in memory, the rest (up to the limit) in its temp folder.
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+        # Through the proxy to Triton's readiness: both must answer before the pod takes traffic.
+        "readinessProbe": _http_probe("/v2/health/ready", "proxy-http", 5, 3),
+        "livenessProbe": _tcp_probe("proxy-http", 10, 3),
+        "volumeMounts": [{"name": "proxy-state", "mountPath": PROXY_STATE}, TMP_MOUNT],
+        "securityContext": _container_security(),
+    }
+
+
+def _watchdog_container(spec: DeploySpec, opts: K8sOptions) -> dict[str, Any]:
+    """ngc: the stub watchdog (`triton-repo watchdog`) beside tritonserver, in the pod's shared process
+    namespace. It runs as the server's uid (1000), so it may signal the server's stub processes
+    without root or capabilities (the compose GPU stack runs it as root because Triton runs as root
+    there). Its /health (503 while Triton is not ready or a model has a dead or hung stub) is the
+    pod's readiness; its liveness is only the port answering, so a heal in progress is not a restart."""
+    return {
+        "name": "watchdog",
+        "image": opts.image,
+        "command": ["triton-repo", "watchdog"],
+        "args": [
+            f"--spec={opts.spec_file}", f"--url=127.0.0.1:{HTTP}", f"--model-repository={REPOSITORY}",
+            "--host=0.0.0.0", f"--health-port={HEALTH}",
+        ],
+        "workingDir": PROJECT_DIR,
+        "env": [_secret_env("TRITON_ADMIN_KEY", *ADMIN_SECRET), _env("HOME", "/tmp")],
+        "ports": [_port("health", HEALTH)],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        # It serves /health once Triton is ready (model loading: the same 10 minutes as Triton's).
+        "startupProbe": _tcp_probe("health", 5, 120),
+        "readinessProbe": _http_probe("/health", "health", 5, 3),
+        "livenessProbe": _tcp_probe("health", 10, 3),
+        "volumeMounts": [{"name": "store", "mountPath": STORE, "readOnly": True}, TMP_MOUNT],
+        "securityContext": _container_security(),
+    }
+
+
 def triton_deployment(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) -> Manifest:
     size = sizing(spec, flavor)
     volumes: list[dict[str, Any]] = [
         {"name": "store", "persistentVolumeClaim": {"claimName": "triton-model-repository"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _mib(size.shm_bytes)}},
         TMP_VOLUME,
+        # nginx writes its configuration, pid file and request bodies above 1 MiB here: room for 64
+        # requests at the limit in flight (beyond its sizeLimit the kubelet would evict the pod).
+        {"name": "proxy-state", "emptyDir": {"sizeLimit": _mib(64 * spec.server.proxy.max_request_mib * MIB)}},
     ]
     if flavor == "embedded":
         volumes.append({"name": "work", "emptyDir": {}})
+    containers = [_triton_container(spec, flavor, opts, size), _proxy_container(spec, opts)]
+    if flavor == "ngc":
+        containers.append(_watchdog_container(spec, opts))
     seed = {
         "name": "seed-repository",
         "image": opts.image,
@@ -276,13 +356,16 @@ def triton_deployment(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) ->
         # Triton drains for exit_timeout_s after SIGTERM; the kubelet must wait a little longer.
         "terminationGracePeriodSeconds": spec.server.exit_timeout_s + 10,
         "initContainers": [seed],
-        "containers": [_triton_container(spec, flavor, opts, size)],
+        "containers": containers,
         "volumes": volumes,
         "topologySpreadConstraints": [{
             "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": _selector("triton")},
         }],
     }
+    if flavor == "ngc":
+        # The watchdog sees tritonserver and its stubs in /proc (dead stubs; hung ones it ends).
+        pod_spec["shareProcessNamespace"] = True
     if size.gpus:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return {
@@ -291,6 +374,8 @@ def triton_deployment(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) ->
         "metadata": _meta("triton", "triton", opts, annotations={
             "triton-deploy-kit/flavor": flavor,
             "triton-deploy-kit/shm-estimate": _mib(python_backend_shm_estimate(spec, flavor).total_bytes),
+            # What the proxy sidecar reads from the image's spec (server.proxy) when it starts.
+            "triton-deploy-kit/proxy-max-request-mib": str(spec.server.proxy.max_request_mib),
         }),
         "spec": {
             # The autoscaler owns the count from here on; this is the count before it acts.
@@ -305,9 +390,11 @@ def triton_deployment(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) ->
 
 
 def _service(name: str, component: str, opts: K8sOptions, ports: list[tuple[str, int]],
-             labels: dict[str, str] | None = None) -> Manifest:
+             labels: dict[str, str] | None = None, targets: dict[str, str] | None = None) -> Manifest:
+    """A ClusterIP Service; `targets` maps a port's name to another container port's name."""
     meta = _meta(name, component, opts)
     meta["labels"].update(labels or {})
+    targets = targets or {}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -315,7 +402,7 @@ def _service(name: str, component: str, opts: K8sOptions, ports: list[tuple[str,
         "spec": {
             "type": "ClusterIP",
             "selector": _selector(component),
-            "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports],
+            "ports": [{"name": n, "port": p, "targetPort": targets.get(n, n), "protocol": "TCP"} for n, p in ports],
         },
     }
 
@@ -333,17 +420,19 @@ def triton_objects(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) -> li
         {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
          "metadata": _meta("triton-model-repository", "triton", opts), "spec": pvc_spec},
         triton_deployment(spec, flavor, opts),
-        # Inference only (HTTP, gRPC): ClusterIP, reachable inside the cluster, never published.
-        _service("triton", "triton", opts, [("http", HTTP), ("grpc", GRPC)]),
+        # Inference (HTTP, gRPC) through the front proxy: the clients' ports 8000/8001 lead to the proxy
+        # sidecar, never to Triton's own. ClusterIP: reachable inside the cluster, never published.
+        _service("triton", "triton", opts, [("http", HTTP), ("grpc", GRPC)],
+                 targets={"http": "proxy-http", "grpc": "proxy-grpc"}),
         _service("triton-metrics", "triton", opts, [("metrics", METRICS)],
                  {JOB_LABEL: "triton", SCRAPE_LABEL: "true"}),
+        # The stub watchdog (embedded: inside `triton-repo serve`; ngc: the sidecar): /health, /metrics.
+        _service("triton-healer", "triton", opts, [("health", HEALTH)],
+                 {JOB_LABEL: "triton-healer", SCRAPE_LABEL: "true"}),
     ]
-    if flavor == "embedded":
-        docs.append(_service("triton-healer", "triton", opts, [("health", HEALTH)],
-                             {JOB_LABEL: "triton-healer", SCRAPE_LABEL: "true"}))
-    monitoring_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": opts.monitoring_namespace}}}
+    monitoring_ns = _monitoring_ns(opts)
     same_ns = {"podSelector": {}}
-    scrape_ports = [METRICS, HEALTH] if flavor == "embedded" else [METRICS]
+    scrape_ports = [METRICS, HEALTH]
     docs += [
         {
             "apiVersion": "networking.k8s.io/v1",
@@ -353,9 +442,14 @@ def triton_objects(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) -> li
                 "podSelector": {"matchLabels": _selector("triton")},
                 "policyTypes": ["Ingress"],
                 "ingress": [
-                    # Inference from this namespace (locust, the lifecycle tools) and from namespaces
-                    # labelled as clients. The repository API shares these ports; it needs the admin key.
+                    # Inference through the proxy, from this namespace (locust, the lifecycle tools) and
+                    # from namespaces labelled as clients.
                     {"from": [same_ns, {"namespaceSelector": {"matchLabels": {CLIENT_NS_LABEL: "true"}}}],
+                     "ports": [{"protocol": "TCP", "port": PROXY_HTTP}, {"protocol": "TCP", "port": PROXY_GRPC}]},
+                    # Triton's own ports: the proxy and the watchdog reach them on the pod's loopback,
+                    # which no policy filters; from outside the pod only the lifecycle pod (the
+                    # repository API, with the admin key: the proxy answers it 403).
+                    {"from": [{"podSelector": {"matchLabels": _selector("lifecycle")}}],
                      "ports": [{"protocol": "TCP", "port": HTTP}, {"protocol": "TCP", "port": GRPC}]},
                     # Metrics and the watchdog's health: Prometheus and this namespace only.
                     {"from": [same_ns, monitoring_ns],
@@ -374,8 +468,12 @@ def triton_objects(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions) -> li
     return docs
 
 
+def _monitoring_ns(opts: K8sOptions) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": opts.monitoring_namespace}}}
+
+
 # -- lifecycle: the registry and the tools pod --------------------------------------------------------
-def registry_objects(opts: K8sOptions) -> list[Manifest]:
+def registry_objects(spec: DeploySpec, opts: K8sOptions) -> list[Manifest]:
     pvc_template: dict[str, Any] = {
         "metadata": {"name": "data"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": opts.registry_size}}},
@@ -430,19 +528,86 @@ def registry_objects(opts: K8sOptions) -> list[Manifest]:
             "spec": {
                 "podSelector": {"matchLabels": _selector("registry")},
                 "policyTypes": ["Ingress"],
-                # Only the lifecycle tools talk to the registry.
-                "ingress": [{"from": [{"podSelector": {"matchLabels": _selector("lifecycle")}}],
+                # The lifecycle tools, the drift monitor and, with monitoring on, the Triton pods (their
+                # models write the prediction log) talk to the registry's PostgreSQL; nothing else.
+                "ingress": [{"from": [{"podSelector": {"matchLabels": _selector(c)}} for c in registry_clients(spec)],
                              "ports": [{"protocol": "TCP", "port": REGISTRY_PORT}]}],
             },
         },
     ]
 
 
+def registry_clients(spec: DeploySpec) -> list[str]:
+    """The components admitted to the registry."""
+    return ["lifecycle", "monitor"] + (["triton"] if spec.monitoring.enabled else [])
+
+
 def lifecycle_db_env() -> list[dict[str, Any]]:
     return [
-        _secret_env("REGISTRY_PASSWORD", *REGISTRY_SECRET),
+        registry_password_env(),
         # $(REGISTRY_PASSWORD) is expanded by the kubelet from the variable above.
-        _env("TRITON_LIFECYCLE_DB", f"postgresql://app:$(REGISTRY_PASSWORD)@triton-registry:{REGISTRY_PORT}/postgres"),
+        _env("TRITON_LIFECYCLE_DB", REGISTRY_URL),
+    ]
+
+
+# -- the drift monitor (issue 13: triton-monitor serve) ------------------------------------------------
+def monitor_objects(opts: K8sOptions) -> list[Manifest]:
+    """`triton-monitor serve`: reads the prediction log from the registry's PostgreSQL
+    ($TDK_MONITORING_DATABASE_URL), the versions' roles from the registry ($TRITON_LIFECYCLE_DB), each
+    version's reference.json from the shared repository; serves /metrics (Prometheus, job
+    drift-monitor), POST /labels and /health on MONITOR_PORT, to Prometheus and the lifecycle pod only."""
+    container = {
+        "name": "monitor",
+        "image": opts.image,
+        "command": ["triton-monitor"],
+        "args": ["serve", "--host=0.0.0.0", f"--port={MONITOR_PORT}", f"--spec={opts.spec_file}",
+                 f"--repository={REPOSITORY}"],
+        "workingDir": PROJECT_DIR,
+        "env": [*lifecycle_db_env(), _env(MONITORING_DB_ENV, REGISTRY_URL), _env("HOME", "/tmp")],
+        "ports": [_port("monitor", MONITOR_PORT)],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+        "readinessProbe": _http_probe("/health", "monitor", 5, 3),
+        "livenessProbe": _http_probe("/health", "monitor", 10, 6, timeout=5),
+        "volumeMounts": [{"name": "store", "mountPath": STORE, "readOnly": True}, TMP_MOUNT],
+        "securityContext": _container_security(),
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta("triton-monitor", "monitor", opts),
+            "spec": {
+                "replicas": 1,  # one writer of the labels' outcomes and one set of gauges
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": _selector("monitor")},
+                "template": {
+                    "metadata": {"labels": _labels("monitor", opts)},
+                    "spec": {
+                        "serviceAccountName": "triton-deploy-kit",
+                        "automountServiceAccountToken": False,
+                        "securityContext": _pod_security(),
+                        "containers": [container],
+                        "volumes": [{"name": "store", "persistentVolumeClaim": {
+                            "claimName": "triton-model-repository", "readOnly": True}}, TMP_VOLUME],
+                    },
+                },
+            },
+        },
+        _service("triton-monitor", "monitor", opts, [("monitor", MONITOR_PORT)],
+                 {JOB_LABEL: "drift-monitor", SCRAPE_LABEL: "true"}),
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta("triton-monitor", "monitor", opts),
+            "spec": {
+                "podSelector": {"matchLabels": _selector("monitor")},
+                "policyTypes": ["Ingress"],
+                # Prometheus (/metrics) and the lifecycle pod (POST /labels, `triton-repo watch
+                # --monitor-url`); not the rest of the namespace, not the clients.
+                "ingress": [{"from": [{"podSelector": {"matchLabels": _selector("lifecycle")}}, _monitoring_ns(opts)],
+                             "ports": [{"protocol": "TCP", "port": MONITOR_PORT}]}],
+            },
+        },
     ]
 
 
@@ -491,16 +656,16 @@ def rule_groups(prometheus_dir: Path) -> list[dict[str, Any]]:
 
 
 def monitoring_objects(flavor: FlavorName, opts: K8sOptions, prometheus_dir: Path) -> list[Manifest]:
-    endpoints = [{"port": "metrics", "path": "/metrics", "interval": "5s"}]
-    if flavor == "embedded":
-        endpoints.append({"port": "health", "path": "/metrics", "interval": "5s"})
+    # Each endpoint scrapes the selected Services that have a port of its name: triton-metrics,
+    # triton-healer (the stub watchdog, both flavors) and triton-monitor (the drift monitor).
+    endpoints = [{"port": name, "path": "/metrics", "interval": "5s"} for name in ("metrics", "health", "monitor")]
     return [
         {
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "ServiceMonitor",
             "metadata": _meta("triton", "triton", opts),
             "spec": {
-                # job="triton" (and "triton-healer"), as in compose: the alert rules select on it.
+                # job="triton", "triton-healer" and "drift-monitor", as in compose: the rules select on it.
                 "jobLabel": JOB_LABEL,
                 "selector": {"matchLabels": {"app.kubernetes.io/part-of": PART_OF, SCRAPE_LABEL: "true"}},
                 "namespaceSelector": {"matchNames": [opts.namespace]},
@@ -672,8 +837,9 @@ def manifests(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions,
     return {
         "namespace.yaml": [namespace],
         "triton.yaml": triton_objects(spec, flavor, opts),
-        "registry.yaml": registry_objects(opts),
+        "registry.yaml": registry_objects(spec, opts),
         "lifecycle.yaml": lifecycle_objects(opts),
+        "monitor.yaml": monitor_objects(opts),
         "monitoring.yaml": monitoring_objects(flavor, opts, prometheus_dir),
         "autoscaling/hpa.yaml": hpa_objects(opts),
         "autoscaling/keda.yaml": keda_objects(opts),

@@ -113,13 +113,14 @@ def test_triton_pod_hardened_and_sized_when_generated(generated: dict[Path, str]
                                                       flavor: str) -> None:
     deployment = _one(_docs(generated, flavor), "Deployment", "triton")
     pod = deployment["spec"]["template"]["spec"]
-    (triton,) = pod["containers"]
+    triton = _container(pod, "triton")
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     for c in [*pod["containers"], *pod["initContainers"]]:
         assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
         assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
     assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Embedded: the in-process watchdog's /health (503 on a dead stub too); ngc: the watchdog sidecar's.
+    assert triton["readinessProbe"]["httpGet"]["path"] == ("/health" if flavor == "embedded" else "/v2/health/ready")
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     args = " ".join(triton["args"])
     assert "--model-control-mode=explicit" in args or "--model-control explicit" in args
@@ -159,9 +160,12 @@ def test_services_stay_inside_cluster_when_generated(generated: dict[Path, str])
         for svc in (d for d in docs if d["kind"] == "Service"):
             assert svc["spec"]["type"] == "ClusterIP", svc["metadata"]["name"]
         policy = _one(docs, "NetworkPolicy", "triton")
-        inference, scrape = policy["spec"]["ingress"]
-        assert {p["port"] for p in inference["ports"]} == {m.HTTP, m.GRPC}
-        assert m.METRICS in {p["port"] for p in scrape["ports"]}
+        inference, own, scrape = policy["spec"]["ingress"]
+        # Clients reach the proxy only; Triton's own ports only the lifecycle pod (repository API).
+        assert {p["port"] for p in inference["ports"]} == {m.PROXY_HTTP, m.PROXY_GRPC}
+        assert {p["port"] for p in own["ports"]} == {m.HTTP, m.GRPC}
+        assert own["from"] == [{"podSelector": {"matchLabels": m._selector("lifecycle")}}]
+        assert {p["port"] for p in scrape["ports"]} == {m.METRICS, m.HEALTH}
         assert _one(docs, "NetworkPolicy", "triton-registry")
         assert _one(docs, "PodDisruptionBudget", "triton")["spec"]["maxUnavailable"] == 1
 
@@ -191,6 +195,148 @@ def test_servicemonitor_keeps_compose_job_names_when_generated(generated: dict[P
     jobs = {d["metadata"]["labels"].get(sm["spec"]["jobLabel"]) for d in docs if d["kind"] == "Service"}
     # alerts.yml selects up{job="triton"}; compose scrapes the watchdog as job triton-healer.
     assert {"triton", "triton-healer"} <= jobs
+
+
+def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (container,) = [c for c in pod["containers"] if c["name"] == name]
+    return container
+
+
+def _args(container: dict[str, Any]) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in container["args"] if a.startswith("--") and "=" in a)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_triton_pod_runs_proxy_sidecar_with_spec_limit_when_generated(generated: dict[Path, str], spec: DeploySpec,
+                                                                      flavor: str) -> None:
+    deployment = _one(_docs(generated, flavor), "Deployment", "triton")
+    pod = deployment["spec"]["template"]["spec"]
+    proxy = _container(pod, "proxy")
+    assert proxy["command"] == ["triton-repo", "proxy"] and proxy["image"] == m.K8sOptions().image
+    args = _args(proxy)
+    assert args["upstream-http"] == f"127.0.0.1:{m.HTTP}" and args["upstream-grpc"] == f"127.0.0.1:{m.GRPC}"
+    assert args["listen-http"].endswith(f":{m.PROXY_HTTP}") and args["listen-grpc"].endswith(f":{m.PROXY_GRPC}")
+    # nginx's temp folders on a writable emptyDir under the read-only root filesystem.
+    assert {"name": "proxy-state", "mountPath": args["state-dir"]} in proxy["volumeMounts"]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == "proxy-state")
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    # The limit the proxy enforces comes from the same spec (server.proxy) the manifests were made from.
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations["triton-deploy-kit/proxy-max-request-mib"] == str(spec.server.proxy.max_request_mib)
+    assert args["spec"] == m.K8sOptions().spec_file
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_inference_service_targets_proxy_when_generated(generated: dict[Path, str], flavor: str) -> None:
+    docs = _docs(generated, flavor)
+    svc = _one(docs, "Service", "triton")
+    assert {p["port"]: p["targetPort"] for p in svc["spec"]["ports"]} == {m.HTTP: "proxy-http", m.GRPC: "proxy-grpc"}
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    proxy_ports = {p["name"]: p["containerPort"] for p in _container(pod, "proxy")["ports"]}
+    assert proxy_ports == {"proxy-http": m.PROXY_HTTP, "proxy-grpc": m.PROXY_GRPC}
+    # The metrics port stays Triton's own, for Prometheus.
+    metrics = _one(docs, "Service", "triton-metrics")
+    assert [p["targetPort"] for p in metrics["spec"]["ports"]] == ["metrics"]
+    assert "metrics" in {p["name"] for p in _container(pod, "triton")["ports"]}
+
+
+def test_ngc_pod_runs_watchdog_sidecar_when_generated(generated: dict[Path, str]) -> None:
+    docs = _docs(generated, "ngc")
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert pod["shareProcessNamespace"] is True
+    watchdog = _container(pod, "watchdog")
+    assert watchdog["command"] == ["triton-repo", "watchdog"]
+    args = _args(watchdog)
+    assert args["url"] == f"127.0.0.1:{m.HTTP}" and args["health-port"] == str(m.HEALTH)
+    assert args["model-repository"] == m.REPOSITORY
+    assert watchdog["readinessProbe"]["httpGet"] == {"path": "/health", "port": "health"}
+    assert {"name": "TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": "triton-admin", "key": "admin-key"}}} \
+        in watchdog["env"]
+    # Same uid as tritonserver: it can signal the stubs without root.
+    assert "runAsUser" not in watchdog["securityContext"] and pod["securityContext"]["runAsUser"] == m.UID
+    healer = _one(docs, "Service", "triton-healer")
+    assert healer["metadata"]["labels"][m.JOB_LABEL] == "triton-healer"
+    assert healer["spec"]["ports"][0]["port"] == m.HEALTH
+
+
+def test_embedded_pod_has_no_watchdog_sidecar_when_serve_runs_healer(generated: dict[Path, str]) -> None:
+    docs = _docs(generated, "embedded")
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert {c["name"] for c in pod["containers"]} == {"triton", "proxy"}
+    assert "shareProcessNamespace" not in pod
+    triton = _container(pod, "triton")
+    assert triton["args"][triton["args"].index("--health-port") + 1] == str(m.HEALTH)
+    assert _one(docs, "Service", "triton-healer")
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_servicemonitor_scrapes_watchdog_and_monitor_when_generated(generated: dict[Path, str], flavor: str) -> None:
+    docs = _docs(generated, flavor)
+    sm = _one(docs, "ServiceMonitor", "triton")
+    ports = {e["port"] for e in sm["spec"]["endpoints"]}
+    assert ports == {"metrics", "health", "monitor"}
+    scraped = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"
+               and d["metadata"]["labels"].get(m.SCRAPE_LABEL) == "true"}
+    assert set(scraped) == {"triton-metrics", "triton-healer", "triton-monitor"}
+    assert scraped["triton-monitor"]["metadata"]["labels"][sm["spec"]["jobLabel"]] == "drift-monitor"
+    for svc in scraped.values():
+        assert {p["name"] for p in svc["spec"]["ports"]} <= ports
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_monitor_service_matches_cli_when_generated(generated: dict[Path, str], flavor: str) -> None:
+    from control.monitor.serving import DATABASE_ENV
+
+    docs = _docs(generated, flavor)
+    deployment = _one(docs, "Deployment", "triton-monitor")
+    pod = deployment["spec"]["template"]["spec"]
+    monitor = _container(pod, "monitor")
+    assert monitor["command"] == ["triton-monitor"] and monitor["args"][0] == "serve"
+    args = _args(monitor)
+    assert args["port"] == str(m.MONITOR_PORT) and args["repository"] == m.REPOSITORY
+    env = {e["name"]: e.get("value") for e in monitor["env"]}
+    url = f"postgresql://app:$(REGISTRY_PASSWORD)@triton-registry:{m.REGISTRY_PORT}/postgres"
+    assert env[DATABASE_ENV] == url and env["TRITON_LIFECYCLE_DB"] == url
+    assert "REGISTRY_PASSWORD" in env  # from the Secret, before the variables that name it
+    assert [e["name"] for e in monitor["env"]].index("REGISTRY_PASSWORD") == 0
+    assert monitor["readinessProbe"]["httpGet"]["path"] == "/health"
+    svc = _one(docs, "Service", "triton-monitor")
+    assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["ports"][0]["port"] == m.MONITOR_PORT
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_monitor_reachable_only_by_prometheus_and_lifecycle_when_generated(generated: dict[Path, str],
+                                                                           flavor: str) -> None:
+    docs = _docs(generated, flavor)
+    (rule,) = _one(docs, "NetworkPolicy", "triton-monitor")["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": m._selector("lifecycle")}},
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": m.MONITOR_PORT}]
+    # The registry admits the monitor and the Triton pods (their models write the prediction log).
+    (registry,) = _one(docs, "NetworkPolicy", "triton-registry")["spec"]["ingress"]
+    admitted = {f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in registry["from"]}
+    assert admitted == {"lifecycle", "monitor", "triton"}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_triton_pods_log_predictions_to_registry_when_monitoring_enabled(generated: dict[Path, str],
+                                                                         spec: DeploySpec, flavor: str) -> None:
+    from control.monitor.serving import DATABASE_ENV
+
+    assert spec.monitoring.enabled
+    pod = _one(_docs(generated, flavor), "Deployment", "triton")["spec"]["template"]["spec"]
+    env = _container(pod, "triton")["env"]
+    names = [e["name"] for e in env]
+    assert names.index("REGISTRY_PASSWORD") < names.index(DATABASE_ENV)
+    (url,) = [e["value"] for e in env if e["name"] == DATABASE_ENV]
+    assert url.startswith("postgresql://app:$(REGISTRY_PASSWORD)@triton-registry:")
+
+
+def test_triton_pods_skip_prediction_log_when_monitoring_disabled(spec: DeploySpec) -> None:
+    off = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"enabled": False})})
+    pod = m.triton_deployment(off, "embedded", m.K8sOptions())["spec"]["template"]["spec"]
+    assert "TDK_MONITORING_DATABASE_URL" not in {e["name"] for e in _container(pod, "triton")["env"]}
+    assert "triton" not in m.registry_clients(off)
 
 
 # -- the command --------------------------------------------------------------------------------------
