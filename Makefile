@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 K8S_RATE ?= 20000
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
-	lifecycle-demo finetune-report soak mutation mutation-sample perf-analyzer docker up down clean k8s
+	lifecycle-demo finetune-report drift-demo soak mutation mutation-sample perf-analyzer docker up down clean k8s
 
 # The venv is (re)made when missing or when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -54,6 +54,9 @@ finetune-report: build-repo
 	$(VENV)/bin/triton-repo finetune mnist_classifier --no-stage --db sqlite:///build/finetune/registry.db \
 		--feedback build/finetune/thicker_pen_feedback.npz \
 		--eval "thicker-pen held-out=build/finetune/thicker_pen_holdout.npz" --out build/finetune
+
+drift-demo: install
+	$(PY) -m clients.drift_demo --spec $(SPEC)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

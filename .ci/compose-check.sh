@@ -25,6 +25,8 @@
 #   9. the lifecycle commands in the Triton container (explicit model control, registry on the
 #      PostgreSQL service, the admin key from the container's TRITON_ADMIN_KEY): refused without the
 #      key, then stage a second version, canary 10%, inferences, rollback, registry checked
+#  10. the drift monitor: Prometheus scrapes it (job drift-monitor); 500 digits written with a thicker
+#      pen go to the ensemble (the prediction log in the registry's PostgreSQL) and ModelInputDrift fires
 #   and always (trap): `docker compose down -v`, then the seconds each phase took.
 # Grafana is not checked: no image registry is reachable here, and the CPU stack keeps it behind the
 # `grafana` profile, which this script never enables.
@@ -44,7 +46,7 @@ case "${1:-}" in
   --up) MODE=up ;;
   --down) MODE=down ;;
   --engine) MODE=engine ;;
-  -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--up | --down | --engine]" >&2; exit 2 ;;
 esac
 
@@ -288,7 +290,8 @@ pick_ports() {
 import os, socket
 held = []
 for name in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "TRITON_HEALTH_PORT", "PROMETHEUS_PORT",
-             "ALERTMANAGER_PORT", "REGISTRY_PORT", "TRITON_PROXY_HTTP_PORT", "TRITON_PROXY_GRPC_PORT"):
+             "ALERTMANAGER_PORT", "REGISTRY_PORT", "TRITON_PROXY_HTTP_PORT", "TRITON_PROXY_GRPC_PORT",
+             "MONITOR_PORT"):
     port = int(os.environ.get(name) or 0)
     if not port:
         s = socket.socket()
@@ -300,7 +303,7 @@ EOF
 )"
   log "ports: triton http $TRITON_HTTP_PORT grpc $TRITON_GRPC_PORT metrics $TRITON_METRICS_PORT health $TRITON_HEALTH_PORT," \
     "proxy http $TRITON_PROXY_HTTP_PORT grpc $TRITON_PROXY_GRPC_PORT," \
-    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT, registry $REGISTRY_PORT"
+    "prometheus $PROMETHEUS_PORT, alertmanager $ALERTMANAGER_PORT, registry $REGISTRY_PORT, monitor $MONITOR_PORT"
 }
 stack_up() {
   phase "docker compose up --wait"
@@ -358,6 +361,13 @@ print("lifecycle OK:", states)' "$version"
     --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-after"
 }
 
+# ---- 10. model drift: the monitor scraped, its alert firing after a shifted stream ------------------
+drift() {
+  phase "drift monitor: scraped; ModelInputDrift fires after a thicker-pen stream"
+  "$PY" tests/compose/stack_probe.py drift --url "127.0.0.1:$TRITON_HTTP_PORT" \
+    --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" --model mnist --count 500 --timeout 240
+}
+
 case $MODE in
   check)
     ensure_engine
@@ -368,6 +378,7 @@ case $MODE in
     stack_up
     probe
     lifecycle
+    drift
     end_phase
     log "CPU stack OK"
     ;;

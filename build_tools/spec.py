@@ -465,6 +465,53 @@ class MonitoredModelSpec(_Strict):
     reference: ReferenceDataSpec | None = None
 
 
+class DriftSpec(_Strict):
+    """The drift monitor's thresholds (`triton-monitor serve`, docs/monitoring.md "Drift and accuracy").
+
+    Defaults and why:
+    - window 500 / min_window 200: the input and prediction windows are the latest N sampled records of
+      a version. A fixed N fixes the tests' power: a p-value over an ever-growing sample becomes tiny for
+      any harmless difference (why a plain KS p-value alone alerts on everything at large samples; it is
+      not used). Below min_window nothing is published (the chi-square needs >= 5 expected per class:
+      200 x 10 % = 20).
+    - psi_warn 0.1 / psi_alert 0.25: the usual PSI reading (< 0.1 stable, 0.1-0.25 moderate shift,
+      > 0.25 significant shift); the alert uses psi_alert.
+    - chi2_p_value 0.001 on the predicted-class counts against the reference's (a two-sample test: the
+      reference is a few hundred held-out images), at the fixed window: about one false alarm in a
+      thousand clean windows per version.
+    - accuracy: Wilson interval at `confidence` over the latest `label_window` labelled requests of a
+      version, published from min_labels on; an accuracy drop is the interval's upper bound below the
+      reference accuracy minus max_accuracy_drop; a canary is worse when its upper bound is below the
+      champion's lower bound (the intervals separate).
+    - unknown_label_grace_s: a label whose request id has no prediction yet waits this long (the
+      prediction log is written in batches, off the request path) before it counts as unknown.
+    - late_label_s: a label arriving this long after its prediction is counted as late (still used).
+    """
+
+    window: Annotated[int, Field(ge=10)] = 500
+    min_window: Annotated[int, Field(ge=10)] = 200
+    psi_warn: Annotated[float, Field(gt=0)] = 0.1
+    psi_alert: Annotated[float, Field(gt=0)] = 0.25
+    chi2_p_value: Annotated[float, Field(gt=0, lt=1)] = 0.001
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    label_window: Annotated[int, Field(ge=10)] = 1000
+    min_labels: Annotated[int, Field(ge=1)] = 100
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    unknown_label_grace_s: Annotated[float, Field(ge=0)] = 600.0
+    late_label_s: Annotated[float, Field(ge=0)] = 3600.0
+    interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSpec:
+        if self.min_window > self.window:
+            raise ValueError(f"min_window ({self.min_window}) must not exceed window ({self.window})")
+        if self.psi_warn > self.psi_alert:
+            raise ValueError(f"psi_warn ({self.psi_warn}) must not exceed psi_alert ({self.psi_alert})")
+        if self.min_labels > self.label_window:
+            raise ValueError(f"min_labels ({self.min_labels}) must not exceed label_window ({self.label_window})")
+        return self
+
+
 class MonitoringSpec(_Strict):
     """Model monitoring inside Triton: metrics from the serving models and the sampled prediction log
     (docs/monitoring.md). `drift:` belongs to the drift monitor service (its thresholds)."""
@@ -479,7 +526,7 @@ class MonitoringSpec(_Strict):
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000  # beyond it records are dropped (counted)
     flush_ms: Annotated[int, Field(ge=50, le=60_000)] = 500  # how often metrics and log are flushed
     models: dict[str, MonitoredModelSpec] = Field(default_factory=dict)
-    drift: dict[str, Any] = Field(default_factory=dict)  # the drift monitor's settings (its own section)
+    drift: DriftSpec = Field(default_factory=DriftSpec)  # the drift monitor's thresholds (triton-monitor)
 
     @field_validator("database")
     @classmethod

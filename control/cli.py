@@ -140,7 +140,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from control.watcher import Watcher
 
     rollout = open_rollout(args, args.model)
-    watcher = Watcher(rollout, args.metrics_url, interval_s=args.interval)
+    watcher = Watcher(rollout, args.metrics_url, interval_s=args.interval, monitor_url=args.monitor_url)
     verdict = watcher.run(max_seconds=args.max_seconds)
     _print([verdict or "watch: no rollback needed"])
     return 0
@@ -284,6 +284,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("watch", help="roll the canary back automatically when it does worse than the champion")
     p.add_argument("model")
     p.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    p.add_argument("--monitor-url", default=None,
+                   help="the drift monitor's metrics (http://HOST:PORT/metrics of triton-monitor serve): also roll "
+                   "back when, from labels, the canary is less accurate than the champion or its held-out accuracy")
     p.add_argument("--interval", type=float, default=2.0)
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)")
     _common(p)

@@ -6,6 +6,11 @@ Figures per version of the target model, from the metrics endpoint:
   requests  nv_inference_request_success + nv_inference_request_failure (deltas over the window)
   errors    nv_inference_request_failure (delta)
   p99       nv_inference_request_summary_us{quantile="0.99"} (Triton's sliding-window summary)
+
+With a drift monitor (`monitor_url`, triton-monitor serve), the canary also goes back when the monitor's
+verdict on it, from labelled traffic, is `canary_worse` (its accuracy interval below the champion's) or
+`accuracy_drop` (below its held-out accuracy by more than monitoring.drift.max_accuracy_drop): the same
+verdicts as the ModelCanaryWorse and ModelAccuracyDrop alerts.
 """
 
 from __future__ import annotations
@@ -60,6 +65,58 @@ def parse_metrics(text: str, model: str) -> dict[int, VersionSample]:
     return {v: VersionSample(success[v], failure[v], p99.get(v)) for v in versions}
 
 
+@dataclass(frozen=True)
+class Accuracy:
+    """The monitor's figures for one version: its checks that fail, its accuracy interval."""
+
+    alarms: frozenset[str]
+    estimate: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    labelled: float | None = None
+
+
+def parse_monitor(text: str, model: str) -> dict[int, Accuracy]:
+    """Per-version verdicts and accuracy of one model from the drift monitor's Prometheus text."""
+    alarms: dict[int, set[str]] = defaultdict(set)
+    bounds: dict[int, dict[str, float]] = defaultdict(dict)
+    labelled: dict[int, float] = {}
+    for labels, value in metric_series(text, "monitor_check_alarm"):
+        if labels.get("model") == model and labels.get("version", "").isdigit() and value > 0:
+            alarms[int(labels["version"])].add(labels.get("check", ""))
+    for labels, value in metric_series(text, "monitor_accuracy_ratio"):
+        if labels.get("model") == model and labels.get("version", "").isdigit():
+            bounds[int(labels["version"])][labels.get("bound", "")] = value
+    for labels, value in metric_series(text, "monitor_window_records"):
+        if labels.get("model") == model and labels.get("version", "").isdigit() and labels.get("window") == "labels":
+            labelled[int(labels["version"])] = value
+    return {
+        v: Accuracy(frozenset(alarms.get(v, ())), bounds[v].get("estimate"), bounds[v].get("lower"),
+                    bounds[v].get("upper"), labelled.get(v))
+        for v in set(alarms) | set(bounds) | set(labelled)
+    }
+
+
+def judge_accuracy(champion: Accuracy | None, canary: Accuracy | None) -> str | None:
+    """Why the canary must go back by the monitor's verdicts, with the figures, or None."""
+    if canary is None:
+        return None
+
+    def fmt(a: Accuracy | None) -> str:
+        if a is None or a.estimate is None:
+            return "no accuracy yet"
+        return f"{a.estimate:.2%} [{a.lower:.2%}, {a.upper:.2%}] over {a.labelled or 0:.0f} labels"
+
+    reasons = []
+    if "canary_worse" in canary.alarms:
+        reasons.append(f"accuracy from labels {fmt(canary)} below the champion's {fmt(champion)} "
+                       "(the intervals separate)")
+    if "accuracy_drop" in canary.alarms:
+        reasons.append(f"accuracy from labels {fmt(canary)} below its held-out accuracy by more than "
+                       "monitoring.drift.max_accuracy_drop")
+    return "; ".join(reasons) or None
+
+
 def window(old: VersionSample, new: VersionSample) -> Window:
     requests = (new.success + new.failure) - (old.success + old.failure)
     return Window(max(requests, 0.0), max(new.failure - old.failure, 0.0),
@@ -90,9 +147,11 @@ def judge(champion: Window, canary: Window, rule: AutoRollbackSpec) -> str | Non
 class Watcher:
     """Scrapes every `interval_s`; judges the canary against the champion over `auto_rollback.window_s`."""
 
-    def __init__(self, rollout: Rollout, metrics_url: str, interval_s: float = 2.0) -> None:
+    def __init__(self, rollout: Rollout, metrics_url: str, interval_s: float = 2.0,
+                 monitor_url: str | None = None) -> None:
         self.rollout = rollout
         self.metrics_url = metrics_url
+        self.monitor_url = monitor_url
         self.interval_s = interval_s
         self.rule = rollout.lifecycle.auto_rollback
         self.samples: deque[tuple[float, dict[int, VersionSample]]] = deque()
@@ -109,6 +168,12 @@ class Watcher:
         registry, model = self.rollout.registry, self.rollout.model
         canaries = registry.find(model, "canary")
         champion = registry.champion(model)
+        if canaries and champion is not None and self.monitor_url:
+            figures = parse_monitor(scrape(self.monitor_url), model)
+            reason = judge_accuracy(figures.get(champion.version), figures.get(canaries[0].version))
+            logger.info("watch %s (monitor): canary v%d -> %s", model, canaries[0].version, reason or "ok")
+            if reason:
+                return self._roll_back(canaries[0].version, f"automatic rollback from the drift monitor: {reason}")
         if not canaries or champion is None or now - self.samples[0][0] < self.rule.window_s * 0.999:
             return None
         (_, old), (_, new) = self.samples[0], self.samples[-1]
@@ -121,11 +186,13 @@ class Watcher:
                     canary.version, w_canary, reason or "ok")
         if reason is None:
             return None
-        why = f"automatic rollback over {self.rule.window_s:g} s: {reason}"
+        return self._roll_back(canary.version, f"automatic rollback over {self.rule.window_s:g} s: {reason}")
+
+    def _roll_back(self, version: int, why: str) -> str:
         self.rollout.actor = "watcher"
         self.rollout.rollback(why)
         self.samples.clear()
-        return f"rolled back {model} canary version {canary.version}: {why}"
+        return f"rolled back {self.rollout.model} canary version {version}: {why}"
 
     def run(self, max_seconds: float | None = None) -> str | None:
         """Watch until a rollback happens (returns its reason) or max_seconds pass (returns None)."""

@@ -3,13 +3,15 @@
     python tests/compose/stack_probe.py infer --url 127.0.0.1:8000 [--model mnist] [--rounds 3]
     python tests/compose/stack_probe.py prometheus --url http://127.0.0.1:9090 --model mnist --min-count 30
     python tests/compose/stack_probe.py proxy --url 127.0.0.1:8080 [--oversize-mib 32]
+    python tests/compose/stack_probe.py drift --url 127.0.0.1:8000 --prometheus http://127.0.0.1:9090
 
 `infer` sends real PNG digits to the ensemble (image_bytes BYTES [1] -> probabilities FP32 [10]) over
 HTTP and gRPC and checks the answers; `prometheus` checks through Prometheus's HTTP API that the
 Triton target is up, that the model's nv_inference_count was scraped, that the alert rules are
 loaded, that Alertmanager is connected, that TritonDown is not firing and (--dashboards) that every
-Grafana panel query runs. Both print what they saw
-and exit non-zero with the reason when a check fails.
+Grafana panel query runs; `drift` checks that Prometheus scrapes the drift monitor, sends a shifted
+stream (MNIST digits written with a thicker pen) to the ensemble and waits for ModelInputDrift to fire.
+Each prints what it saw and exits non-zero with the reason when a check fails.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ EXPECTED_ALERTS = {
     "TritonP99LatencyAboveSLO",
     "TritonQueueTimeGrowing",
     "TritonGPUMemoryHigh",
+    "ModelInputDrift",
+    "ModelPredictionDrift",
+    "ModelAccuracyDrop",
+    "ModelCanaryWorse",
 }
 # compose/prometheus/recording.yml: the series the Kubernetes autoscalers read (docs/kubernetes.md).
 QUEUE_RECORD = "namespace_pod_model:triton_queue_us_per_request:rate1m"
@@ -243,6 +249,55 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """The drift monitor in the stack: scraped, and its input-drift alert fires after a shifted stream."""
+    import tritonclient.http as httpclient
+
+    from clients.datasets import mnist_train
+    from clients.drift_demo import png, thick_pen
+
+    base = args.prometheus.rstrip("/")
+    deadline = time.monotonic() + args.timeout
+    while True:
+        up = _query(base, 'up{job="drift-monitor"}')
+        thresholds = _query(base, 'monitor_threshold{job="drift-monitor"}')
+        if up and up[0]["value"][1] == "1" and thresholds:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the drift monitor is not scraped: up = {up}, monitor_threshold series {len(thresholds)}")
+        time.sleep(2)
+    _say(f"Prometheus scrapes the drift monitor ({len(thresholds)} threshold series)")
+    train = mnist_train()
+    images = thick_pen(np.asarray(train.images[: args.count], dtype=np.uint8).reshape(-1, 28, 28))
+    client = httpclient.InferenceServerClient(args.url)
+    started = time.monotonic()
+    try:
+        for i, image in enumerate(images):
+            inp = httpclient.InferInput("image_bytes", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[png(image)]], dtype=np.object_))
+            client.infer(args.model, [inp], request_id=f"ci-shift-{i}")
+    finally:
+        client.close()
+    _say(f"sent {len(images)} thicker-pen digits to {args.model!r} in {time.monotonic() - started:.0f} s")
+    deadline = time.monotonic() + args.timeout
+    state = None
+    while time.monotonic() < deadline:
+        alerts = [a for a in _api(base, "/api/v1/alerts")["alerts"]
+                  if a["labels"].get("alertname") == "ModelInputDrift"]
+        state = "firing" if any(a["state"] == "firing" for a in alerts) else ("pending" if alerts else None)
+        if state == "firing":
+            break
+        time.sleep(2)
+    psi = _query(base, 'max by (model, version) (monitor_input_psi{job="drift-monitor"})')
+    figures = ", ".join(f"{r['metric'].get('model')} v{r['metric'].get('version')} {float(r['value'][1]):.2f}"
+                        for r in psi) or "none"
+    if state != "firing":
+        raise SystemExit(f"ModelInputDrift is {state or 'not active'} after {args.timeout:.0f} s; max PSI: {figures}")
+    _say(f"ModelInputDrift firing {time.monotonic() - started:.0f} s after the shifted stream began; "
+         f"max PSI: {figures}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -265,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--url", required=True, help="the front proxy's HTTP host:port")
     x.add_argument("--oversize-mib", type=int, default=32, help="a body this big must be refused")
     x.set_defaults(func=cmd_proxy)
+    d = sub.add_parser("drift")
+    d.add_argument("--url", required=True, help="Triton HTTP host:port")
+    d.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    d.add_argument("--model", default="mnist")
+    d.add_argument("--count", type=int, default=500, help="thicker-pen digits to send (the monitor's window)")
+    d.add_argument("--timeout", type=float, default=240)
+    d.set_defaults(func=cmd_drift)
     args = p.parse_args(argv)
     return int(args.func(args))
 

@@ -170,9 +170,13 @@ def _served_repositories(server: TritonServer) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def stack_scrape(embedded_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Metric names scraped from a real server started the way the compose stacks start it."""
+    """Metric names scraped from a real server started the way the compose stacks start it, plus the
+    drift monitor's (the stacks' Prometheus scrapes it too; tests/support/monitoring.py)."""
+    from tests.support.monitoring import monitor_scrape
+
+    monitor = scraped_names(monitor_scrape(f"sqlite:///{tmp_path_factory.mktemp('monitor') / 'monitor.db'}"))
     _send_digits(embedded_server)
-    names = scraped_names(_scrape(embedded_server))
+    names = scraped_names(_scrape(embedded_server)) | monitor
     if SUMMARY_FLAG in embedded_server.options.extra_args or "nv_inference_request_summary_us" in names:
         return names
     workdir = tmp_path_factory.mktemp("summary-server")
@@ -184,7 +188,7 @@ def stack_scrape(embedded_server: TritonServer, tmp_path_factory: pytest.TempPat
     )
     with TritonServer(options) as server:
         _send_digits(server)
-        return scraped_names(_scrape(server))
+        return scraped_names(_scrape(server)) | monitor
 
 
 def _unknown(names: Iterable[str], scraped: set[str]) -> list[str]:
@@ -267,3 +271,13 @@ def test_gpu_only_metrics_absent_when_server_has_no_gpu(stack_scrape: set[str]) 
     # The exemption list must not hide a metric the CPU server does export under another spelling.
     assert not GPU_ONLY & stack_scrape
     assert {"nv_cpu_utilization", "nv_inference_count"} <= stack_scrape
+
+
+def test_dashboard_has_a_panel_for_every_monitor_metric_when_the_monitor_is_scraped(tmp_path: Path) -> None:
+    from tests.support.monitoring import monitor_scrape
+
+    exported = {n for n in scraped_names(monitor_scrape(f"sqlite:///{tmp_path / 'monitor.db'}"))
+                if n.startswith("monitor_")}
+    assert len(exported) >= 15  # guards against checking nothing
+    on_dashboards = set().union(*(metric_names(e) for path in DASHBOARDS for e in dashboard_expressions(path)))
+    assert not exported - on_dashboards, f"monitor metrics without a Grafana panel: {sorted(exported - on_dashboards)}"

@@ -238,7 +238,7 @@ def test_gpu_triton_service_locked_down_when_defaults_used(compose_cmd: list[str
     assert sorted(int(p["published"]) for p in proxy["ports"]) == [8080, 8081]
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices and "gpu" in devices[0]["capabilities"]
-    for name in ("prometheus", "alertmanager", "grafana", "registry"):
+    for name in ("prometheus", "alertmanager", "grafana", "registry", "monitor"):
         assert {p["host_ip"] for p in services[name]["ports"]} == {"127.0.0.1"}, name
     assert "repo-builder" not in services  # profile `build` only
 
@@ -257,7 +257,7 @@ def test_gpu_proxy_ports_rebound_when_bind_overridden(compose_cmd: list[str], em
 def test_cpu_compose_config_passes_when_base_image_given(compose_cmd: list[str], empty_env_file: Path) -> None:
     services = _services(_compose_config(compose_cmd, CPU_FILE, empty_env_file, CPU_REQUIRED))
     # grafana and locust: profiles
-    assert set(services) == {"triton", "proxy", "registry", "prometheus", "alertmanager"}
+    assert set(services) == {"triton", "proxy", "registry", "monitor", "prometheus", "alertmanager"}
     for name, svc in services.items():
         assert svc["network_mode"] == "host", name
     triton = services["triton"]
@@ -273,6 +273,13 @@ def test_cpu_compose_config_passes_when_base_image_given(compose_cmd: list[str],
     assert "--model-control=explicit" in triton["command"]
     assert triton["environment"]["TRITON_LIFECYCLE_DB"] == "postgresql://app@127.0.0.1:5432/postgres"
     assert "pg_isready" in services["registry"]["healthcheck"]["test"]
+    # Monitoring: the serving models' prediction log and the drift monitor share the registry's PostgreSQL.
+    monitor = services["monitor"]
+    db = "postgresql://app@127.0.0.1:5432/postgres"
+    assert triton["environment"]["TDK_MONITORING_DATABASE_URL"] == db
+    assert monitor["environment"]["TDK_MONITORING_DATABASE_URL"] == db
+    assert monitor["entrypoint"] == ["triton-monitor"] and "--host=127.0.0.1" in monitor["command"]
+    assert monitor["depends_on"]["registry"]["condition"] == "service_healthy"
 
 
 def test_cpu_compose_ports_follow_environment_when_ports_overridden(

@@ -282,6 +282,58 @@ def test_watcher_rolls_back_the_canary_when_its_p99_is_worse_than_the_champions(
     r.client.close()
 
 
+def test_watcher_rolls_back_the_canary_when_the_drift_monitor_finds_it_less_accurate_from_labels(
+    env: Env, holdout: np.ndarray
+) -> None:
+    """The monitor's accuracy signal feeds the automatic rollback: a canary that passed a (deliberately
+    lax) gate answers real requests worse than the champion; labels arrive; the watcher, reading the
+    monitor's /metrics, sends it back. Predictions are recorded by this test client through the
+    prediction-log contract (the server in this module runs without the log writer)."""
+    from build_tools.spec import DriftSpec
+    from control.db import Database
+    from control.monitor import feedback
+    from control.monitor.contract import PredictionRecord, write_predictions
+    from control.monitor.drift import References
+    from control.monitor.service import Monitor, MonitorServer
+
+    lifecycle = env.spec.models[MODEL].lifecycle
+    assert lifecycle is not None and lifecycle.gate is not None
+    lax = lifecycle.gate.model_copy(update={"min_accuracy": 0.0, "max_accuracy_drop": 1.0, "min_agreement": 0.0})
+    spec = env.spec.model_copy(update={"models": {
+        **env.spec.models,
+        MODEL: env.spec.models[MODEL].model_copy(update={"lifecycle": lifecycle.model_copy(update={"gate": lax})}),
+    }})
+    r = env.rollout(spec)
+    record, _ = r.stage(perturbed_copy(_source(), env.files / "worse.onnx", seed=3, scale=1.0), "worse on traffic")
+    r.canary(record.version, 10, "accuracy test")
+    labels = np.load(ROOT / "models/mnist/holdout_labels.npy")
+    db = Database(env.db_url)
+    feedback.migrate(db)
+    now = time.time()
+    for version in (1, record.version):
+        # Real answers of each version through the router (pinned), 300 held-out digits each.
+        probs = np.concatenate([
+            r.client.infer(ROUTER, {"image": holdout[i:i + 100]}, ["probabilities"],
+                           parameters={"version": str(version)})["probabilities"] for i in range(0, 300, 100)])
+        write_predictions(db, [
+            PredictionRecord(f"acc-v{version}-{i}", now + i * 1e-3, MODEL, str(version), int(p.argmax()),
+                             float(p.max())) for i, p in enumerate(probs)])
+        feedback.ingest(db, [feedback.Label(f"acc-v{version}-{i}", int(labels[i])) for i in range(300)], "test")
+    monitor = Monitor(db, References([env.repository]), DriftSpec(min_labels=100, interval_s=0.5))
+    with MonitorServer(monitor) as ms:
+        monitor.update()
+        watcher = Watcher(r, env.server.metrics_url, interval_s=0.5, monitor_url=ms.url + "/metrics")
+        verdict = watcher.step()
+    db.close()
+    print(f"watcher: {verdict}")
+    assert verdict is not None and "the intervals separate" in verdict and "drift monitor" in verdict
+    assert r.registry.get(MODEL, record.version).state == "rejected"
+    assert _router_weights(r.client) == {"1": 100.0}
+    last = r.registry.history(MODEL)[-2]
+    assert last.actor == "watcher" and last.action == "rollback" and "accuracy from labels" in last.reason
+    r.client.close()
+
+
 def test_cli_verbs_print_what_they_did_and_exit_nonzero_when_refused(
     env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

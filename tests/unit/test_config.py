@@ -294,8 +294,12 @@ def test_embedded_torchscript_config_runs_the_torch_runner_when_planned_from_the
     assert list(ts.input) == list(ngc["mnist_classifier_torchscript"].input)
     assert list(ts.output) == list(ngc["mnist_classifier_torchscript"].output)
     assert [(g.kind, g.count) for g in ts.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
-    assert {k: v.string_value for k, v in ts.parameters.items()} == {"torchscript_file": "model.pt",
-                                                                     "torch_threads": "3"}
+    params = {k: v.string_value for k, v in ts.parameters.items()}
+    # The runner's own parameters; the twin of a monitored model also carries the monitoring ones
+    # (docs/monitoring.md, "Which model watches").
+    assert {k: v for k, v in params.items() if not k.startswith("monitoring.")} == {"torchscript_file": "model.pt",
+                                                                                   "torch_threads": "3"}
+    assert params.get("monitoring.enabled") == ("true" if spec.monitoring.enabled else None)
     assert ngc["mnist_classifier_torchscript"].parameters["INTRA_OP_THREAD_COUNT"].string_value == "3"
 
 

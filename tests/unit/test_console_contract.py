@@ -50,8 +50,9 @@ def _assert_one_line(result: subprocess.CompletedProcess[str], prog: str, code: 
     return lines[0]
 
 
-def test_console_scripts_are_the_three_documented_when_pyproject_is_read() -> None:
-    assert SCRIPTS == ["triton-classify", "triton-evaluate", "triton-evaluate-captures", "triton-repo"]
+def test_console_scripts_are_the_documented_ones_when_pyproject_is_read() -> None:
+    assert SCRIPTS == ["triton-classify", "triton-evaluate", "triton-evaluate-captures", "triton-monitor",
+                       "triton-repo"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -63,7 +64,8 @@ def test_console_script_prints_version_when_asked(name: str) -> None:
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_console_script_help_shows_defaults_when_asked(name: str) -> None:
-    result = _run(name, *(["serve"] if name == "triton-repo" else []), "--help")  # options live on subcommands
+    # options live on subcommands
+    result = _run(name, *(["serve"] if name in ("triton-repo", "triton-monitor") else []), "--help")
     assert result.returncode == 0, result.stderr
     assert "(default: " in result.stdout
     assert "--verbose" in result.stdout
@@ -71,7 +73,7 @@ def test_console_script_help_shows_defaults_when_asked(name: str) -> None:
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_console_script_exits_2_with_one_line_when_flag_is_unknown(name: str) -> None:
-    valid = {"triton-repo": ["lint"], "triton-classify": [DIGIT]}.get(name, [])
+    valid = {"triton-repo": ["lint"], "triton-classify": [DIGIT], "triton-monitor": ["status"]}.get(name, [])
     _assert_one_line(_run(name, *valid, "--no-such-flag"), name, 2, "--no-such-flag")
 
 
@@ -110,6 +112,12 @@ CASES = [
     ("triton-repo", ["serve", "--http-port", "70000"], 2, ["--http-port"]),
     ("triton-repo", ["serve", "--timeout", "0"], 2, ["--timeout"]),
     ("triton-repo", ["build-repo", "--flavor", "nope"], 2, ["--flavor"]),
+    # the drift monitor
+    ("triton-monitor", ["serve", "--port", "70000"], 2, ["--port"]),
+    ("triton-monitor", ["status", "--db", "mysql://x/y"], 1, ["mysql://x/y", "sqlite:///PATH"]),
+    ("triton-monitor", ["import-labels", "no/such/labels.csv", "--db", "sqlite:///:memory:"], 1,
+     ["no/such/labels.csv", "cannot read"]),
+    ("triton-monitor", ["import-labels", "labels.txt", "--db", "sqlite:///:memory:"], 1, ["expected .csv or .jsonl"]),
 ]
 
 

@@ -52,3 +52,36 @@ def test_parse_metrics_sums_failure_reasons_and_skips_nan_when_reading_one_model
 def test_window_counts_deltas_when_counters_grow() -> None:
     w = window(VersionSample(100, 1, None), VersionSample(200, 6, 3000))
     assert (w.requests, w.failures, w.p99_ms, w.error_ratio) == (105, 5, 3.0, 5 / 105)
+
+
+MONITOR = """# the drift monitor's /metrics (control/monitor/service.py)
+monitor_check_alarm{check="canary_worse",model="clf",version="2"} 1.0
+monitor_check_alarm{check="accuracy_drop",model="clf",version="2"} 0.0
+monitor_check_alarm{check="canary_worse",model="clf",version="1"} 0.0
+monitor_check_alarm{check="canary_worse",model="other",version="2"} 1.0
+monitor_accuracy_ratio{bound="estimate",model="clf",role="champion",version="1"} 0.98
+monitor_accuracy_ratio{bound="lower",model="clf",role="champion",version="1"} 0.96
+monitor_accuracy_ratio{bound="upper",model="clf",role="champion",version="1"} 0.99
+monitor_accuracy_ratio{bound="estimate",model="clf",role="canary",version="2"} 0.80
+monitor_accuracy_ratio{bound="lower",model="clf",role="canary",version="2"} 0.75
+monitor_accuracy_ratio{bound="upper",model="clf",role="canary",version="2"} 0.85
+monitor_window_records{model="clf",version="2",window="labels"} 200
+"""
+
+
+def test_judge_accuracy_rolls_back_with_both_intervals_when_the_monitor_says_canary_worse() -> None:
+    from control.watcher import judge_accuracy, parse_monitor
+
+    figures = parse_monitor(MONITOR, "clf")
+    assert figures[1].alarms == frozenset() and figures[2].alarms == {"canary_worse"}
+    reason = judge_accuracy(figures[1], figures[2])
+    assert reason == ("accuracy from labels 80.00% [75.00%, 85.00%] over 200 labels below the champion's "
+                      "98.00% [96.00%, 99.00%] over 0 labels (the intervals separate)")
+
+
+def test_judge_accuracy_keeps_the_canary_when_the_monitor_raises_no_alarm_on_it() -> None:
+    from control.watcher import judge_accuracy, parse_monitor
+
+    figures = parse_monitor(MONITOR.replace('version="2"} 1.0', 'version="2"} 0.0'), "clf")
+    assert judge_accuracy(figures[1], figures[2]) is None
+    assert judge_accuracy(figures[1], None) is None

@@ -42,7 +42,9 @@ def test_alert_mutants_change_one_line_each_when_generated_from_the_rules() -> N
     rules = {m.rule for m in mutants}
     assert rules == {"TritonDown", "TritonHighErrorRatio", "TritonP99LatencyAboveSLO", "TritonQueueTimeGrowing",
                      "TritonGPUMemoryHigh", "TritonStubHealed", "TritonModelUnhealthy", "TritonStubNotAnswering",
-                     "ModelInputsRejectedHigh", "PredictionLogDropping"}
+                     "ModelInputsRejectedHigh", "PredictionLogDropping",
+                     "ModelInputDrift", "ModelPredictionDrift", "ModelAccuracyDrop", "ModelCanaryWorse",
+                     "DriftMonitorDown"}
     described = {(m.rule, m.description) for m in mutants}
     for expected in [("TritonHighErrorRatio", "0.05 -> 0.055"), ("TritonP99LatencyAboveSLO", "100000 -> 90000"),
                      ("TritonQueueTimeGrowing", "2 -> 2.2"), ("TritonQueueTimeGrowing", "and -> or"),
