@@ -160,13 +160,18 @@ def test_locust_uses_project_options_when_they_come_from_locust_conf(
 
 def test_locust_users_back_off_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
     """Issue 16 (5): failed requests looped with no back-off, about 4,800 a second."""
-    from build_tools.server import free_port
+    import socket
 
-    closed = free_port()
-    cmd = _locust_cmd("-f", str(LOCUSTFILE), "--host", f"http://127.0.0.1:{closed}", "--grpc-host",
-                      f"127.0.0.1:{closed}", "--json-file", str(tmp_path / "run"), "HttpClassifierUser",
-                      "GrpcClassifierUser", seconds=12, users=4)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # A port bound here and never listened on refuses every connection, and no other process can take it
+    # while the test runs (a port that is merely free may be taken by something that accepts and never
+    # answers, and the clients then wait out their timeouts instead of failing fast).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        closed = holder.getsockname()[1]
+        cmd = _locust_cmd("-f", str(LOCUSTFILE), "--host", f"http://127.0.0.1:{closed}", "--grpc-host",
+                          f"127.0.0.1:{closed}", "--json-file", str(tmp_path / "run"), "HttpClassifierUser",
+                          "GrpcClassifierUser", seconds=12, users=4)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]  # every request failed: the thresholds fail the run
     requests, failures = _json_stats(tmp_path / "run")["total"]
     # 4 users x 12 s with waits of 50 ms doubling to 2 s: about 8 each (no back-off: thousands).
