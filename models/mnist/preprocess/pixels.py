@@ -40,6 +40,9 @@ GREY_TOLERANCE = 12
 # Mask rows/columns in the outer band of the image that are mostly ink are page borders, not digit.
 BORDER_BAND = 0.08
 BORDER_FILL = 0.5
+# A page whose border spreads over at most this many grey levels (5th-95th percentile) is flat: sensor
+# noise (sigma 6) and JPEG blocking stay under it; a gradient, a shadow or a band along an edge do not.
+FLAT_SPREAD = 24
 # Specks: blobs (on a grid of GRID cells along the long side) with under KEEP_FRACTION of the
 # biggest blob's ink are not part of the digit.
 GRID = 24
@@ -80,6 +83,10 @@ class Steps:
 
 
 ALL_STEPS = Steps()
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS32 = np.arange(256, dtype=np.float32)
 
 
 # Pillow <-> numpy through the raw buffer: np.asarray(image) and Image.fromarray go through the array
@@ -216,6 +223,19 @@ def shrink(gray: np.ndarray) -> np.ndarray:
     return _array(_image(gray).resize(size, Image.Resampling.BOX))
 
 
+def reduce_flat(gray: np.ndarray) -> np.ndarray:
+    """A flat page's working copy: block means by a whole factor, the long side WORK_SIDE to twice that.
+
+    Pillow's `reduce` (a plain block mean) costs a fraction of resampling to an exact size, and a
+    112 px capture is left whole: thin printed strokes survive. A page that is not flat is shrunk to
+    WORK_SIDE instead, where the averaging also tames strong sensor noise.
+    """
+    factor = max(gray.shape) // WORK_SIDE
+    if factor <= 1:
+        return gray
+    return _array(_image(gray).reduce(factor))
+
+
 def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
     """Square max filter over the last two axes, windows clipped at the edges, as shifted 1-D passes.
 
@@ -235,10 +255,35 @@ def _max_filter(a: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class Page:
-    """What the low-resolution look at the page found: which way the ink goes, and the paper level."""
+    """What the look at the page found: which way the ink goes, and the paper level."""
 
     dark_ink: bool
     paper: np.ndarray | None  # the paper level on the small copy, ink removed (None: not estimated)
+    level: int | None = None  # a flat page's one paper level (flat_page); `paper` is then None
+
+
+def flat_page(gray: np.ndarray, ink_threshold: int) -> Page | None:
+    """Polarity and paper level of a flat page from its border and histogram; None when it is not flat.
+
+    Most captures are a flat page (white, grey or coloured paper, evenly lit): there the paper level
+    is one number, and the morphology of `look` (a quarter of a capture's time) is not needed; it
+    would even hollow out strokes wider than its window (bold type). A page is flat when its border
+    ring spreads over at most FLAT_SPREAD grey levels (5th-95th percentile, so a speck on the edge
+    does not count): a gradient, a shadow, strong noise or a band along an edge are not flat and go
+    to `look`. Polarity: whichever side of the paper level holds more pixels beyond the ink
+    threshold; a page with none (blank) goes to `look` too, which says so.
+    """
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    n = border.size - 1
+    ranks = (n * 5 // 100, n // 2, n * 95 // 100)
+    lo, paper, hi = (int(v) for v in np.partition(border, ranks)[list(ranks)])
+    if hi - lo > FLAT_SPREAD:
+        return None
+    darker = int(np.count_nonzero(gray < paper - ink_threshold))
+    lighter = int(np.count_nonzero(gray > paper + ink_threshold))
+    if darker == lighter:
+        return None
+    return Page(darker > lighter, None, paper)
 
 
 def look(gray: np.ndarray, ink_threshold: int, dark_ink: bool | None = None) -> Page:
@@ -277,6 +322,12 @@ def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.n
     strokes. Light ink (chalk, an MNIST-style rendering, a colour channel where the ink is the
     brighter): its rise above the dark level under it, stretched to the room left above that level.
     """
+    if page.level is not None:
+        # A flat page: 255 - 255 * grey / paper for every grey level once, then one lookup per pixel.
+        paper = page.level if page.dark_ink else 255 - page.level
+        lut = 255.0 - _LEVELS32 * np.float32(255.0 / max(paper, 1))
+        np.maximum(lut, 0.0, out=lut)
+        return (lut if page.dark_ink else lut[::-1])[gray]
     if not steps.background or page.paper is None:
         return 255.0 - gray.astype(np.float32) if page.dark_ink else gray.astype(np.float32)
     h, w = gray.shape
@@ -290,9 +341,6 @@ def ink_strength(gray: np.ndarray, page: Page, steps: Steps = ALL_STEPS) -> np.n
 
 
 # --------------------------------------------------------------------------- 5. ink mask
-
-
-_LEVELS = np.arange(256, dtype=np.float64)
 
 
 def otsu(values: np.ndarray) -> int:
@@ -468,8 +516,13 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
         candidate = 255 - gray if bright_background(gray) else gray
         if is_mnist_layout(candidate):
             return candidate.astype(np.float32)[None]
-    gray = shrink(gray)
-    page = look(gray, ink_threshold) if steps.background else Page(bright_background(gray), None)
+    # A flat page (most captures) needs neither the morphology of `look` nor the exact shrink.
+    flat = flat_page(gray, ink_threshold) if steps.background else None
+    if flat is not None:
+        page, gray = flat, reduce_flat(gray)
+    else:
+        gray = shrink(gray)
+        page = look(gray, ink_threshold) if steps.background else Page(bright_background(gray), None)
     ink, threshold, mask = _ink_mask(gray, page, ink_threshold, steps)
     share = float(np.count_nonzero(mask)) / mask.size
     if share > MAX_INK_SHARE and steps.background:
@@ -498,7 +551,7 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
     # brought to the full strength of MNIST's strokes.
     crop = ink[top:bottom, left:right]
     gain = 1.0
-    if page.paper is not None:
+    if page.paper is not None or page.level is not None:
         core = float(quantiles(crop[mask[top:bottom, left:right]].astype(np.uint8), (0.9,))[0])
         gain = 255.0 / max(core, float(threshold))
     crop = np.where(crop >= ink_threshold, np.minimum(crop * gain, 255.0), 0.0)
