@@ -43,6 +43,7 @@ BORDER_FILL = 0.5
 # A page whose border spreads over at most this many grey levels (5th-95th percentile) is flat: sensor
 # noise (sigma 6) and JPEG blocking stay under it; a gradient, a shadow or a band along an edge do not.
 FLAT_SPREAD = 24
+FLAT_THRESHOLD = 48  # ink strength that masks a flat page's strokes, 0..255
 # Specks: blobs (on a grid of GRID cells along the long side) with under KEEP_FRACTION of the
 # biggest blob's ink are not part of the digit.
 GRID = 24
@@ -498,6 +499,11 @@ def _ink_mask(
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Ink strength, the threshold used and the ink mask, for one reading of the page."""
     ink = ink_strength(gray, page, steps)
+    if page.level is not None and steps.adaptive_threshold:
+        # A flat page divided by its paper level is paper near 0 and strokes near 255: no histogram
+        # needed to split them (half Otsu's level was 29-56, median 47, on the flat capture classes).
+        threshold = max(FLAT_THRESHOLD, ink_threshold)
+        return ink, threshold, ink >= threshold
     ink8 = ink.astype(np.uint8)
     # Half Otsu's level: clear of paper texture and noise, low enough to keep anti-aliased stroke edges.
     threshold = max(otsu(ink8) // 2, ink_threshold) if steps.adaptive_threshold else ink_threshold
