@@ -534,6 +534,10 @@ def to_mnist(pixels: np.ndarray, ink_threshold: int, steps: Steps = ALL_STEPS) -
         page = look(gray, ink_threshold) if steps.background else Page(bright_background(gray), None)
     ink, threshold, mask = _ink_mask(gray, page, ink_threshold, steps)
     share = float(np.count_nonzero(mask)) / mask.size
+    if share > MAX_INK_SHARE and page.level is not None:
+        # A flat page's division leaves soft stroke edges at full width: judge the strokes' cores (a
+        # digit filling a small canvas, as a 28x28 one refitted, is no filled area).
+        share = float(np.count_nonzero(ink >= 128)) / mask.size
     if share > MAX_INK_SHARE and steps.background:
         # Ink nearly everywhere: the polarity was misjudged (a small light digit on a large dark
         # canvas can fool the look) or there is no digit. The other polarity is tried before refusing.
