@@ -22,12 +22,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from build_tools.errors import ToolkitError
+from build_tools.served import load_classifier_names
 from clients.captures import NAMES, _font_paths, _glyph_from_font, degradation, render
 from clients.datasets import mnist_holdout
 from loadtest.preprocess_cost import INK_THRESHOLD, MAX_PIXELS, MIN_SIDE, load_module, preprocess_folder
 
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def font_set(count: int, seed: int) -> tuple[list[bytes], list[np.ndarray], np.ndarray, np.ndarray]:
@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import onnxruntime as ort
 
         pixels = load_module("font_check_pixels", preprocess_folder() / "pixels.py")
-        session = ort.InferenceSession(str(ROOT / "models/mnist/mnist_cnn.onnx"), providers=["CPUExecutionProvider"])
+        onnx = load_classifier_names().onnx  # the classifier the spec serves
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         payloads, alphas, labels, font_idx = font_set(args.count, args.seed)
     except (ToolkitError, OSError) as e:
         sys.stderr.write(f"font_check: error: {e}\n")
