@@ -292,17 +292,21 @@ def run_perf_section(server: Any, cpus: CpuSplit, workdir: Path) -> list[Any]:
         return []
     logger.info("perf_analyzer section (%s)", binary)
     names = served_names()
+    # perf_analyzer reads the server's statistics, a restricted API: every sweep needs the admin header
+    # (run_perf_analyzer prefixes it for gRPC).
+    headers = server.admin_headers
     with affinity(cpus.client if cpus.pinned else None):
         rows = perf.sweep(server.http_url, server.grpc_url, models=(names.classifier,), batch_sizes=(1, 64),
                           concurrencies=(1, 16), shared_memory=("none",), workdir=workdir,
-                          settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False)
+                          settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False,
+                          headers=headers)
         rows += perf.sweep(None, server.grpc_url, models=(names.classifier,), batch_sizes=(64,),
                            concurrencies=(4,), shared_memory=("system",), workdir=workdir,
                            settings=perf.PerfSettings(measurement_ms=1500, max_trials=4), progress=False,
-                           headers=server.grpc_admin_headers)
+                           headers=headers)
         rows += perf.sweep(server.http_url, server.grpc_url, models=(names.ensemble,), concurrencies=(16,),
                            workdir=workdir, settings=perf.PerfSettings(measurement_ms=1500, max_trials=4),
-                           progress=False)
+                           progress=False, headers=headers)
     for r in rows:
         logger.info("perf_analyzer %-40s c%-3d %8.0f img/s  p99 %7.2f ms", r.label, r.concurrency,
                     r.inferences_per_s, r.p99_us / 1000)
