@@ -3,8 +3,9 @@
 Starts the embedded Triton (the project's harness, server pinned as in the benchmark), drives
 closed-loop load at one concurrency (``loadtest.loadgen``), and while it runs samples
 
-* every Python-backend stub with py-spy (``py-spy record --native``: Python frames and the C/C++
-  frames under them), summarised as the top functions by own samples per stub;
+* every Python-backend stub with py-spy (``py-spy record --nonblocking``: Python frames, sampled
+  without pausing the stub; a C call shows as the Python frame that made it), summarised as the top
+  frames by own samples per stub;
 * tritonserver with ``perf record`` when ``perf`` is installed and allowed, summarised by symbol;
 * the CPU time of each server process (``loadtest.procstat``), the split that says which process
   the rest of the profile is about.
@@ -68,9 +69,9 @@ def top_frames(raw: Path, n: int = 12) -> list[tuple[str, float]]:
 
 def perf_top(data: Path, n: int = 15) -> list[str]:
     proc = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,symbol",
-                           "--percent-limit", "1"], capture_output=True, text=True, timeout=120)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
-    return [ln.strip() for ln in lines if "%" in ln][:n]
+                           "-g", "none", "--percent-limit", "1"], capture_output=True, text=True, timeout=120)
+    lines = [" ".join(ln.split()) for ln in proc.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    return [ln for ln in lines if ln[:1].isdigit() and "%" in ln][:n]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 raw = out / f"pyspy_{name.removeprefix('stub:')}_{child}.txt"
                 cmd = [pyspy, "record", "--pid", str(child), "--duration", str(int(args.seconds)), "--rate", "250",
-                       "--native", "--nonblocking", "--format", "raw", "--output", str(raw)]
+                       "--nonblocking", "--format", "raw", "--output", str(raw)]
                 profilers.append((name, raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
             perf_data = out / "tritonserver.perf.data"
             if shutil.which("perf") and not args.no_perf:
@@ -150,7 +151,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
              "per request.", "", "## Server CPU by process (cores)", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in report["server_cpu_cores"].items()]
     for name, frames in report["stubs"].items():
-        lines += ["", f"## {name}: top frames by own samples (py-spy --native)", "", "| share | frame |", "|---|---|"]
+        lines += ["", f"## {name}: top frames by own samples (py-spy)", "", "| share | frame |", "|---|---|"]
         lines += [f"| {f['share'] * 100:.1f} % | `{f['frame']}` |" for f in frames]
     if report.get("tritonserver_perf"):
         lines += ["", "## tritonserver: perf, by shared object and symbol (self)", "", "```"]
