@@ -128,8 +128,51 @@ def test_ensemble_wired_from_steps_when_built() -> None:
     assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ens.output] == [
         ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
     steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier_router"]
+    # One version takes all the traffic after a build: the router step calls it directly (issue 12's cost).
+    assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1), ("mnist_classifier", 1)]
     assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
+
+
+def test_ensemble_runs_the_router_when_the_spec_turns_the_bypass_off() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_classifier"]["lifecycle"]["bypass_router"] = False
+    spec = parse_spec(data, ROOT)
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    for flavor in ("ngc", "embedded"):
+        folders = {f.name: f.config for f in plan_flavor(spec, flavor, lint_or_raise(spec)).models}
+        steps = folders["mnist"].ensemble_scheduling.step
+        assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1),
+                                                                     ("mnist_classifier_router", -1)]
+        assert folders["mnist_classifier_router"].parameters["bypass_when_single_version"].string_value == "false"
+        # The router watches everything the classifier answers, so the runner does not (no double count).
+        assert "monitoring.enabled" not in folders["mnist_classifier"].parameters
+
+
+def test_runner_watches_its_predictions_when_ensembles_bypass_the_router() -> None:
+    spec = load_spec(ROOT / "deploy.yaml")
+    from build_tools.config import direct_version, router_bypass
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    embedded = {f.name: f.config for f in plan_flavor(spec, "embedded", lint_or_raise(spec)).models}
+    assert router_bypass(spec, "mnist_classifier", "embedded")
+    runner, router = embedded["mnist_classifier"].parameters, embedded["mnist_classifier_router"].parameters
+    assert router["bypass_when_single_version"].string_value == "true"
+    # Both watch, as the same model: the runner what it is sent directly, the router what it routes.
+    assert runner["monitoring.enabled"].string_value == router["monitoring.enabled"].string_value == "true"
+    assert runner["monitoring.model"].string_value == router["monitoring.model"].string_value == "mnist_classifier"
+    # A split needs the router; one version at 100 % does not, unless the bypass is off.
+    assert direct_version({1: 100.0}, True) == 1 and direct_version({3: 100.0, 1: 0.0}, True) == 3
+    assert direct_version({1: 90.0, 3: 10.0}, True) is None and direct_version({1: 100.0}, False) is None
+
+
+def test_router_tags_its_bls_requests_with_the_parameter_the_runner_skips() -> None:
+    from build_tools.runner_params import ROUTED_REQUEST_PARAM
+
+    # The router runs in the official image too, where the project's package is absent: it keeps its own copy.
+    source = (ROOT / "build_tools/python_models/router/model.py").read_text()
+    assert f'ROUTED_REQUEST_PARAM = "{ROUTED_REQUEST_PARAM}"' in source
+    assert "ROUTED_REQUEST_PARAM" in (ROOT / "build_tools/python_models/onnx_runner/model.py").read_text()
 
 
 def test_drift_detected_when_committed_config_edited(tmp_path: Path) -> None:
@@ -215,6 +258,7 @@ def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_l
         assert cfg.parameters["target_model"].string_value == "mnist_classifier"
         assert cfg.parameters["weights"].string_value == '{"1":100.0}'
         assert cfg.parameters["pin_parameter"].string_value == "version"
+        assert cfg.parameters["bypass_when_single_version"].string_value == "true"
         assert router.files["1/model.py"].name == "model.py" and "labels.txt" in router.files
 
 
