@@ -109,8 +109,9 @@ def test_rollout_points_the_ensemble_step_at_the_one_version_when_it_takes_all_t
     # With the bypass off in the spec, the router is always in the ensemble's path.
     lifecycle = spec.models["mnist_classifier"].lifecycle
     assert lifecycle is not None
-    off = spec.model_copy(update={"models": {**spec.models, "mnist_classifier": spec.models["mnist_classifier"].model_copy(
-        update={"lifecycle": lifecycle.model_copy(update={"bypass_router": False})})}})
+    model = spec.models["mnist_classifier"].model_copy(
+        update={"lifecycle": lifecycle.model_copy(update={"bypass_router": False})})
+    off = spec.model_copy(update={"models": {**spec.models, "mnist_classifier": model}})
     repo_off = tmp_path / "repo_off"
     build_repositories(off.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo_off))}}), ["embedded"])
     r_off = _rollout(off, repo_off)
