@@ -242,13 +242,13 @@ def direct_version(weights: dict[int, float], bypass: bool) -> int | None:
 
 def router_bypass(spec: DeploySpec, target: str, flavor: FlavorName) -> bool:
     """Whether ensembles may call `target` straight while one version takes all its traffic: the spec
-    allows it (`lifecycle.bypass_router`) and nothing the router does is lost that way: the target's
-    predictions are not watched in this flavor, or its own runner watches them (embedded: the
-    Python-backend runner; on ngc the model runs in a native backend that cannot)."""
+    allows it (`lifecycle.bypass_router`) and nothing the router does is lost that way, i.e. the
+    target's predictions are not watched in this flavor (the router is where they are watched; having
+    the target's runner instances watch instead was measured to cost far more: docs/lifecycle.md)."""
     lifecycle = spec.models[target].lifecycle
     if lifecycle is None or not lifecycle.bypass_router:
         return False
-    return not monitored_here(spec, target, flavor) or flavor == "embedded"
+    return not monitored_here(spec, target, flavor)
 
 
 def _monitoring_flush(cfg: mc.ModelConfig, spec: DeploySpec) -> None:
@@ -401,9 +401,8 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
             files[f"{version}/{ONNX_FILENAME}"] = spec.resolve(src)
             if flavor == "embedded":
                 files[f"{version}/model.py"] = RUNNER_SOURCE
-        # Behind a router the router watches (it sees each client request); the runner watches what it is
-        # sent directly: everything without a router, and the ensembles' traffic while they bypass it.
-        if monitored_here(spec, name, flavor) and (model.lifecycle is None or router_bypass(spec, name, flavor)):
+        # Behind a router the router watches (it sees each client request); else the runner itself.
+        if monitored_here(spec, name, flavor) and model.lifecycle is None:
             monitoring_parameters(config, spec, name, io)
     folders = [ModelFolder(name, config, {**files, **io.files})]
     if "torchscript" in model.formats:

@@ -19,9 +19,6 @@ ROUTER_PARAM_PIN = "pin_parameter"
 # "true": while one version takes all the traffic, the ensembles call it directly (no BLS hop through the
 # router); control.rollout switches them back through the router when a split starts.
 ROUTER_PARAM_BYPASS = "bypass_when_single_version"
-# A parameter the router sets on its BLS requests: the target's runner then leaves monitoring to the router
-# (which already saw the request, its id and the answer) instead of recording the request twice.
-ROUTED_REQUEST_PARAM = "tdk_routed"
 
 # Model monitoring inside Triton (control/monitor/serving.py; the spec's `monitoring:` section).
 MONITOR_PARAM_ENABLED = "monitoring.enabled"  # "true" on the model that watches its predictions

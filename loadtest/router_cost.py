@@ -93,6 +93,9 @@ def build(out: Path, spec_path: Path, paths: Paths) -> Path:
     """The embedded repository of the spec, plus `<ensemble>_direct` (the router step replaced by the
     classifier) and `<ensemble>_routed` (the router step kept whatever the weights)."""
     data = copy.deepcopy(load_spec_data(spec_path))
+    # Monitoring off: the router's hop alone is measured (what monitoring costs: loadtest.monitor_cost), and
+    # with nothing watched the deployed ensemble bypasses the router while one version takes all the traffic.
+    data.setdefault("monitoring", {})["enabled"] = False
     direct = copy.deepcopy(data["ensembles"][paths.ensemble])
     for step in direct["steps"]:
         if step["model"] == paths.router:

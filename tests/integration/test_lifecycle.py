@@ -68,8 +68,11 @@ class Env:
 def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("lifecycle")
     repository = root / "repository"
-    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))}}),
-                       ["embedded"])
+    # Monitoring off (this module checks Triton's and the router's own counters): nothing is watched, so
+    # the ensemble bypasses the router while one version takes all the traffic and the steps switch it.
+    unwatched = project_spec.monitoring.model_copy(update={"enabled": False})
+    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))},
+                                                       "monitoring": unwatched}), ["embedded"])
     with pytest.MonkeyPatch.context() as mp:
         # No $TRITON_ADMIN_KEY: the harness draws a random key per start, as `make serve` does; the
         # spec's `server:` settings restrict the repository API and turn the stub watchdog on.

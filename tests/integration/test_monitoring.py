@@ -139,41 +139,6 @@ def test_prediction_metrics_count_exactly_the_requests_when_digits_go_through_th
         before, LOG_RECORDS, model="mnist_classifier", outcome="written") >= N
 
 
-def test_each_prediction_is_counted_once_when_requests_go_through_the_router_and_around_it(
-    embedded_server: TritonServer, served_root: Path, digits
-) -> None:
-    """Issue 12's bypass: the classifier's runner watches what it is sent directly (the ensemble while
-    one version takes all the traffic, a client calling it), the router what it routes; the runner leaves
-    the router's BLS requests (tagged) to the router, so a routed request is one prediction, not two."""
-    images, expected = digits
-    url = embedded_server.metrics_url
-    before = quiet_snapshot(url)
-    run = uuid.uuid4().hex[:8]
-    tensors = images.astype(np.float32)[:, None]
-    with TritonClient(embedded_server.http_url) as client:
-        for i in range(N):
-            client.infer("mnist_classifier_router", {"image": tensors[i:i + 1]}, request_id=f"rt-{run}-{i}")
-            client.infer("mnist_classifier", {"image": tensors[i:i + 1]}, request_id=f"dc-{run}-{i}")
-
-    def sent(text: str) -> float:
-        return total(text, PREDICTIONS, model="mnist_classifier") - total(before, PREDICTIONS, model="mnist_classifier")
-
-    assert settle(url, sent, 2 * N) == 2 * N
-    moved = {c: v - class_counts(before, "mnist_classifier").get(c, 0.0)
-             for c, v in class_counts(scrape(url), "mnist_classifier").items()}
-    want = {str(c): 2.0 * n for c, n in zip(*np.unique(expected, return_counts=True))}
-    assert {c: v for c, v in moved.items() if v} == want
-    with Database(f"sqlite:///{served_root / 'monitoring' / 'predictions.db'}") as db:
-        rows: list = []
-        deadline = time.monotonic() + 10
-        while len(rows) < 2 * N and time.monotonic() < deadline:
-            rows = db.query("SELECT * FROM predictions WHERE request_id LIKE ? OR request_id LIKE ?",
-                            (f"rt-{run}-%", f"dc-{run}-%"))
-            time.sleep(0.2)
-    ids = sorted(r.request_id for r in map(contract.prediction_from_row, rows))
-    assert ids == sorted([f"rt-{run}-{i}" for i in range(N)] + [f"dc-{run}-{i}" for i in range(N)])
-
-
 def test_rejected_images_are_counted_by_reason_when_preprocessing_refuses_them(embedded_server: TritonServer) -> None:
     url = embedded_server.metrics_url
     before = quiet_snapshot(url)

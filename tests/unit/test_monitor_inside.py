@@ -165,7 +165,7 @@ def test_monitoring_spec_error_names_the_field_when_a_rate_is_out_of_range(tmp_p
         parse_spec(data, ROOT)
 
 
-def test_router_and_runner_both_watch_when_monitoring_is_built_with_the_router_bypass(tmp_path: Path) -> None:
+def test_router_watches_and_runner_behind_it_does_not_when_monitoring_is_built(tmp_path: Path) -> None:
     spec = load_spec(ROOT / "deploy.yaml")
     spec = spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(tmp_path / "emb")),
                                                "ngc": FlavorSpec(output=str(tmp_path / "ngc"))}})
@@ -177,11 +177,7 @@ def test_router_and_runner_both_watch_when_monitoring_is_built_with_the_router_b
     assert router["monitoring.input"].string_value == "image"
     assert router["monitoring.output"].string_value == "probabilities"
     assert router["monitoring.input_scale"].string_value == "255.0"
-    # The ensemble calls the runner directly while one version takes all the traffic (issue 12), so the
-    # runner watches what it is sent directly; it leaves the router's own BLS requests to the router.
-    runner = read_config(emb / "mnist_classifier" / "config.pbtxt").parameters
-    assert runner["monitoring.enabled"].string_value == "true"
-    assert runner["monitoring.model"].string_value == "mnist_classifier"
+    assert "monitoring.enabled" not in read_config(emb / "mnist_classifier" / "config.pbtxt").parameters
     ts = read_config(emb / "mnist_classifier_torchscript" / "config.pbtxt").parameters
     assert ts["monitoring.model"].string_value == "mnist_classifier_torchscript"
     preprocess = read_config(emb / "mnist_preprocess" / "config.pbtxt").parameters

@@ -7,9 +7,8 @@ config.pbtxt (the build tools write it from the graph), never from assumptions a
 Batching: one session run per execute() over every request in the batch that shares non-batch dims,
 split back per request. A bad request gets its own TritonError; its batch neighbours are answered.
 
-Monitoring (`monitoring.enabled`, set when the model is watched and is not always behind its lifecycle
-router): answered requests feed the prediction metrics and log (control/monitor/serving.py), except the
-router's own BLS requests (ROUTED_REQUEST_PARAM): the router records those, with each client's request id.
+Monitoring (`monitoring.enabled`, set when the model is watched and has no lifecycle router in front):
+answered requests feed the prediction metrics and log (control/monitor/serving.py).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import triton_python_backend_utils as pb_utils
 
 from build_tools.python_models import batch_groups
 from build_tools.runner_params import (
-    ROUTED_REQUEST_PARAM,
     RUNNER_PARAM_INTER,
     RUNNER_PARAM_INTRA,
     RUNNER_PARAM_ONNX_FILE,
@@ -223,9 +221,6 @@ class TritonPythonModel:
         for request, item, result in zip(requests, read, results):
             if isinstance(result, (ValueError, str)) or isinstance(item, ValueError):
                 continue
-            params = request.parameters()
-            if params and params != "{}" and ROUTED_REQUEST_PARAM in json.loads(params):
-                continue  # sent by the router, which watches it
             arr = item[0].get(settings.input)
             if arr is None:
                 continue

@@ -34,10 +34,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 _GOLDEN = 0.6180339887498949
-# Set on every BLS request (build_tools.runner_params.ROUTED_REQUEST_PARAM; this file imports nothing of the
-# project, as it also runs in the official image): the target's runner, which watches what ensembles send
-# it directly while they bypass the router, leaves these to the router's own monitoring.
-ROUTED_REQUEST_PARAM = "tdk_routed"
 # Router counters reach Triton's metrics this often (seconds), from a thread of their own.
 COUNTER_FLUSH_S = 0.5
 
@@ -76,7 +72,6 @@ class TritonPythonModel:
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.outputs = [o["name"] for o in config["output"]]
         self._counter = 0
-        self._routed = {ROUTED_REQUEST_PARAM: True}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="router-bls")
 
         labels = {"router": self.name, "target": self.target}
@@ -169,8 +164,7 @@ class TritonPythonModel:
 
     def _send(self, version: int, tensors: list[Any]) -> Any:
         bls = pb_utils.InferenceRequest(
-            model_name=self.target, model_version=version, inputs=tensors, requested_output_names=self.outputs,
-            parameters=self._routed,
+            model_name=self.target, model_version=version, inputs=tensors, requested_output_names=self.outputs
         )
         return bls.exec()
 
