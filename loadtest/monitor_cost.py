@@ -38,7 +38,12 @@ SIDES = {"off": "monitoring off", "on": "monitoring on (metrics + log)"}
 
 def build(spec: DeploySpec, out: Path, enabled: bool) -> Path:
     monitoring = spec.monitoring.model_copy(update={"enabled": enabled})
-    built = spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(out))}, "monitoring": monitoring})
+    # The router stays in the ensemble's path on both sides: with monitoring off nothing is watched and the
+    # build would bypass it (lifecycle.bypass_router), which is the router's cost (loadtest.router_cost).
+    models = {name: m.model_copy(update={"lifecycle": m.lifecycle.model_copy(update={"bypass_router": False})})
+              if m.lifecycle is not None else m for name, m in spec.models.items()}
+    built = spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(out))}, "monitoring": monitoring,
+                                    "models": models})
     build_repositories(built, ["embedded"])
     return out
 
