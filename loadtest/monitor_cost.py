@@ -30,7 +30,7 @@ from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec
 from loadtest import loadgen
 from loadtest.bench import loadavg
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.errors import LoadTestError
 from loadtest.servers import DEFAULT_SPEC, affinity, split_cpus, triton
 
@@ -79,7 +79,7 @@ def measure(urls: dict[str, str], pids: dict[str, int], spec: DeploySpec, rounds
     router = spec.models[names.classifier].router_name(names.classifier)
     if router is None or not spec.monitoring.models:
         raise LoadTestError("the spec has no lifecycle router or no monitored model: nothing to measure")
-    sample = mnist_sample()
+    sample = spec_sample()
     paths = {
         "ensemble (PNG bytes)": lambda url: loadgen.triton_http_target(
             url, sample, model=names.ensemble, ensemble=True),

@@ -37,7 +37,7 @@ from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
 from loadtest import loadgen, procstat
 from loadtest.bench import loadavg
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.errors import LoadTestError
 from loadtest.servers import DEFAULT_SPEC, affinity, load_spec_data, split_cpus, triton
 
@@ -116,7 +116,7 @@ def measure(http: str, paths: Paths, rounds: int, seconds: float, concurrency: i
             server_pid: int | None = None) -> list[dict[str, Any]]:
     """Interleaved runs; besides throughput, the server's CPU per answered request (every process of
     its tree, from /proc), which a shared machine's load distorts far less than requests per second."""
-    sample = mnist_sample()
+    sample = spec_sample()
     variants: dict[str, dict[str, Any]] = {
         "ensemble (PNG bytes)": {
             "direct": loadgen.triton_http_target(http, sample, model=paths.direct_ensemble, ensemble=True),

@@ -31,7 +31,7 @@ import numpy as np
 from build_tools.errors import ToolkitError
 from loadtest import loadgen
 from loadtest.bench import loadavg
-from loadtest.common import mnist_sample, served_names
+from loadtest.common import served_names, spec_sample
 from loadtest.hog import cpu_hog
 from loadtest.servers import DEFAULT_SPEC, affinity, build_repository, split_cpus, triton
 from loadtest.stall import CLASSIFIER, VARIANTS
@@ -89,7 +89,7 @@ class Run:
 def bodies(folder: Path) -> dict[str, tuple[Path, str, str]]:
     """Request bodies as the report sent them: (file, content type, binary header length or '')."""
     names = served_names()
-    sample = mnist_sample()
+    sample = spec_sample()
     image = sample.images[0:1]
     classifier = {"inputs": [{"name": names.classifier_input, "shape": list(image.shape), "datatype": "FP32",
                               "data": image.reshape(-1).tolist()}],
