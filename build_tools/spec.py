@@ -239,7 +239,7 @@ class FinetuneSpec(_Strict):
     """
 
     # The model's own part (network from the champion's ONNX file, replay data, augmentation): a Python
-    # file with the functions control/finetune.py names (models/mnist/finetune.py for the showcase).
+    # file with the functions control/finetune.py names (the showcase keeps its adapter beside its model).
     adapter: str
     steps: Annotated[int, Field(ge=1, le=100_000)] = 300
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64

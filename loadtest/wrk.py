@@ -1,7 +1,7 @@
 """Issue 10's reporter's method, re-run: `wrk` against the embedded server, before and after the stall fix.
 
 The report was made with `wrk` (closed loop, one thread, 8 s per run) at 1, 4, 16 and 64 connections,
-two passes: the classifier with a JSON body and the `mnist` ensemble with one PNG through Triton's
+two passes: the classifier with a JSON body and the spec's ensemble with one PNG through Triton's
 binary-data extension (`Inference-Header-Content-Length`). This runs the same, on a server built from
 the spec (`spec`, the fix) and from the variants of `loadtest.stall` (`queue-policy`: the classifier as
 it was before the fix), with the same CPU hog as `loadtest.stall` beside the server, and reports p50,
