@@ -94,3 +94,28 @@ def test_load_dataset_reads_a_named_set_when_asked_by_name() -> None:
     (choice, *_) = build_parser()._option_string_actions["--dataset"].choices
     data, description = load_dataset(choice, None, None, 5, load_classifier_names(ROOT / "deploy.yaml"))
     assert len(data) == 5 and description
+
+
+def test_load_tools_sample_the_specs_set_when_the_spec_points_at_other_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from build_tools.served import SPEC_ENV
+    from loadtest import common
+
+    data = _project_data()
+    images, labels = np.full((4, 1, 12, 12), 200, dtype=np.uint8), np.array([0, 1, 2, 1], dtype=np.int64)
+    np.savez(tmp_path / "set.npz", image=images)
+    np.save(tmp_path / "labels.npy", labels)
+    data["models"][_classifier(data)]["evaluation"] = {"data": str(tmp_path / "set.npz"),
+                                                       "labels": str(tmp_path / "labels.npy")}
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv(SPEC_ENV, str(tmp_path / "deploy.yaml"))
+    for cached in (common.served_names, common.spec_sample):
+        cached.cache_clear()
+    try:
+        sample = common.spec_sample()
+        assert sample.image_shape == (1, 12, 12) and np.array_equal(sample.labels, labels)
+        assert np.array_equal(sample.images, images.astype(np.float32)) and len(sample.pngs) == 4
+    finally:
+        for cached in (common.served_names, common.spec_sample):
+            cached.cache_clear()
