@@ -116,7 +116,8 @@ def table(results: dict[str, Any], rows: list[PerfRow]) -> str:
     lines = [f"# GPU check: {results['card']}", "",
              f"TorchScript model `{results['model']}` on {results['device']} (instance kind "
              f"{results['instance_kind']}), embedded Triton {results['server_version']}, torch {results['torch']}.",
-             "", "## Served parity (500 held-out digits, reference: ONNX Runtime on the CPU)", "",
+             "", f"## Served parity ({results['parity']['n']} samples of the spec's evaluation set, reference: "
+             "ONNX Runtime on the CPU)", "",
              "| path | protocol | accuracy | top-1 disagreements | max abs diff | errors |",
              "|---|---|---|---|---|---|"]
     for p in results["parity"]["paths"]:
@@ -169,7 +170,8 @@ def run(
         logger.info("[4/5] perf_analyzer: batch %s x concurrency %s over gRPC", batch_sizes, concurrencies)
         rows = sweep(None, server.grpc_url, models=[ts_model], batch_sizes=batch_sizes,
                      concurrencies=concurrencies, workdir=work / "perf",
-                     settings=PerfSettings(measurement_ms=measurement_ms, max_trials=4), progress=True)
+                     settings=PerfSettings(measurement_ms=measurement_ms, max_trials=4), progress=True,
+                     headers=server.admin_headers)  # statistics are restricted to the harness's admin key
 
         logger.info("[5/5] scraping /metrics")
         text = scrape(server.metrics_url)
