@@ -35,7 +35,7 @@ from typing import Any
 from build_tools.errors import ToolkitError
 from build_tools.served import SPEC_ENV
 from loadtest import loadgen, procstat
-from loadtest.common import mnist_sample, served_names
+from loadtest.common import sample_description, served_names, spec_sample
 from loadtest.errors import LoadTestError
 from loadtest.servers import (
     DEFAULT_SPEC,
@@ -220,12 +220,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "load_shape": {"duration_s": config.duration_s, "warmup_s": config.warmup_s,
                        "batch1_concurrency": list(config.concurrency),
                        "batch64_concurrency": list(config.batch64_concurrency),
-                       "sample": "MNIST hold-out, 500 digits (the same digits, in the same order, everywhere)"},
+                       "sample": f"{sample_description()} (the same images, in the same order, everywhere)"},
     }
     logger.info("machine: %s, %s logical CPUs, %s GiB; load average %s", report["machine"]["cpu_model"],
                 report["machine"]["logical_cpus"], report["machine"]["memory_gib"], report["loadavg_start"])
     logger.info("CPUs: %s", cpus.describe())
-    sample = mnist_sample()
+    sample = spec_sample()
     workers = config.gunicorn_workers or 2 * len(cpus.server) + 1
 
     b1 = config.concurrency
@@ -471,11 +471,11 @@ def markdown(report: dict[str, Any], config: BenchConfig) -> str:
         "",
         f"One closed-loop load generator (`loadtest/loadgen.py`) for every server: N clients, each with its "
         f"own connection, send a request, wait for the answer, check it, send the next; {config.warmup_s:g} s "
-        f"warm-up, then {config.duration_s:g} s measured. Requests are prebuilt (same 500 MNIST hold-out "
-        "digits everywhere, raw FP32 tensors to the classifier and to Flask as JSON, PNG bytes to the "
-        "ensemble). Throughput counts successful requests completed in the window; latencies are per "
-        "request, client side. The ceiling is ONNX Runtime in-process on the server's CPUs "
-        "(`loadtest/ceiling.py`), best of a run before and after the servers.",
+        f"warm-up, then {config.duration_s:g} s measured. Requests are prebuilt (sample: "
+        f"{report['load_shape'].get('sample', 'the spec evaluation set')}; raw FP32 tensors to the "
+        "classifier and to Flask as JSON, PNG bytes to the ensemble). Throughput counts successful requests "
+        "completed in the window; latencies are per request, client side. The ceiling is ONNX Runtime "
+        "in-process on the server's CPUs (`loadtest/ceiling.py`), best of a run before and after the servers.",
         "",
         "## Results",
         "",

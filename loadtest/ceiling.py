@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loadtest.common import mnist_sample, served_names
+from loadtest.common import served_names, spec_sample
 from loadtest.loadgen import percentile_ms
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def measure(
     model = model or served_names().onnx
     session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    sample = mnist_sample()
+    sample = spec_sample()
     result = CeilingResult(cpus=cpus, intra_op_threads=threads)
     for batch in batch_sizes:
         feeds = [sample.tensor_batch(start, batch)[0] for start in range(0, len(sample), batch)][:16]

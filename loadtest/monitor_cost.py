@@ -26,7 +26,7 @@ from build_tools.build import build_repositories
 from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec
 from loadtest import ab_cost, loadgen
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.errors import LoadTestError
 from loadtest.servers import split_cpus, triton
 
@@ -54,7 +54,7 @@ def comparison(spec: DeploySpec, urls: dict[str, str], pids: dict[str, int]) -> 
     router = spec.models[names.classifier].router_name(names.classifier)
     if router is None or not spec.monitoring.models:
         raise LoadTestError("the spec has no lifecycle router or no monitored model: nothing to measure")
-    sample = mnist_sample()
+    sample = spec_sample()
     return {
         "ensemble (PNG bytes)": {
             label: ab_cost.Side(loadgen.triton_http_target(urls[label], sample, model=names.ensemble, ensemble=True),

@@ -1,7 +1,7 @@
 """Per-image cost of the ensemble's preprocessing pixel pipeline, today's against a baseline revision.
 
 Runs in-process (no server: the cost measured is the model's own work per image, decode included),
-on the same inputs for both: the held-out digits as 28x28 PNGs (the pass-through path) and the
+on the same inputs for both: the spec's labelled evaluation set as PNGs (the pass-through path) and the
 seeded capture set of every degradation class. The two implementations are timed in alternating
 rounds, each round over the whole group, so that load on a shared machine hits both alike; the
 figure is the median over rounds and the ratio is taken within each round.
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from build_tools.errors import ToolkitError
-from build_tools.served import classifier_names, default_spec_path
+from build_tools.served import classifier_names, default_spec_path, load_classifier_names
 from build_tools.spec import load_spec
 from clients.captures import NAMES, Capture, glyph_from_digit, make_captures, render
-from clients.datasets import mnist_holdout
+from clients.datasets import spec_evaluation_set
 from clients.images import encode_png
 from loadtest import ab_cost
 
@@ -91,9 +91,9 @@ def baseline_pipeline(rev: str, folder: Path, workdir: Path) -> Pipeline:
 
 
 def groups(per_class: int, seed: int) -> dict[str, list[bytes]]:
-    holdout = mnist_holdout()
+    holdout, _ = spec_evaluation_set(load_classifier_names())
     captures = make_captures(holdout.images, holdout.labels, NAMES, per_class, seed)
-    out = {"held-out 28x28 PNG (pass-through)": [encode_png(i) for i in holdout.images]}
+    out = {"held-out images as PNG (pass-through)": [encode_png(i) for i in holdout.images]}
     out["captures, all classes"] = captures.payloads
     for name in NAMES:
         out[f"captures: {name}"] = captures.of(name)[0]

@@ -32,7 +32,7 @@ from typing import Any
 from build_tools.errors import ToolkitError
 from build_tools.served import SPEC_ENV
 from loadtest import loadgen, procstat
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.servers import DEFAULT_SPEC, ROOT, affinity, build_repository, split_cpus, triton
 
 logger = logging.getLogger("loadtest.profile")
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         raise ToolkitError("py-spy is not installed in this environment (pip install py-spy)")
-    sample = mnist_sample()
+    sample = spec_sample()
     report: dict[str, Any] = {"target": args.target, "protocol": args.protocol, "concurrency": args.concurrency,
                               "seconds": args.seconds, "loadavg_start": os.getloadavg()}
     with triton([repo], out / "tritonserver.log", split.server if split.pinned else None) as server:

@@ -44,7 +44,7 @@ from build_tools.config import ROUTER_SOURCE
 from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
 from loadtest import ab_cost, loadgen
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.errors import LoadTestError
 from loadtest.servers import load_spec_data, split_cpus, triton
 
@@ -143,7 +143,7 @@ def add_baseline(repo: Path, paths: Paths, rev: str) -> None:
 
 
 def comparison(http: str, paths: Paths, server_pid: int | None, baseline: bool) -> dict[str, dict[str, ab_cost.Side]]:
-    sample = mnist_sample()
+    sample = spec_sample()
 
     def side(model: str, ensemble: bool) -> ab_cost.Side:
         return ab_cost.Side(loadgen.triton_http_target(http, sample, model=model, ensemble=ensemble), server_pid)

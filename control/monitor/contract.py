@@ -18,7 +18,7 @@ from control.db import Database, Migration
 NAMESPACE = "monitoring"
 
 # The cheap per-image statistics computed while preprocessing, in this order. Units: intensities are
-# in [0, 1] on the model's 28x28 input (ink bright); sizes are pixels; the offset is the distance in
+# in [0, 1] on the model-ready input image (ink bright); sizes are pixels; the offset is the distance in
 # pixels between the ink's centre of mass and the image centre; original_size is sqrt(height * width)
 # of the decoded image before resizing (0 when the request sent model-ready tensors, not bytes).
 STAT_NAMES: tuple[str, ...] = (
@@ -55,7 +55,7 @@ class PredictionRecord:
     predicted: int
     top_prob: float
     stats: dict[str, float] = field(default_factory=dict)  # keys from STAT_NAMES
-    # The model-ready input as uint8 bytes (28x28 -> 784 bytes), kept for a sample so fine-tuning can
+    # The model-ready input as uint8 bytes (one byte per pixel), kept for a sample so fine-tuning can
     # train on labelled traffic; None when not kept.
     input: bytes | None = None
 

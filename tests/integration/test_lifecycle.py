@@ -14,24 +14,23 @@ import math
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from build_tools.build import build_repositories
 from build_tools.cli import main as triton_repo
 from build_tools.errors import RolloutError
-from build_tools.served import load_classifier_names
-from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import DeploySpec, FlavorSpec
+from build_tools.server import TritonServer
+from build_tools.spec import DeploySpec
 from clients.closed_loop import ClosedLoop
 from control.db import connect
 from control.registry import Registry
-from control.rollout import Rollout, ready_versions
+from control.rollout import ready_versions
 from control.watcher import Watcher
+from tests.support.explicit_server import MODEL, NAMES, ROUTER, explicit_env
+from tests.support.explicit_server import ExplicitEnv as Env
 from tests.support.onnx_models import perturbed_copy, slow_copy, unloadable_copy
 from triton_api import TritonClient
 
@@ -39,59 +38,18 @@ pytestmark = pytest.mark.server
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = load_classifier_names(ROOT / "deploy.yaml")
-MODEL, ROUTER = NAMES.classifier, f"{NAMES.classifier}_router"
-
-
-@dataclass
-class Env:
-    spec: DeploySpec
-    repository: Path
-    db_url: str
-    server: TritonServer
-    files: Path
-
-    def rollout(self, spec: DeploySpec | None = None, actor: str = "test") -> Rollout:
-        # Load, unload and the repository index are restricted: the harness's (random) key goes along.
-        client = TritonClient(self.server.http_url, timeout_s=300, headers=self.server.admin_headers)
-        return Rollout(spec or self.spec, MODEL, Registry(connect(self.db_url)), client, self.repository,
-                       actor=actor, drain_s=1.0)
-
-    def restart(self) -> None:
-        options = self.server.options
-        self.server.stop()
-        self.server = TritonServer(options)
-        self.server.start()
 
 
 @pytest.fixture(scope="module")
 def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("lifecycle")
-    repository = root / "repository"
     # Monitoring off (this module checks Triton's and the router's own counters): nothing is watched, so
     # the ensemble bypasses the router while one version takes all the traffic and the steps switch it.
-    unwatched = project_spec.monitoring.model_copy(update={"enabled": False})
-    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))},
-                                                       "monitoring": unwatched}), ["embedded"])
-    with pytest.MonkeyPatch.context() as mp:
-        # No $TRITON_ADMIN_KEY: the harness draws a random key per start, as `make serve` does; the
-        # spec's `server:` settings restrict the repository API and turn the stub watchdog on.
-        mp.delenv("TRITON_ADMIN_KEY", raising=False)
-        server = TritonServer(ServerOptions.from_spec(
-            project_spec.server, model_repositories=[repository], model_control_explicit=True,
-            log_file=root / "tritonserver.log", workdir=root / "server",
-            # No canary inferences: the tests count each version's inferences exactly.
-            canary_interval_s=0,
-        ))
-        assert "model-repository" in server.options.restricted_apis
-        server.start()
-        files = root / "files"
-        files.mkdir()
-        e = Env(project_spec, repository, f"sqlite:///{root / 'registry.db'}", server, files)
-        try:
-            yield e
-        finally:
-            e.server.stop()
+    unwatched = project_spec.model_copy(
+        update={"monitoring": project_spec.monitoring.model_copy(update={"enabled": False})})
+    # No canary inferences: the tests count each version's inferences exactly.
+    with explicit_env(unwatched, tmp_path_factory.mktemp("lifecycle"), canary_interval_s=0) as e:
+        assert "model-repository" in e.server.options.restricted_apis
+        yield e
 
 
 @pytest.fixture(scope="module")

@@ -232,3 +232,17 @@ def test_lint_names_the_source_when_an_onnx_model_points_at_another_kind_of_file
     data["models"]["clf"]["source"] = str(models["pre"])  # an existing file, but Python, not ONNX
     findings, _ = lint_spec(parse_spec(data, tmp_path))
     assert f"models.clf.source: {str(models['pre'])!r} is not an .onnx file" in findings
+
+
+def test_lint_names_the_models_own_source_when_its_torchscript_twin_is_missing() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "deploy.yaml").read_text())
+    name, model = next((n, m) for n, m in data["models"].items() if "torchscript" in m.get("formats", []))
+    model.setdefault("torchscript", {})["source"] = "no/such.pt"
+    findings, _ = lint_spec(parse_spec(data, root))
+    (finding,) = [f for f in findings if f.startswith(f"models.{name}.torchscript.source:")]
+    # The hint points at this model's ONNX source, not at one project's training script.
+    assert f"export the TorchScript twin of {model['source']!r} with the script that trained that model" in finding
+    assert "train.py" not in finding
