@@ -17,6 +17,15 @@ from control.db import Database, Migration
 
 NAMESPACE = "monitoring"
 
+# Every metric the project exports is `tdk_<subsystem>_...` (Prometheus naming: one namespace, the
+# exporter as the subsystem); Triton's own keep `nv_`. docs/monitoring.md, "Metric names".
+METRIC_NAMESPACE = "tdk"
+METRIC_PREFIXES: dict[str, str] = {
+    "serving": "tdk_serving_",  # the Python-backend models inside Triton (control.monitor.serving)
+    "monitor": "tdk_monitor_",  # the drift monitor service (control.monitor.service)
+    "healer": "tdk_healer_",  # the stub watchdog (build_tools.healer)
+}
+
 # The cheap per-image statistics computed while preprocessing, in this order. Units: intensities are
 # in [0, 1] on the model's 28x28 input (ink bright); sizes are pixels; the offset is the distance in
 # pixels between the ink's centre of mass and the image centre; original_size is sqrt(height * width)

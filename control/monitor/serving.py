@@ -60,17 +60,17 @@ DATABASE_ENV = "TDK_MONITORING_DATABASE_URL"
 DEFAULT_DATABASE = "sqlite:///monitoring/predictions.db"
 
 # Metric names (docs/monitoring.md). Histograms are cumulative `le` counters (see CumulativeHistogram).
-PREDICTIONS = "tdk_model_predictions_total"
-TOP_PROBABILITY = "tdk_model_top_probability"
+PREDICTIONS = "tdk_serving_predictions_total"
+TOP_PROBABILITY = "tdk_serving_top_probability"
 INPUT_STAT = {  # statistic -> metric base name (unit suffix per Prometheus conventions)
-    "mean_intensity": "tdk_input_mean_intensity_ratio",
-    "ink_fraction": "tdk_input_ink_fraction_ratio",
-    "bbox_size": "tdk_input_bbox_size_pixels",
-    "com_offset": "tdk_input_com_offset_pixels",
-    "original_size": "tdk_input_original_size_pixels",
+    "mean_intensity": "tdk_serving_input_mean_intensity_ratio",
+    "ink_fraction": "tdk_serving_input_ink_fraction_ratio",
+    "bbox_size": "tdk_serving_input_bbox_size_pixels",
+    "com_offset": "tdk_serving_input_com_offset_pixels",
+    "original_size": "tdk_serving_input_original_size_pixels",
 }
-REJECTED = "tdk_input_rejected_total"
-LOG_RECORDS = "tdk_prediction_log_records_total"
+REJECTED = "tdk_serving_input_rejected_total"
+LOG_RECORDS = "tdk_serving_prediction_log_records_total"
 
 
 def _param(config: dict[str, Any], key: str, default: str) -> str:
@@ -268,7 +268,7 @@ class ServingMonitor:
     over all of it (argmax, top probability, input statistics, histograms, log records), then sends the
     metric counts to Triton. Per-call numpy overhead dominates at batch sizes of 1-10, so batching the
     work across `execute()` calls is what keeps its cost small. Beyond `queue_size` pending images the
-    newest are dropped (counted: tdk_prediction_log_records_total{outcome="dropped"}) instead of blocking.
+    newest are dropped (counted: tdk_serving_prediction_log_records_total{outcome="dropped"}) instead of blocking.
     """
 
     def __init__(self, pb_utils: Any, config: dict[str, Any], model_folder: str | Path, default_model: str) -> None:

@@ -186,7 +186,7 @@ class TritonPythonModel:
             self.monitor.close()
 
 
-# The `reason` of every BadImageError raised here or in pixels.py (tdk_input_rejected_total{reason}).
+# The `reason` of every BadImageError raised here or in pixels.py (tdk_serving_input_rejected_total{reason}).
 REJECT_REASONS = ("empty", "not_an_image", "too_large", "too_small", "corrupt", "no_digit", "budget")
 
 
