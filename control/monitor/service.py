@@ -12,7 +12,7 @@ database). Metric names (docs/monitoring.md lists them with their meaning):
   tdk_monitor_prediction_chi2_p_value{model,version}              its p-value
   tdk_monitor_prediction_class_share_ratio{model,version,class}   predicted-class shares over the window
   tdk_monitor_window_records{model,version,window}                records in the input / label window
-  tdk_monitor_accuracy_ratio{model,version,role,bound}            accuracy from labels; bound=estimate|lower|upper (Wilson)
+  tdk_monitor_accuracy_ratio{model,version,role,bound}            accuracy from labels; bound=estimate|lower|upper
   tdk_monitor_reference_accuracy_ratio{model,version}             held-out accuracy from reference.json
   tdk_monitor_label_coverage_ratio{model,version}                 labelled share of the label window
   tdk_monitor_label_delay_seconds{model,version,quantile}         label time - prediction time (0.5, 0.9)
@@ -190,7 +190,8 @@ class Monitor:
                                 labels=[*mv, "role", "bound"])
         ref_acc = GaugeMetricFamily("tdk_monitor_reference_accuracy_ratio", "Held-out accuracy (reference.json)",
                                     labels=mv)
-        coverage = GaugeMetricFamily("tdk_monitor_label_coverage_ratio", "Labelled share of the label window", labels=mv)
+        coverage = GaugeMetricFamily("tdk_monitor_label_coverage_ratio", "Labelled share of the label window",
+                                     labels=mv)
         delay = GaugeMetricFamily("tdk_monitor_label_delay_seconds", "Label time minus prediction time",
                                   labels=[*mv, "quantile"])
         alarm = GaugeMetricFamily("tdk_monitor_check_alarm", "1 when a check fails by the spec's thresholds",

@@ -264,7 +264,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         if up and up[0]["value"][1] == "1" and thresholds:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"the drift monitor is not scraped: up = {up}, tdk_monitor_threshold series {len(thresholds)}")
+            raise SystemExit(f"the drift monitor is not scraped: up = {up}, "
+                             f"tdk_monitor_threshold series {len(thresholds)}")
         time.sleep(2)
     _say(f"Prometheus scrapes the drift monitor ({len(thresholds)} threshold series)")
     train = mnist_train()

@@ -221,6 +221,6 @@ def test_prediction_log_lands_in_postgresql_when_the_server_is_pointed_at_it(
         assert got == {f"pg-{run}-{i}": ("mnist_classifier", "1", int(c)) for i, c in enumerate(expected[:10])}
         # The runner's metrics count the same ten requests (warmup requests come first, so compare after).
         text = scrape(server.metrics_url)
-        assert metric_value(text, "tdk_serving_prediction_log_records_total", model="mnist_classifier", outcome="failed") == 0
+        assert metric_value(text, LOG_RECORDS, model="mnist_classifier", outcome="failed") == 0
     finally:
         server.stop()
