@@ -17,7 +17,7 @@ import pytest
 from build_tools.build import build_repositories
 from build_tools.errors import ClientError, DatabaseError
 from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import DeploySpec, FlavorSpec
+from build_tools.spec import DeploySpec, FlavorSpec, load_spec
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
 from control.db import Database
@@ -42,21 +42,24 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return images, scores.argmax(axis=1)
 
 
+FLUSH_S = load_spec(ROOT / "deploy.yaml").monitoring.flush_ms / 1000.0
+
+
 def settle(metrics_url: str, read: Callable[[str], float], want: float, timeout_s: float = 20.0) -> float:
     """Scrape until `read` reaches `want` (the monitor flushes every flush_ms), then once more a flush
     later so a count that overshoots is seen too; returns the last value."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s + 2 * FLUSH_S
     value = read(scrape(metrics_url))
     while value < want and time.monotonic() < deadline:
         time.sleep(0.2)
         value = read(scrape(metrics_url))
-    time.sleep(1.2)
+    time.sleep(FLUSH_S + 0.2)
     return read(scrape(metrics_url))
 
 
 def quiet_snapshot(metrics_url: str) -> str:
     """The metrics once earlier tests' pending counts have been flushed (two flush intervals)."""
-    time.sleep(1.2)
+    time.sleep(2 * FLUSH_S + 0.2)
     return scrape(metrics_url)
 
 
