@@ -60,6 +60,25 @@ RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model
 ROUTER_SOURCE = Path(__file__).parent / "python_models" / "router" / "model.py"
 TORCH_RUNNER_SOURCE = Path(__file__).parent / "python_models" / "torch_runner" / "model.py"
 
+# The watching code (control.monitor.serving and what it imports: numpy and the standard library only)
+# copied into an ngc model's version folder, because the official image has no copy of this project's
+# package. The router and the preprocessing glue put this folder first on sys.path when it is there.
+MONITORING_VENDOR_DIR = "tdk_monitoring"
+MONITORING_VENDOR_MODULES: tuple[str, ...] = (
+    "build_tools/__init__.py",
+    "build_tools/errors.py",
+    "build_tools/runner_params.py",
+    "control/__init__.py",
+    "control/db.py",
+    "control/monitor/__init__.py",
+    "control/monitor/contract.py",
+    "control/monitor/stats.py",
+    "control/monitor/serving.py",
+    "control/monitor/log_writer.py",
+    "control/monitor/sink.py",
+)
+_PACKAGES_ROOT = Path(__file__).resolve().parent.parent  # where build_tools/ and control/ are installed
+
 
 @dataclass
 class ModelFolder:
@@ -243,12 +262,12 @@ def direct_version(weights: dict[int, float], bypass: bool) -> int | None:
 def router_bypass(spec: DeploySpec, target: str, flavor: FlavorName) -> bool:
     """Whether ensembles may call `target` straight while one version takes all its traffic: the spec
     allows it (`lifecycle.bypass_router`) and nothing the router does is lost that way, i.e. the
-    target's predictions are not watched in this flavor (the router is where they are watched; having
+    target's predictions are not watched (the router is where they are watched, in both flavors; having
     the target's runner instances watch instead was measured to cost far more: docs/lifecycle.md)."""
     lifecycle = spec.models[target].lifecycle
     if lifecycle is None or not lifecycle.bypass_router:
         return False
-    return not monitored_here(spec, target, flavor)
+    return not watched(spec, target)
 
 
 def _monitoring_flush(cfg: mc.ModelConfig, spec: DeploySpec) -> None:
@@ -281,10 +300,23 @@ def monitoring_parameters(cfg: mc.ModelConfig, spec: DeploySpec, name: str, io: 
     p[MONITOR_PARAM_QUEUE].string_value = str(mon.queue_size)
 
 
+def watched(spec: DeploySpec, name: str) -> bool:
+    """Whether the spec watches `name`'s predictions (its router does so in both flavors)."""
+    return spec.monitoring.enabled and name in spec.monitoring.models
+
+
 def monitored_here(spec: DeploySpec, name: str, flavor: FlavorName) -> bool:
-    """Whether `name`'s predictions are watched in this flavor. Embedded only: the watching code
-    (control.monitor) is installed beside the embedded server, not in the official image."""
+    """Whether `name`'s own runner watches its predictions in this flavor: only the embedded flavor's
+    Python-backend runners can (on ngc the model runs in a native backend; its router watches)."""
     return flavor == "embedded" and spec.monitoring.enabled and name in spec.monitoring.models
+
+
+def monitoring_vendor_files(spec: DeploySpec, flavor: FlavorName, version: int) -> dict[str, Path | bytes]:
+    """The watching code copied into a Python-backend model's version folder on ngc (nothing on
+    embedded, where the project's package is installed beside the server, nor with monitoring off)."""
+    if flavor != "ngc" or not spec.monitoring.enabled:
+        return {}
+    return {f"{version}/{MONITORING_VENDOR_DIR}/{m}": _PACKAGES_ROOT / m for m in MONITORING_VENDOR_MODULES}
 
 
 def tensorrt_config(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
@@ -390,11 +422,12 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
     files: dict[str, Path | bytes] = {}
     if model.kind == "python":
         config = python_config(name, model, io, flavor)
-        if flavor == "embedded" and spec.monitoring.enabled:
+        if spec.monitoring.enabled:
             # Python steps (e.g. preprocessing) may export their own input metrics.
             _monitoring_flush(config, spec)
         for version, src in model.version_sources.items():
             files.update(_python_sources(spec.resolve(src), version))
+            files.update(monitoring_vendor_files(spec, flavor, version))
     else:
         config = onnx_config_ngc(name, model, io) if flavor == "ngc" else onnx_config_embedded(name, model, io)
         for version, src in model.version_sources.items():
@@ -454,9 +487,12 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
         model = spec.models[target]
         config = router_config(router, target, model, ios[router], build_weights(model),
                                router_bypass(spec, target, flavor))
-        if monitored_here(spec, target, flavor):
+        files = {"1/model.py": ROUTER_SOURCE, **ios[router].files}
+        # The router is a Python-backend model in both flavors: it watches its target on ngc too.
+        if watched(spec, target):
             monitoring_parameters(config, spec, target, ios[router])
-        folders.append(ModelFolder(router, config, {"1/model.py": ROUTER_SOURCE, **ios[router].files}))
+            files.update(monitoring_vendor_files(spec, flavor, 1))
+        folders.append(ModelFolder(router, config, files))
     for name in spec.ensembles:
         folders.append(ensemble_folder(spec, name, ios[name], flavor))
     return folders

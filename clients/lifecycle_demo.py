@@ -52,7 +52,7 @@ def _panel(metrics_url: str, model: str, router: str) -> list[str]:
         text = r.read().decode()
     triton = parse_metrics(text, model)
     routed: dict[int, float] = {}
-    for m in re.finditer(r'^router_requests_total\{([^}]*)\} (\S+)$', text, re.M):
+    for m in re.finditer(r'^tdk_router_requests_total\{([^}]*)\} (\S+)$', text, re.M):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
         if labels.get("router") == router:
             routed[int(labels["version"])] = routed.get(int(labels["version"]), 0) + float(m[2])

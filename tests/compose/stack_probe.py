@@ -260,11 +260,12 @@ def cmd_drift(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     while True:
         up = _query(base, 'up{job="drift-monitor"}')
-        thresholds = _query(base, 'monitor_threshold{job="drift-monitor"}')
+        thresholds = _query(base, 'tdk_monitor_threshold{job="drift-monitor"}')
         if up and up[0]["value"][1] == "1" and thresholds:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"the drift monitor is not scraped: up = {up}, monitor_threshold series {len(thresholds)}")
+            raise SystemExit(f"the drift monitor is not scraped: up = {up}, "
+                             f"tdk_monitor_threshold series {len(thresholds)}")
         time.sleep(2)
     _say(f"Prometheus scrapes the drift monitor ({len(thresholds)} threshold series)")
     train = mnist_train()
@@ -288,7 +289,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
         if state == "firing":
             break
         time.sleep(2)
-    psi = _query(base, 'max by (model, version) (monitor_input_psi{job="drift-monitor"})')
+    psi = _query(base, 'max by (model, version) (tdk_monitor_input_psi{job="drift-monitor"})')
     figures = ", ".join(f"{r['metric'].get('model')} v{r['metric'].get('version')} {float(r['value'][1]):.2f}"
                         for r in psi) or "none"
     if state != "firing":

@@ -154,9 +154,10 @@ def test_ensemble_bypasses_the_router_only_where_its_predictions_are_not_watched
 
     spec = load_spec(ROOT / "deploy.yaml")
     unwatched = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"enabled": False})})
-    # ngc: nothing is watched there, the router may go. Embedded with monitoring on: the router is where
-    # predictions are watched, so it stays in the ensemble's path; with monitoring off it may go too.
-    for s, flavor, bypass in ((spec, "ngc", True), (spec, "embedded", False), (unwatched, "embedded", True)):
+    # The router is where predictions are watched, in both flavors: with monitoring on it stays in the
+    # ensemble's path; with monitoring off it may go.
+    for s, flavor, bypass in ((spec, "ngc", False), (spec, "embedded", False), (unwatched, "ngc", True),
+                              (unwatched, "embedded", True)):
         assert router_bypass(s, "mnist_classifier", flavor) is bypass
         folders = {f.name: f.config for f in plan_flavor(s, flavor, lint_or_raise(s)).models}
         step = folders["mnist"].ensemble_scheduling.step[1]
