@@ -128,8 +128,9 @@ def test_ensemble_wired_from_steps_when_built() -> None:
     assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ens.output] == [
         ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
     steps = ens.ensemble_scheduling.step
-    # One version takes all the traffic after a build: the router step calls it directly (issue 12's cost).
-    assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1), ("mnist_classifier", 1)]
+    # The classifier is watched, and its router is where that happens (ngc too): the router step stays.
+    assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1),
+                                                                 ("mnist_classifier_router", -1)]
     assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
 
 
@@ -255,7 +256,8 @@ def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_l
         assert cfg.parameters["weights"].string_value == '{"1":100.0}'
         assert cfg.parameters["pin_parameter"].string_value == "version"
         # ngc watches nothing, so its ensemble may bypass the router; embedded watches through it.
-        assert cfg.parameters["bypass_when_single_version"].string_value == ("true" if flavor == "ngc" else "false")
+        # Watched in both flavors (its router watches it), so never bypassed with the project's spec.
+        assert cfg.parameters["bypass_when_single_version"].string_value == "false"
         assert router.files["1/model.py"].name == "model.py" and "labels.txt" in router.files
 
 
