@@ -173,18 +173,30 @@ def _cmd_watchdog(args: argparse.Namespace) -> int:
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     """Write the front proxy's nginx configuration from the spec, check it, and run nginx in its place."""
-    from build_tools.proxy import ProxyAddresses, check_conf, nginx_binary, nginx_conf, write_conf
+    from build_tools.proxy import (
+        NJS_MISSING,
+        ProxyAddresses,
+        check_conf,
+        nginx_binary,
+        nginx_conf,
+        njs_module,
+        write_conf,
+    )
 
     server = load_spec(args.spec).server if Path(args.spec).is_file() else ServerSpec()
     where = ProxyAddresses(args.listen_http, args.listen_grpc, args.upstream_http, args.upstream_grpc)
     state = Path(args.state_dir)
-    conf = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), where, state.resolve()), state)
+    nginx = nginx_binary()
+    module = njs_module(nginx) if server.proxy.check_json and nginx is not None else None
+    conf = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), where, state.resolve(),
+                                 njs_module=module), state)
     if args.write_only:
         sys.stdout.write(f"{conf}\n")
         return 0
-    nginx = nginx_binary()
     if nginx is None:
         raise ToolkitError("nginx is not installed (Debian package nginx)")
+    if server.proxy.check_json and module is None:
+        sys.stderr.write(f"triton-repo: warning: {NJS_MISSING}\n")
     check_conf(nginx, conf)
     sys.stdout.write(f"front proxy: http {args.listen_http} -> {args.upstream_http}, grpc {args.listen_grpc} -> "
                      f"{args.upstream_grpc}, requests up to {server.proxy.max_request_mib} MiB\n")
