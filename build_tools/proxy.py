@@ -276,7 +276,7 @@ class NginxProxy:
         while self.grpc_port == self.http_port:
             self.grpc_port = free_port()
         self._owned = state_dir is None
-        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="triton-proxy."))
+        self.state_dir = (state_dir or Path(tempfile.mkdtemp(prefix="triton-proxy."))).resolve()
         if os.geteuid() == 0:
             # nginx started by root runs its worker as nobody, which must reach the temp folders
             # (it makes them its own); traverse only, the files inside stay private.
