@@ -117,10 +117,10 @@ def plot(rows: list[dict[str, Any]], out: Path, concurrency: int) -> None:
     fig, axes = plt.subplots(len(panels), len(kinds), figsize=(6 * len(kinds), 10), squeeze=False)
     for row, (key, unit) in zip(axes, panels):
         for ax, kind in zip(row, kinds):
-            for path, marker in zip(PATHS, ("o-", "s-", "^-")):
+            for path, marker, color in zip(PATHS, ("o-", "s-", "^-"), ("C0", "C1", "C2")):
                 mine = [r for r in rows if r["kind"] == kind and r["path"] == path and key in r]
                 if mine:
-                    ax.plot([r["round"] for r in mine], [r[key] for r in mine], marker, label=path)
+                    ax.plot([r["round"] for r in mine], [r[key] for r in mine], marker, color=color, label=path)
             ax.set_title(f"{kind}\nconcurrency {concurrency}", fontsize=9)
             ax.set_xlabel("round (interleaved)")
             ax.set_ylabel(unit)
