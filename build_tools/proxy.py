@@ -259,7 +259,7 @@ def _term_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class NginxProxy:
-    """nginx in front of a running server, on free ports of 127.0.0.1; a context manager."""
+    """nginx in front of a running server, on `host` (127.0.0.1) and the given or free ports; a context manager."""
 
     def __init__(self, proxy: ProxySpec, restricted: list[str], http_upstream: str, grpc_upstream: str,
                  http_port: int = 0, grpc_port: int = 0, state_dir: Path | None = None, host: str = "127.0.0.1",
