@@ -139,8 +139,11 @@ function outputProblem(out, where) {
     if (!isObject(out)) { return where + ' must be an object with a "name", got ' + kind(out); }
     if (typeof out.name !== 'string') { return where + '.name must be a string, got ' + shown(out.name); }
     if (!isObject(out.parameters)) { return null; }
-    return paramProblem(out.parameters, where, {classification: 'uint', binary_data: 'bool',
-        shared_memory_region: 'string', shared_memory_offset: 'uint', shared_memory_byte_size: 'uint'});
+    var types = {classification: 'uint', shared_memory_region: 'string', shared_memory_offset: 'uint',
+        shared_memory_byte_size: 'uint'};
+    // Triton reads binary_data only for an output not written to shared memory.
+    if (!has(out.parameters, 'shared_memory_region')) { types.binary_data = 'bool'; }
+    return paramProblem(out.parameters, where, types);
 }
 
 // What is wrong with a parsed KServe v2 inference request, or null.
