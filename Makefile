@@ -9,6 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
+SERVE_ARGS ?=
 K8S_RATE ?= 20000
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
@@ -37,8 +38,10 @@ k8s: install
 	$(VENV)/bin/triton-repo k8s --spec $(SPEC)
 	$(VENV)/bin/triton-repo capacity --rate $(K8S_RATE)
 
+# nginx (when installed) takes HTTP_PORT/GRPC_PORT as the front proxy, Triton behind it on loopback;
+# SERVE_ARGS=--no-proxy serves without it (docs/security.md).
 serve: build-repo
-	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)
+	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT) $(SERVE_ARGS)
 
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)

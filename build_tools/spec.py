@@ -443,6 +443,9 @@ class ProxySpec(_Strict):
     max_request_mib: Annotated[int, Field(ge=1, le=2048)] = 16
     # How long the proxy waits for Triton's answer (a long queue, a big batch) before a 504.
     upstream_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 300
+    # Malformed inference JSON (or a request of the wrong KServe v2 shape) gets 400 from the proxy,
+    # not Triton 2.51's 500 (needs nginx's njs module; without it the proxy runs and warns).
+    check_json: bool = True
 
 
 class ServerSpec(_Strict):

@@ -243,6 +243,8 @@ def _triton_container(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions, si
             "--http-port", str(HTTP), "--grpc-port", str(GRPC), "--metrics-port", str(METRICS),
             "--health-port", str(HEALTH), "--model-repository", REPOSITORY, "--workdir", WORKDIR,
             "--model-control", "explicit",
+            # The pod's proxy sidecar is the front proxy; `serve` must not start another.
+            "--no-proxy",
         ]
         env.append(_env("TRITON_EXTRA_ARGS", "--metrics-config=summary_latencies=true"))
         image = opts.image

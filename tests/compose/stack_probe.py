@@ -219,7 +219,7 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    """The front proxy refuses a body over its limit (413) and a restricted API (403)."""
+    """The front proxy refuses a body over its limit (413), a restricted API (403) and malformed JSON (400)."""
     import http.client
 
     host, port = args.url.split(":")
@@ -245,6 +245,17 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     _say(f"POST /v2/logging through the proxy: HTTP {code}")
     if code != 403:
         _say("FAIL: expected 403 for the logging API through the proxy")
+        return 1
+    # The reporter's malformed JSON: Triton 2.51 answers 500; the proxy's njs check, 400.
+    req = urllib.request.Request(f"http://{args.url}/v2/models/mnist/infer", data=b'{"inputs": [', method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        code, text = 200, ""
+    except urllib.error.HTTPError as e:
+        code, text = e.code, e.read().decode(errors="replace")
+    _say(f"malformed JSON through the proxy: HTTP {code} {text}")
+    if code != 400:
+        _say("FAIL: expected 400 for malformed JSON through the proxy (is nginx's njs module in the image?)")
         return 1
     return 0
 
