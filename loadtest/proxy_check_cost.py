@@ -6,7 +6,7 @@ ones 400. One embedded server, and two proxies in front of it built from the sam
 check and one without (`check_json: false`); the closed-loop load generator measures Triton directly,
 through the proxy without the check and through the proxy with it, interleaved (A, B, C, A, B, C, ...)
 for several rounds, so each ratio compares runs on the same machine at the same time. Two request
-kinds: the classifier's tensor as JSON (784 numbers per image: the check parses and walks them all) and
+kinds: the classifier's tensor as JSON (every pixel a JSON number: the check parses and walks them all) and
 the ensemble's PNG in binary form (the check parses only the small JSON header). Besides throughput,
 nginx's CPU per request (its processes, from /proc), which the machine's load distorts far less.
 Writes bench/proxy_check.{json,md,png}.
@@ -26,11 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from build_tools.proxy import NginxProxy, nginx_binary, njs_module
 from build_tools.spec import load_spec
 from loadtest import loadgen, procstat
 from loadtest.bench import loadavg
-from loadtest.common import Sample, mnist_sample, served_names
+from loadtest.common import Sample, served_names, spec_sample
 from loadtest.errors import LoadTestError
 from loadtest.servers import DEFAULT_SPEC, affinity, split_cpus, triton
 
@@ -59,9 +61,10 @@ def json_target(address: str, sample: Sample, batch_size: int) -> loadgen.Target
 
 def measure(addresses: dict[str, str], nginx_pids: dict[str, int], rounds: int, seconds: float,
             concurrency: int, batch: int, client_cpus: frozenset[int] | None) -> list[dict[str, Any]]:
-    sample = mnist_sample()
+    sample = spec_sample()
+    numbers = int(np.prod(sample.image_shape)) * batch
     kinds: dict[str, dict[str, loadgen.Target]] = {
-        f"classifier, JSON tensor (batch {batch}, {784 * batch} numbers)":
+        f"classifier, JSON tensor (batch {batch}, {numbers} numbers)":
             {p: json_target(a, sample, batch) for p, a in addresses.items()},
         "ensemble, binary PNG (batch 1)":
             {p: loadgen.triton_http_target(a, sample, ensemble=True) for p, a in addresses.items()},
