@@ -26,8 +26,11 @@ logger = logging.getLogger(__name__)
 
 PREPROCESS = "models/mnist/preprocess/pixels.py"  # the pixel pipeline; model.py is the Triton glue
 PREPROCESS_COPY = "model_repository/mnist_preprocess/1/pixels.py"
-TOP = "top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))"
-LEFT = "left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))"
+# The layout's placement, as written before and after pixels.py was optimised (either may be checked out).
+TOPS = ("top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))",
+        "top = min(max(round(SIDE / 2 - cy), 0), SIDE - new_h)")
+LEFTS = ("left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))",
+         "left = min(max(round(SIDE / 2 - cx), 0), SIDE - new_w)")
 FLIP = "if r.parity_disagreements:"
 DRIFT = "if r.parity_max_abs_diff > "
 PREPROCESS_TESTS = ["tests/unit/test_preprocess_geometry.py", "tests/integration/test_mnist.py"]
@@ -53,11 +56,17 @@ class Planted:
 
 PLANTED: tuple[Planted, ...] = (
     Planted("preprocessing places the digit 1 px low (source only)",
-            (Edit((PREPROCESS,), TOP, TOP.replace("cy), 0", "cy) + 1, 0")),),
+            tuple(Edit((PREPROCESS,), top, top.replace("cy), 0", "cy) + 1, 0")) for top in TOPS),
+            tuple(PREPROCESS_TESTS)),
+    Planted("preprocessing places the digit 1 px low, committed copy updated too",
+            tuple(Edit((PREPROCESS, PREPROCESS_COPY), top, top.replace("cy), 0", "cy) + 1, 0"), every_file=True)
+                  for top in TOPS),
             tuple(PREPROCESS_TESTS)),
     Planted("preprocessing 1 px right and 3 px low, committed copy updated too",
-            (Edit((PREPROCESS, PREPROCESS_COPY), TOP, TOP.replace("cy), 0", "cy) + 3, 0"), every_file=True),
-             Edit((PREPROCESS, PREPROCESS_COPY), LEFT, LEFT.replace("cx), 0", "cx) + 1, 0"), every_file=True)),
+            tuple(Edit((PREPROCESS, PREPROCESS_COPY), top, top.replace("cy), 0", "cy) + 3, 0"), every_file=True)
+                  for top in TOPS)
+            + tuple(Edit((PREPROCESS, PREPROCESS_COPY), left, left.replace("cx), 0", "cx) + 1, 0"), every_file=True)
+                    for left in LEFTS),
             tuple(PREPROCESS_TESTS)),
     Planted("ONNX runner returns answers in reversed order within a batch",
             (Edit(("build_tools/python_models/onnx_runner/model.py",), "for i, _, batch in members:",
@@ -98,10 +107,12 @@ PLANTED: tuple[Planted, ...] = (
                   "            check_probabilities(probabilities, self.batch, labels if self.check_labels else None)\n",
                   ""),),
             tuple(LOCUST_TESTS)),
-    Planted("alert error ratio 5% -> 9%, p99 SLO 100 -> 140 ms",
-            (Edit(("compose/prometheus/alerts.yml",), ") > 0.05\n", ") > 0.09\n"),
-             Edit(("compose/prometheus/alerts.yml",), '{quantile="0.99"}) > 100000',
-                  '{quantile="0.99"}) > 140000')),
+    Planted("alert error ratio 5% -> 9%",
+            (Edit(("compose/prometheus/alerts.yml",), ") > 0.05\n", ") > 0.09\n"),),
+            ("tests/compose/test_promtool.py",)),
+    Planted("alert p99 SLO 100 -> 140 ms",
+            (Edit(("compose/prometheus/alerts.yml",), '{quantile="0.99"}) > 100000',
+                  '{quantile="0.99"}) > 140000'),),
             ("tests/compose/test_promtool.py",)),
 )
 

@@ -340,3 +340,28 @@ def test_router_config_batches_only_when_its_target_batches() -> None:
     single = model.model_copy(update={"max_batch_size": 0})
     plain = router_config("r", "mnist_classifier", single, ios["mnist_classifier_router"], {1: 100.0})
     assert plain.max_batch_size == 0 and not plain.HasField("dynamic_batching")
+
+
+def test_embedded_configs_take_the_embedded_groups_when_called_directly_for_onnx_and_torchscript() -> None:
+    """onnx_config_embedded and torchscript_config_embedded called on their own (not through the
+    module's shared build, which a mutation run only attributes to the first test that uses it): the
+    Python backend, and the embedded flavor's instance groups, not the defaults nor the ngc ones."""
+    from build_tools.config import onnx_config_embedded, onnx_config_ngc, torchscript_config_embedded
+    from build_tools.repository import lint_or_raise
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    clf = data["models"]["mnist_classifier"]
+    clf["instance_groups"] = {"ngc": [{"kind": "KIND_GPU", "count": 4}], "embedded": [{"kind": "KIND_CPU", "count": 3}]}
+    clf["torchscript"] = {}  # the TorchScript twin falls back to the model's own groups
+    clf["ort_tensorrt"] = {"enabled": True, "max_workspace_size_bytes": 4096}
+    spec = parse_spec(data, ROOT)
+    ios = lint_or_raise(spec)
+    model, io = spec.models["mnist_classifier"], ios["mnist_classifier"]
+    cpu, gpu = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU
+    for cfg in (onnx_config_embedded("m", model, io), torchscript_config_embedded("m", model, io)):
+        assert (cfg.name, cfg.backend, cfg.platform) == ("m", "python", "")
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(cpu, 3)]
+    ngc = onnx_config_ngc("m", model, io)
+    assert [(g.kind, g.count) for g in ngc.instance_group] == [(gpu, 4)]
+    (acc,) = ngc.optimization.execution_accelerators.gpu_execution_accelerator
+    assert dict(acc.parameters) == {"precision_mode": "FP16", "max_workspace_size_bytes": "4096"}
