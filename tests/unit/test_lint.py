@@ -440,10 +440,16 @@ def test_lint_torchscript_findings_are_exact_when_variant_is_built(models: dict[
         "models.clf.torchscript.instance_groups.embedded[1].kind: KIND_MODEL cannot load the TorchScript "
         "variant in the embedded flavor; allowed: KIND_CPU, KIND_GPU",
     ]
-    # Only the flavors the spec builds are checked.
+    # Only the flavors the spec builds are checked (each of them, whichever comes first).
     data = _single(models, tmp_path, ("ngc",), formats=["onnx", "torchscript"],
                    torchscript={"source": str(pt), "instance_groups": groups})
     assert _findings(data) == []
+    data = _single(models, tmp_path, ("embedded",), formats=["onnx", "torchscript"],
+                   torchscript={"source": str(pt), "instance_groups": groups})
+    assert _findings(data) == [
+        "models.clf.torchscript.instance_groups.embedded[1].kind: KIND_MODEL cannot load the TorchScript "
+        "variant in the embedded flavor; allowed: KIND_CPU, KIND_GPU",
+    ]
     gone = tmp_path / "gone.pt"
     data = _single(models, tmp_path, ("embedded",), formats=["onnx", "torchscript"], torchscript={"source": str(gone)})
     assert _findings(data) == [
@@ -525,3 +531,27 @@ def test_lint_gate_findings_are_exact_when_files_or_output_are_wrong(models: dic
     ]
     data["models"]["m"]["lifecycle"]["gate"]["output"] = "diff"
     assert _findings(data) == []
+
+
+def test_lint_names_the_clash_when_a_variants_default_name_is_another_models_name(models: dict[str, Path],
+                                                                                  tmp_path: Path) -> None:
+    pt = tmp_path / "clf.pt"
+    pt.write_bytes(b"")
+    for fmt, default in (("tensorrt_plan", "clf_trt"), ("torchscript", "clf_torchscript")):
+        torchscript = {"source": str(pt)} if fmt == "torchscript" else {}
+        data = _single(models, tmp_path, formats=["onnx", fmt], torchscript=torchscript)
+        data["models"][default] = {"source": str(models["classifier"]), "max_batch_size": 8}
+        expected = (f"models.clf.tensorrt.model_name: {default!r} clashes with a model of the spec"
+                    if fmt == "tensorrt_plan" else f"models.clf.torchscript.model_name: {default!r} clashes with "
+                    "another model")
+        assert _findings(data) == [expected]
+
+
+def test_lint_logs_each_finding_at_debug_level_when_spec_has_findings(
+    models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _single(models, tmp_path, max_batch_size=0, dynamic_batching={"preferred_batch_size": [4, 4]})
+    with caplog.at_level("DEBUG", logger="build_tools.lint"):
+        findings = _findings(data)
+    logged = [r.getMessage() for r in caplog.records if r.name == "build_tools.lint"]
+    assert logged == [f"lint: {f}" for f in findings] and len(findings) == 2
