@@ -20,7 +20,9 @@ from tests.support.onnx_models import models_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+# Built for each test (a third of a second): a mutation tool credits the config builders a shared build
+# calls to the first test that used it, and would then judge a mutant by that test alone.
+@pytest.fixture()
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeploySpec, Path, Path]:
     root = tmp_path_factory.mktemp("cfg")
     data = models_spec(root / "models", root / "embedded")
