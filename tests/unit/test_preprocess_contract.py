@@ -185,3 +185,57 @@ def test_to_mnist_brings_faint_ink_to_full_strength_when_the_stroke_is_dim() -> 
     faint = px.to_mnist(_bar_canvas((80, 80), (10, 70, 30, 40), value=90), INK)
     assert faint.max() == 255.0
     assert max(ink_extent(faint[0])) == BOX
+
+
+def test_decode_reads_sixteen_bit_png_as_grey_when_the_png_has_one_channel() -> None:
+    deep = (np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 170).astype(np.uint16)
+    img = Image.fromarray(deep)
+    assert Image.open(io.BytesIO(_encode(img))).mode.startswith("I")
+    assert px.decode(_encode(img), 10**6, 8).shape == (16, 24)
+
+
+def test_layout_refuses_with_message_when_the_crop_has_no_ink() -> None:
+    with pytest.raises(px.BadImageError) as err:
+        px.layout(np.zeros((10, 3), np.uint8))
+    assert str(err.value) == "no digit found after scaling (the ink is too thin)" and err.value.reason == "no_digit"
+
+
+def _between_class_variance(values: np.ndarray, t: int) -> float:
+    """Otsu's criterion for the split {v < t} / {v >= t}, straight from its definition."""
+    low, high = values[values < t].astype(np.float64), values[values >= t].astype(np.float64)
+    if not low.size or not high.size:
+        return -1.0
+    return low.size * high.size * (low.mean() - high.mean()) ** 2 / values.size**2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_otsu_returns_the_split_with_the_largest_between_class_variance_when_values_are_noisy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.normal(40 + 10 * seed, 12, 3000), rng.normal(170, 25, 700 + 300 * seed)])
+    values = np.clip(np.round(values), 0, 255).astype(np.uint8)
+    t = px.otsu(values)
+    best = max(_between_class_variance(values, level) for level in range(1, 256))
+    assert _between_class_variance(values, t) == pytest.approx(best, rel=1e-9), t
+
+
+def test_quantiles_match_the_sorted_values_when_values_reach_both_ends_of_the_range() -> None:
+    values = np.concatenate([np.zeros(5, np.uint8), np.full(10, 255, np.uint8), np.arange(1, 255, dtype=np.uint8)])
+    ordered = np.sort(values)
+    qs = (0.0, 0.015, 0.5, 0.9, 0.985, 1.0)
+    # The q-quantile: the smallest value with at least a share q of the values at or below it.
+    expected = [int(ordered[max(0, int(np.ceil(q * values.size)) - 1)]) for q in qs]
+    assert [int(v) for v in px.quantiles(values, qs)] == expected
+    assert [int(v) for v in px.quantiles(np.full(7, 255, np.uint8), (0.5, 0.9))] == [255, 255]
+
+
+def test_shrink_averages_blocks_when_the_image_is_above_the_working_size() -> None:
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (2 * px.WORK_SIDE, 2 * px.WORK_SIDE), dtype=np.uint8)
+    small = px.shrink(gray)
+    blocks = gray.reshape(px.WORK_SIDE, 2, px.WORK_SIDE, 2).astype(np.float64).mean(axis=(1, 3))
+    assert small.shape == (px.WORK_SIDE, px.WORK_SIDE)
+    assert np.abs(small - blocks).max() <= 1.0
+    # Up to a quarter above the working size, the image is left as it is.
+    limit = px.WORK_SIDE * 5 // 4
+    assert px.shrink(gray[:limit, :40]).shape == (limit, 40)
+    assert px.shrink(gray[: limit + 1, :40]).shape == (px.WORK_SIDE, round(40 * px.WORK_SIDE / (limit + 1)))
