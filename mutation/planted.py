@@ -70,7 +70,11 @@ PLANTED: tuple[Planted, ...] = (
             tuple(PREPROCESS_TESTS)),
     Planted("ONNX runner returns answers in reversed order within a batch",
             (Edit(("build_tools/python_models/onnx_runner/model.py",), "for i, _, batch in members:",
-                  "for i, _, batch in reversed(members):"),),
+                  "for i, _, batch in reversed(members):"),
+             # Since the grouping moved to batch_groups.py: the runner hands each group's rows back reversed.
+             Edit(("build_tools/python_models/onnx_runner/model.py",),
+                  "for i, rows in batch_groups.split(members, results):",
+                  "for i, rows in batch_groups.split(members[::-1], results):")),
             ("tests/unit/test_onnx_runner.py", "tests/integration/test_inference.py")),
     Planted("config.py never writes dynamic_batching",
             (Edit(("build_tools/config.py",), "    db = model.dynamic_batching\n    if db is None:\n        return",
