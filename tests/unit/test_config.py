@@ -367,3 +367,37 @@ def test_embedded_configs_take_the_embedded_groups_when_called_directly_for_onnx
     assert [(g.kind, g.count) for g in ngc.instance_group] == [(gpu, 4)]
     (acc,) = ngc.optimization.execution_accelerators.gpu_execution_accelerator
     assert dict(acc.parameters) == {"precision_mode": "FP16", "max_workspace_size_bytes": "4096"}
+
+
+def test_embedded_monitoring_parameters_say_what_the_spec_says_when_the_watched_model_has_no_router() -> None:
+    """Without a lifecycle the embedded runner watches its own predictions (and its TorchScript twin its
+    own): every monitoring parameter carries the spec's value, and each variant runs its own runner."""
+    from build_tools.config import RUNNER_SOURCE, TORCH_RUNNER_SOURCE
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    clf = data["models"]["mnist_classifier"]
+    del clf["lifecycle"]
+    clf["inputs"]["image"]["range"] = [0, 1]
+    clf["warmup"] = [{"name": "noise", "batch_size": 2, "data": "random"}]
+    data["monitoring"].update(queue_size=1234, sample_rate=0.5, keep_inputs_rate=0.25)
+    data["ensembles"]["mnist"].pop("substitutions", None)
+    data["ensembles"]["mnist"]["steps"][1]["model"] = "mnist_classifier"
+    spec = parse_spec(data, ROOT)
+    folders = {f.name: f for f in plan_flavor(spec, "embedded", lint_or_raise(spec)).models}
+    assert "mnist_classifier_router" not in folders
+    expected = {
+        "monitoring.enabled": "true", "monitoring.input": "image", "monitoring.output": "probabilities",
+        "monitoring.input_scale": "1.0", "monitoring.queue_size": "1234", "monitoring.sample_rate": "0.5",
+        "monitoring.keep_inputs_rate": "0.25", "monitoring.retention_max_rows": "200000",
+        "monitoring.retention_max_days": repr(spec.monitoring.retention.max_days),
+        "monitoring.database": spec.monitoring.database,
+    }
+    for name, runner in (("mnist_classifier", RUNNER_SOURCE), ("mnist_classifier_torchscript", TORCH_RUNNER_SOURCE)):
+        folder = folders[name]
+        params = {k: v.string_value for k, v in folder.config.parameters.items()}
+        assert {k: params.get(k) for k in expected} == expected, name
+        assert params["monitoring.model"] == name
+        assert folder.files["1/model.py"] == runner, name
+    (warm,) = folders["mnist_classifier"].config.model_warmup
+    assert warm.batch_size == 2 and warm.inputs["image"].random_data and not warm.inputs["image"].zero_data
