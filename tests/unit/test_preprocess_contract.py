@@ -110,6 +110,9 @@ def test_decode_keeps_small_jpeg_whole_and_decodes_large_one_at_the_smallest_sca
     # 600 px: 1/8 would give 75 (enough), so that is what comes out.
     wide = _encode(Image.new("RGB", (600, 300), (200, 10, 10)), "JPEG")
     assert px.decode(wide, 10**7, 8).shape == (38, 75, 3)
+    # 520 px: 1/8 gives 65, just above WORK_SIDE, on both sides.
+    square = _encode(Image.new("L", (520, 520), 200), "JPEG")
+    assert px.decode(square, 10**7, 8).shape == (65, 65)
 
 
 def test_decode_keeps_orientation_when_exif_says_upright() -> None:
