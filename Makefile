@@ -88,11 +88,12 @@ stall: install
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
 bench: perf-analyzer
 	$(PY) -m loadtest.bench
-	$(PY) -m loadtest.router_cost
+	$(PY) -m loadtest.router_cost --rounds 5 --report bench/report.md
 
-# What the lifecycle router costs (bench/router_cost.md): with and without it, interleaved, concurrency 16.
+# What the lifecycle router costs (bench/router_cost.md): the ensemble as deployed, through the router and
+# without it, interleaved, concurrency 16 (make bench also puts it into bench/report.md).
 bench-router: install
-	$(PY) -m loadtest.router_cost
+	$(PY) -m loadtest.router_cost --rounds 5
 
 # Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/, at low priority with one
 # worker (MUTATION_CHILDREN); MUTATION_ARGS="--only 'clients.gate.*'" for one module. Needs promtool

@@ -37,6 +37,7 @@ from build_tools.runner_params import (
     MONITOR_PARAM_QUEUE,
     MONITOR_PARAM_SAMPLE,
     MONITOR_PARAM_SCALE,
+    ROUTER_PARAM_BYPASS,
     ROUTER_PARAM_PIN,
     ROUTER_PARAM_TARGET,
     ROUTER_PARAM_WEIGHTS,
@@ -207,7 +208,7 @@ def router_weights_json(weights: dict[int, float]) -> str:
 
 
 def router_config(
-    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float]
+    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float], bypass: bool = False
 ) -> mc.ModelConfig:
     """The BLS router in front of `target`'s versions: same inputs and outputs, weights as a parameter.
 
@@ -223,7 +224,31 @@ def router_config(
     cfg.parameters[ROUTER_PARAM_TARGET].string_value = target
     cfg.parameters[ROUTER_PARAM_WEIGHTS].string_value = router_weights_json(weights)
     cfg.parameters[ROUTER_PARAM_PIN].string_value = model.lifecycle.pin_parameter
+    cfg.parameters[ROUTER_PARAM_BYPASS].string_value = "true" if bypass else "false"
     return cfg
+
+
+def build_weights(model: ModelSpec) -> dict[int, float]:
+    """A fresh build sends everything to the newest version; the lifecycle commands change it at runtime."""
+    return {max(model.version_sources): 100.0}
+
+
+def direct_version(weights: dict[int, float], bypass: bool) -> int | None:
+    """The version ensembles call directly instead of the router: the only one with traffic, when the
+    router may be bypassed; None while traffic is split (the router must be in the path)."""
+    shares = [v for v, p in weights.items() if p > 0]
+    return shares[0] if bypass and len(shares) == 1 else None
+
+
+def router_bypass(spec: DeploySpec, target: str, flavor: FlavorName) -> bool:
+    """Whether ensembles may call `target` straight while one version takes all its traffic: the spec
+    allows it (`lifecycle.bypass_router`) and nothing the router does is lost that way, i.e. the
+    target's predictions are not watched in this flavor (the router is where they are watched; having
+    the target's runner instances watch instead was measured to cost far more: docs/lifecycle.md)."""
+    lifecycle = spec.models[target].lifecycle
+    if lifecycle is None or not lifecycle.bypass_router:
+        return False
+    return not monitored_here(spec, target, flavor)
 
 
 def _monitoring_flush(cfg: mc.ModelConfig, spec: DeploySpec) -> None:
@@ -407,8 +432,17 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
 def ensemble_folder(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) -> ModelFolder:
     ens = spec.ensembles[name]
     steps = [step_model_name(ens, flavor, s.model) for s in ens.steps]
+    config = ensemble_config(name, ens, io, steps)
+    routers = spec.routers()
+    for step in config.ensemble_scheduling.step:
+        target = routers.get(step.model_name)
+        version = None if target is None else direct_version(
+            build_weights(spec.models[target]), router_bypass(spec, target, flavor))
+        if target is not None and version is not None:
+            # One version takes all the traffic: call it directly (control.rollout switches it back).
+            step.model_name, step.model_version = target, version
     # Ensembles need an (empty) version folder to load.
-    return ModelFolder(name, ensemble_config(name, ens, io, steps), {"1/.keep": b"", **io.files})
+    return ModelFolder(name, config, {"1/.keep": b"", **io.files})
 
 
 def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> list[ModelFolder]:
@@ -418,9 +452,8 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
         folders.extend(model_folders(spec, name, ios[name], flavor))
     for router, target in spec.routers().items():
         model = spec.models[target]
-        # A fresh build sends everything to the newest version; the lifecycle commands change it at runtime.
-        weights = {max(model.version_sources): 100.0}
-        config = router_config(router, target, model, ios[router], weights)
+        config = router_config(router, target, model, ios[router], build_weights(model),
+                               router_bypass(spec, target, flavor))
         if monitored_here(spec, target, flavor):
             monitoring_parameters(config, spec, target, ios[router])
         folders.append(ModelFolder(router, config, {"1/model.py": ROUTER_SOURCE, **ios[router].files}))

@@ -259,6 +259,10 @@ class LifecycleSpec(_Strict):
     router: str | None = None  # the router model's name (default: <model>_router)
     pin_parameter: Annotated[str, Field(min_length=1)] = "version"
     router_instances: Annotated[int, Field(ge=1, le=16)] = 1
+    # While one version takes all the traffic, ensembles call it directly instead of through the router
+    # (one Python-backend hop less per request); a canary puts the router back in their path. The router
+    # stays loaded either way (tensor path, version pins). Off: ensembles always go through the router.
+    bypass_router: bool = True
     gate: GateSpec | None = None
     auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec)
     finetune: FinetuneSpec | None = None

@@ -68,8 +68,11 @@ class Env:
 def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("lifecycle")
     repository = root / "repository"
-    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))}}),
-                       ["embedded"])
+    # Monitoring off (this module checks Triton's and the router's own counters): nothing is watched, so
+    # the ensemble bypasses the router while one version takes all the traffic and the steps switch it.
+    unwatched = project_spec.monitoring.model_copy(update={"enabled": False})
+    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))},
+                                                       "monitoring": unwatched}), ["embedded"])
     with pytest.MonkeyPatch.context() as mp:
         # No $TRITON_ADMIN_KEY: the harness draws a random key per start, as `make serve` does; the
         # spec's `server:` settings restrict the repository API and turn the stub watchdog on.
@@ -112,6 +115,12 @@ def _metric(server: TritonServer, name: str, **labels: str) -> float:
 
 def _router_weights(client: TritonClient) -> dict[str, float]:
     return json.loads(client.model_config(ROUTER)["parameters"]["weights"]["string_value"])
+
+
+def _ensemble_step(client: TritonClient) -> tuple[str, int]:
+    """What the served ensemble's classifier step runs: (model, version)."""
+    step = client.model_config(NAMES.ensemble)["ensemble_scheduling"]["step"][-1]
+    return step["model_name"], int(step.get("model_version", -1))
 
 
 def test_router_pins_a_version_when_the_request_parameter_names_it(env: Env, holdout: np.ndarray) -> None:
@@ -231,18 +240,27 @@ def test_lifecycle_steps_lose_no_request_when_a_closed_loop_load_runs(env: Env, 
     candidate = perturbed_copy(_source(), env.files / "load.onnx", seed=21, scale=0.02)
     png = (ROOT / "models/mnist/examples/digit_7.png").read_bytes()
     timings: dict[str, float] = {}
+    steps: dict[str, tuple[str, int]] = {"built": _ensemble_step(r.client)}
     with ClosedLoop(env.server.http_url, env.server.grpc_url, NAMES, ROUTER, holdout[0], png, threads=4) as load:
         t = time.monotonic()
         record, _ = r.stage(candidate, "under load")
         timings["stage"] = time.monotonic() - t
+        steps["stage"] = _ensemble_step(r.client)
         load.wait_for(50)
         timings["canary"] = r.canary(record.version, 25, "under load").seconds
+        steps["canary"] = _ensemble_step(r.client)
         load.wait_for(50)
         timings["promote"] = r.promote(record.version, "under load").seconds
+        steps["promote"] = _ensemble_step(r.client)
         load.wait_for(50)
         timings["rollback"] = r.rollback("under load: back to version 1").seconds
+        steps["rollback"] = _ensemble_step(r.client)
         load.wait_for(50)
     counts = load.counts
+    # Issue 12: the ensemble bypasses the router while one version takes all the traffic, and runs it
+    # during the split; every switch (an ensemble reload) under the same load, with nothing lost.
+    assert steps == {"built": (MODEL, 1), "stage": (MODEL, 1), "canary": (ROUTER, -1),
+                     "promote": (MODEL, record.version), "rollback": (MODEL, 1)}
     print(f"closed-loop load (4 threads, HTTP+gRPC, router+ensemble): {counts.ok} answered, {counts.failed} failed; "
           + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     assert counts.failed == 0, counts.errors[:5]

@@ -130,8 +130,46 @@ def test_ensemble_wired_from_steps_when_built() -> None:
     assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ens.output] == [
         ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
     steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier_router"]
+    # One version takes all the traffic after a build: the router step calls it directly (issue 12's cost).
+    assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1), ("mnist_classifier", 1)]
     assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
+
+
+def test_ensemble_runs_the_router_when_the_spec_turns_the_bypass_off() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_classifier"]["lifecycle"]["bypass_router"] = False
+    spec = parse_spec(data, ROOT)
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    for flavor in ("ngc", "embedded"):
+        folders = {f.name: f.config for f in plan_flavor(spec, flavor, lint_or_raise(spec)).models}
+        steps = folders["mnist"].ensemble_scheduling.step
+        assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1),
+                                                                     ("mnist_classifier_router", -1)]
+        assert folders["mnist_classifier_router"].parameters["bypass_when_single_version"].string_value == "false"
+        assert "monitoring.enabled" not in folders["mnist_classifier"].parameters
+
+
+def test_ensemble_bypasses_the_router_only_where_its_predictions_are_not_watched_when_built() -> None:
+    from build_tools.config import direct_version, router_bypass
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    unwatched = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"enabled": False})})
+    # ngc: nothing is watched there, the router may go. Embedded with monitoring on: the router is where
+    # predictions are watched, so it stays in the ensemble's path; with monitoring off it may go too.
+    for s, flavor, bypass in ((spec, "ngc", True), (spec, "embedded", False), (unwatched, "embedded", True)):
+        assert router_bypass(s, "mnist_classifier", flavor) is bypass
+        folders = {f.name: f.config for f in plan_flavor(s, flavor, lint_or_raise(s)).models}
+        step = folders["mnist"].ensemble_scheduling.step[1]
+        want = ("mnist_classifier", 1) if bypass else ("mnist_classifier_router", -1)
+        assert (step.model_name, step.model_version) == want, flavor
+        params = folders["mnist_classifier_router"].parameters
+        assert params["bypass_when_single_version"].string_value == ("true" if bypass else "false")
+        assert "monitoring.enabled" not in folders["mnist_classifier"].parameters
+    # A split needs the router; one version at 100 % does not, unless the bypass is off.
+    assert direct_version({1: 100.0}, True) == 1 and direct_version({3: 100.0, 1: 0.0}, True) == 3
+    assert direct_version({1: 90.0, 3: 10.0}, True) is None and direct_version({1: 100.0}, False) is None
 
 
 def test_drift_detected_when_committed_config_edited(tmp_path: Path) -> None:
@@ -217,6 +255,8 @@ def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_l
         assert cfg.parameters["target_model"].string_value == "mnist_classifier"
         assert cfg.parameters["weights"].string_value == '{"1":100.0}'
         assert cfg.parameters["pin_parameter"].string_value == "version"
+        # ngc watches nothing, so its ensemble may bypass the router; embedded watches through it.
+        assert cfg.parameters["bypass_when_single_version"].string_value == ("true" if flavor == "ngc" else "false")
         assert router.files["1/model.py"].name == "model.py" and "labels.txt" in router.files
 
 
