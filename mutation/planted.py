@@ -26,11 +26,11 @@ from build_tools.spec import load_spec
 
 logger = logging.getLogger(__name__)
 
-TOP = "top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))"
-LEFT = "left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))"
-# The same lines since the pipeline dropped np.clip (the alternatives planted where the code has moved).
-TOP2 = "top = min(max(round(SIDE / 2 - cy), 0), SIDE - new_h)"
-LEFT2 = "left = min(max(round(SIDE / 2 - cx), 0), SIDE - new_w)"
+# The layout's placement, as written before and after pixels.py was optimised (either may be checked out).
+TOPS = ("top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - new_h))",
+        "top = min(max(round(SIDE / 2 - cy), 0), SIDE - new_h)")
+LEFTS = ("left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - new_w))",
+         "left = min(max(round(SIDE / 2 - cx), 0), SIDE - new_w)")
 FLIP = "if r.parity_disagreements:"
 DRIFT = "if r.parity_max_abs_diff > "
 PREPROCESS_TESTS = ["tests/unit/test_preprocess_geometry.py", "tests/integration/test_mnist.py"]
@@ -70,18 +70,25 @@ def planted_bugs(root: Path) -> tuple[Planted, ...]:
     pixels, pixels_copy = preprocess_files(root)
     return (
         Planted("preprocessing places the digit 1 px low (source only)",
-                (Edit((pixels,), TOP, TOP.replace("cy), 0", "cy) + 1, 0")),
-                 Edit((pixels,), TOP2, TOP2.replace("cy), 0", "cy) + 1, 0"))),
+                tuple(Edit((pixels,), top, top.replace("cy), 0", "cy) + 1, 0")) for top in TOPS),
+                tuple(PREPROCESS_TESTS)),
+        Planted("preprocessing places the digit 1 px low, committed copy updated too",
+                tuple(Edit((pixels, pixels_copy), top, top.replace("cy), 0", "cy) + 1, 0"), every_file=True)
+                      for top in TOPS),
                 tuple(PREPROCESS_TESTS)),
         Planted("preprocessing 1 px right and 3 px low, committed copy updated too",
-                (Edit((pixels, pixels_copy), TOP, TOP.replace("cy), 0", "cy) + 3, 0"), every_file=True),
-                 Edit((pixels, pixels_copy), LEFT, LEFT.replace("cx), 0", "cx) + 1, 0"), every_file=True),
-                 Edit((pixels, pixels_copy), TOP2, TOP2.replace("cy), 0", "cy) + 3, 0"), every_file=True),
-                 Edit((pixels, pixels_copy), LEFT2, LEFT2.replace("cx), 0", "cx) + 1, 0"), every_file=True)),
+                tuple(Edit((pixels, pixels_copy), top, top.replace("cy), 0", "cy) + 3, 0"), every_file=True)
+                      for top in TOPS)
+                + tuple(Edit((pixels, pixels_copy), left, left.replace("cx), 0", "cx) + 1, 0"), every_file=True)
+                        for left in LEFTS),
                 tuple(PREPROCESS_TESTS)),
         Planted("ONNX runner returns answers in reversed order within a batch",
                 (Edit(("build_tools/python_models/onnx_runner/model.py",), "for i, _, batch in members:",
-                      "for i, _, batch in reversed(members):"),),
+                      "for i, _, batch in reversed(members):"),
+                 # Since the grouping moved to batch_groups.py: the runner hands each group's rows back reversed.
+                 Edit(("build_tools/python_models/onnx_runner/model.py",),
+                      "for i, rows in batch_groups.split(members, results):",
+                      "for i, rows in batch_groups.split(members[::-1], results):")),
                 ("tests/unit/test_onnx_runner.py", "tests/integration/test_inference.py")),
         Planted("config.py never writes dynamic_batching",
                 (Edit(("build_tools/config.py",), "    db = model.dynamic_batching\n    if db is None:\n        return",
@@ -119,10 +126,12 @@ def planted_bugs(root: Path) -> tuple[Planted, ...]:
                       "else None)\n",
                       ""),),
                 tuple(LOCUST_TESTS)),
-        Planted("alert error ratio 5% -> 9%, p99 SLO 100 -> 140 ms",
-                (Edit(("compose/prometheus/alerts.yml",), ") > 0.05\n", ") > 0.09\n"),
-                 Edit(("compose/prometheus/alerts.yml",), '{quantile="0.99"}) > 100000',
-                      '{quantile="0.99"}) > 140000')),
+        Planted("alert error ratio 5% -> 9%",
+                (Edit(("compose/prometheus/alerts.yml",), ") > 0.05\n", ") > 0.09\n"),),
+                ("tests/compose/test_promtool.py",)),
+        Planted("alert p99 SLO 100 -> 140 ms",
+                (Edit(("compose/prometheus/alerts.yml",), '{quantile="0.99"}) > 100000',
+                      '{quantile="0.99"}) > 140000'),),
                 ("tests/compose/test_promtool.py",)),
     )
 
@@ -183,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             caught, summary, seconds = run_one(Path(args.root), bug, sys.executable)
         except ToolkitError as e:
-            rows.append(f"| {bug.name} | not planted | {e} |")
+            # Code that moved away from the audit's text is a gap in the audit, not a pass.
+            missed += 1
+            rows.append(f"| {bug.name} | **not planted** | {e} |")
             continue
         missed += not caught
         logger.info("%s: %s (%.0f s) %s", bug.name, "caught" if caught else "NOT CAUGHT", seconds, summary)
