@@ -16,6 +16,9 @@ RUNNER_PARAM_TORCH_THREADS = "torch_threads"
 ROUTER_PARAM_TARGET = "target_model"
 ROUTER_PARAM_WEIGHTS = "weights"
 ROUTER_PARAM_PIN = "pin_parameter"
+# "true": while one version takes all the traffic, the ensembles call it directly (no BLS hop through the
+# router); control.rollout switches them back through the router when a split starts.
+ROUTER_PARAM_BYPASS = "bypass_when_single_version"
 
 # Model monitoring inside Triton (control/monitor/serving.py; the spec's `monitoring:` section).
 MONITOR_PARAM_ENABLED = "monitoring.enabled"  # "true" on the model that watches its predictions
