@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 from build_tools.errors import ToolkitError
 from build_tools.served import load_classifier_names
 from clients.captures import NAMES, _font_paths, _glyph_from_font, degradation, render
-from clients.datasets import mnist_holdout
+from clients.datasets import spec_evaluation_set
 from loadtest.preprocess_cost import INK_THRESHOLD, MAX_PIXELS, MIN_SIDE, load_module, preprocess_folder
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import onnxruntime as ort
 
         pixels = load_module("font_check_pixels", preprocess_folder() / "pixels.py")
-        onnx = load_classifier_names().onnx  # the classifier the spec serves
+        names = load_classifier_names()
+        onnx = names.onnx  # the classifier the spec serves
+        reference_images = spec_evaluation_set(names)[0].images
         session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         payloads, alphas, labels, font_idx = font_set(args.count, args.seed)
     except (ToolkitError, OSError) as e:
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     lines = ["# Font-rendered digits: preprocessing or model?", "",
              f"{args.count} font captures (seed {args.seed}), the served model's ONNX file, offline.", "",
-             f"Stroke weight: MNIST's held-out digits have {_ink(mnist_holdout().images):.0f} pixels above 127 "
+             f"Stroke weight: the held-out digits have {_ink(reference_images):.0f} pixels above 127 "
              "on average; the column `ink` gives the same for each layout.", "",
              "| layout | all | ink | " + " | ".join(fonts) + " | most frequent misreadings |",
              "|---|---|---|" + "---|" * len(fonts) + "---|"]
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ink(images: Sequence[np.ndarray] | np.ndarray) -> float:
-    """Mean count of pixels above 127 per 28x28 image: how much stroke a digit carries."""
+    """Mean count of pixels above 127 per laid-out image: how much stroke a digit carries."""
     return float(np.mean([np.count_nonzero(np.asarray(i) > 127) for i in images]))
 
 
