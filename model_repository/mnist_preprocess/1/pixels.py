@@ -14,6 +14,9 @@ directly. A capture is treated the way a phone photo of a digit on paper comes i
 6. layout: the mask's bounding box, with the ink's grey levels inside it, scaled into 20x20 and
    centred by centre of mass in 28x28, as MNIST was made.
 
+A flat page (its border ring within FLAT_SPREAD grey levels: evenly lit paper, most captures) takes
+a shorter way through 3-5: the paper level and polarity from its border and histogram, a block-mean
+working copy, one division by that level, a fixed mask level, no border scan.
 A 28x28 image already in MNIST's layout skips steps 4-6 and passes through bit-identical.
 Each step is its own function so that it can be tested (and switched off, to measure what it adds).
 """
