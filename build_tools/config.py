@@ -259,7 +259,7 @@ def direct_version(weights: dict[int, float], bypass: bool) -> int | None:
     return shares[0] if bypass and len(shares) == 1 else None
 
 
-def router_bypass(spec: DeploySpec, target: str, flavor: FlavorName) -> bool:
+def router_bypass(spec: DeploySpec, target: str) -> bool:
     """Whether ensembles may call `target` straight while one version takes all its traffic: the spec
     allows it (`lifecycle.bypass_router`) and nothing the router does is lost that way, i.e. the
     target's predictions are not watched (the router is where they are watched, in both flavors; having
@@ -470,7 +470,7 @@ def ensemble_folder(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName
     for step in config.ensemble_scheduling.step:
         target = routers.get(step.model_name)
         version = None if target is None else direct_version(
-            build_weights(spec.models[target]), router_bypass(spec, target, flavor))
+            build_weights(spec.models[target]), router_bypass(spec, target))
         if target is not None and version is not None:
             # One version takes all the traffic: call it directly (control.rollout switches it back).
             step.model_name, step.model_version = target, version
@@ -486,7 +486,7 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
     for router, target in spec.routers().items():
         model = spec.models[target]
         config = router_config(router, target, model, ios[router], build_weights(model),
-                               router_bypass(spec, target, flavor))
+                               router_bypass(spec, target))
         files = {"1/model.py": ROUTER_SOURCE, **ios[router].files}
         # The router is a Python-backend model in both flavors: it watches its target on ngc too.
         if watched(spec, target):

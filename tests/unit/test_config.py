@@ -161,7 +161,7 @@ def test_ensemble_bypasses_the_router_only_where_its_predictions_are_not_watched
     # ensemble's path; with monitoring off it may go.
     for s, flavor, bypass in ((spec, "ngc", False), (spec, "embedded", False), (unwatched, "ngc", True),
                               (unwatched, "embedded", True)):
-        assert router_bypass(s, "mnist_classifier", flavor) is bypass
+        assert router_bypass(s, "mnist_classifier") is bypass
         folders = {f.name: f.config for f in plan_flavor(s, flavor, lint_or_raise(s)).models}
         step = folders["mnist"].ensemble_scheduling.step[1]
         want = ("mnist_classifier", 1) if bypass else ("mnist_classifier_router", -1)
