@@ -19,6 +19,7 @@ from build_tools.errors import RepositoryError
 from build_tools.interfaces import (
     Interfaces,
     ModelIO,
+    router_original_size_input,
     step_model_name,
     torchscript_model_name,
     trt_model_name,
@@ -37,6 +38,7 @@ from build_tools.runner_params import (
     MONITOR_PARAM_QUEUE,
     MONITOR_PARAM_SAMPLE,
     MONITOR_PARAM_SCALE,
+    ROUTER_PARAM_ORIGINAL_SIZE,
     ROUTER_PARAM_PIN,
     ROUTER_PARAM_TARGET,
     ROUTER_PARAM_WEIGHTS,
@@ -207,12 +209,14 @@ def router_weights_json(weights: dict[int, float]) -> str:
 
 
 def router_config(
-    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float]
+    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float],
+    original_size_input: str | None = None,
 ) -> mc.ModelConfig:
     """The BLS router in front of `target`'s versions: same inputs and outputs, weights as a parameter.
 
     The same on both flavors (the official image has the python backend too); it batches like its
-    target, taking whatever is queued, so versions get one BLS request per batch.
+    target, taking whatever is queued, so versions get one BLS request per batch. `original_size_input`:
+    the router's own optional input (monitoring.models.<target>.original_size_input), never forwarded.
     """
     assert model.lifecycle is not None
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=model.max_batch_size)
@@ -223,6 +227,8 @@ def router_config(
     cfg.parameters[ROUTER_PARAM_TARGET].string_value = target
     cfg.parameters[ROUTER_PARAM_WEIGHTS].string_value = router_weights_json(weights)
     cfg.parameters[ROUTER_PARAM_PIN].string_value = model.lifecycle.pin_parameter
+    if original_size_input is not None:
+        cfg.parameters[ROUTER_PARAM_ORIGINAL_SIZE].string_value = original_size_input
     return cfg
 
 
@@ -420,7 +426,8 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
         model = spec.models[target]
         # A fresh build sends everything to the newest version; the lifecycle commands change it at runtime.
         weights = {max(model.version_sources): 100.0}
-        config = router_config(router, target, model, ios[router], weights)
+        config = router_config(router, target, model, ios[router], weights,
+                               router_original_size_input(spec, target))
         if monitored_here(spec, target, flavor):
             monitoring_parameters(config, spec, target, ios[router])
         folders.append(ModelFolder(router, config, {"1/model.py": ROUTER_SOURCE, **ios[router].files}))

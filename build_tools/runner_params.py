@@ -16,6 +16,8 @@ RUNNER_PARAM_TORCH_THREADS = "torch_threads"
 ROUTER_PARAM_TARGET = "target_model"
 ROUTER_PARAM_WEIGHTS = "weights"
 ROUTER_PARAM_PIN = "pin_parameter"
+# The router's own optional input (each image's original size, for monitoring): never sent to the target.
+ROUTER_PARAM_ORIGINAL_SIZE = "original_size_input"
 
 # Model monitoring inside Triton (control/monitor/serving.py; the spec's `monitoring:` section).
 MONITOR_PARAM_ENABLED = "monitoring.enabled"  # "true" on the model that watches its predictions

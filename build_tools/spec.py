@@ -463,6 +463,15 @@ class MonitoredModelSpec(_Strict):
     input: str | None = None  # default: the model's first input
     output: str | None = None  # default: the first output with a labels file
     reference: ReferenceDataSpec | None = None
+    # An optional FP32 [1] input the model's lifecycle router takes besides its target's inputs (never
+    # forwarded to the target): sqrt(height * width) of each image as the client sent it, which only an
+    # ensemble's preprocessing step knows. The router writes it into the prediction log's records
+    # (`original_size`); a request without it (model-ready tensors) records the input's own size.
+    original_size_input: Annotated[str, Field(min_length=1)] | None = None
+    # The drift scenario (`make drift-demo`) sends data the reference never saw, then the same data with
+    # this shift applied: a function named in the adapter's SHIFTS (lifecycle.finetune.adapter; for the
+    # showcase models/mnist/finetune.py), which also supplies the data and how a request is encoded.
+    shift: Annotated[str, Field(min_length=1)] | None = None
 
 
 class DriftSpec(_Strict):
@@ -569,10 +578,14 @@ class DeploySpec(_Strict):
                 raise ValueError(f"model name {name!r} must be a plain folder name")
         if not self.models and not self.ensembles:
             raise ValueError("the spec declares no models and no ensembles")
-        for name in self.monitoring.models:
+        for name, watched in self.monitoring.models.items():
             if name not in self.models or self.models[name].kind != "onnx":
                 onnx = sorted(n for n, m in self.models.items() if m.kind == "onnx")
                 raise ValueError(f"monitoring.models.{name}: not an onnx model of this spec; onnx models: {onnx}")
+            if watched.original_size_input is not None and self.models[name].lifecycle is None:
+                raise ValueError(f"monitoring.models.{name}.original_size_input: {watched.original_size_input!r} "
+                                 f"is an input of the model's lifecycle router, and models.{name} has no "
+                                 f"lifecycle; remove it or add models.{name}.lifecycle")
         return self
 
     def routers(self) -> dict[str, str]:
