@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from build_tools.build import build_repositories
 from build_tools.config import parse_pbtxt, read_config, to_pbtxt
 from build_tools.errors import SpecError
+from build_tools.lint import lint_spec
 from build_tools.repository import MARKER, check_drift
 from build_tools.spec import DeploySpec, load_spec, parse_spec
 from tests.support.onnx_models import models_spec
@@ -129,7 +130,9 @@ def test_ensemble_wired_from_steps_when_built() -> None:
         ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
     steps = ens.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier_router"]
-    assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
+    # original_size: the router's own input (monitoring), from the preprocessing step.
+    assert dict(steps[1].input_map) == {"image": "preprocessed_image", "original_size": "original_size"}
+    assert dict(steps[0].output_map) == {"image": "preprocessed_image", "original_size": "original_size"}
 
 
 def test_drift_detected_when_committed_config_edited(tmp_path: Path) -> None:
@@ -211,7 +214,11 @@ def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_l
         # Parsed back from text, as Triton would read it.
         cfg = parse_pbtxt(to_pbtxt(router.config))
         assert cfg.backend == "python" and cfg.max_batch_size == target.max_batch_size
-        assert list(cfg.input) == list(target.input) and list(cfg.output) == list(target.output)
+        # The target's inputs, plus the router's own optional one (monitoring's original sizes).
+        assert list(cfg.input)[:-1] == list(target.input) and list(cfg.output) == list(target.output)
+        side = cfg.input[-1]
+        assert (side.name, side.data_type, list(side.dims), side.optional) == ("original_size", mc.TYPE_FP32, [1], True)
+        assert cfg.parameters["original_size_input"].string_value == "original_size"
         assert cfg.parameters["target_model"].string_value == "mnist_classifier"
         assert cfg.parameters["weights"].string_value == '{"1":100.0}'
         assert cfg.parameters["pin_parameter"].string_value == "version"
@@ -340,3 +347,19 @@ def test_router_config_batches_only_when_its_target_batches() -> None:
     single = model.model_copy(update={"max_batch_size": 0})
     plain = router_config("r", "mnist_classifier", single, ios["mnist_classifier_router"], {1: 100.0})
     assert plain.max_batch_size == 0 and not plain.HasField("dynamic_batching")
+
+
+def test_spec_refuses_an_original_size_input_when_the_model_has_no_lifecycle() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    del data["models"]["mnist_classifier"]["lifecycle"]
+    data["ensembles"]["mnist"]["steps"][1]["model"] = "mnist_classifier"
+    with pytest.raises(SpecError, match=r"original_size_input: 'original_size' is an input of the model's lifecycle"):
+        parse_spec(data, ROOT)
+
+
+def test_lint_names_the_field_when_original_size_input_clashes_with_a_target_input() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["monitoring"]["models"]["mnist_classifier"]["original_size_input"] = "image"
+    findings, _ = lint_spec(parse_spec(data, ROOT))
+    assert any(f.startswith("monitoring.models.mnist_classifier.original_size_input: 'image' is already an input")
+               for f in findings), findings
