@@ -124,6 +124,7 @@ class Result:
     version: str
     clean_sent: int = 0
     shifted_sent: int = 0
+    shifted_more: int = 0  # shifted requests after the one-class phase (the traffic goes on; labels follow)
     clean_alarms: list[str] = field(default_factory=list)
     detection_delay: int | None = None  # shifted requests until the input-drift check failed
     prediction_drift_delay: int | None = None
@@ -221,12 +222,12 @@ class Scenario:
                              " GROUP BY version ORDER BY version", (self.model, prefix + "%"))
         return {str(r["version"]): int(r["n"]) for r in rows}
 
-    def stream(self, images: np.ndarray, prefix: str, step: int) -> None:
-        """Send `images` in steps of `step` with ids `<prefix><i>`, waiting for the log after each."""
+    def stream(self, images: np.ndarray, prefix: str, step: int, first: int = 0) -> None:
+        """Send `images` in steps of `step` with ids `<prefix><first + i>`, waiting for the log after each."""
         base = self.logged()
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
-            self.send(chunk, [f"{prefix}{start + i}" for i in range(len(chunk))])
+            self.send(chunk, [f"{prefix}{first + start + i}" for i in range(len(chunk))])
             self.wait_logged(base + start + len(chunk))
 
     def post_labels(self, monitor_url: str, truth: dict[str, int]) -> tuple[int, int]:
@@ -593,8 +594,14 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
         say(f"5. one class dominating: inputs of class {dominant_class} only, {step} per step:")
         scenario.dominant(dominant_images, step)
         say(f"   prediction drift after {res.dominant_delay} requests of class {dominant_class}")
+        more = shift_images[res.shifted_sent:]
+        if len(more):
+            # The shifted traffic goes on while labels are collected: what fine-tuning will learn from.
+            say(f"   the shifted stream goes on: {len(more)} more requests")
+            scenario.stream(more, "shift-", step=100, first=res.shifted_sent)
+            res.shifted_more = len(more)
         truth = {f"clean-{i}": int(t) for i, t in enumerate(clean_truth)}
-        truth.update({f"shift-{i}": int(t) for i, t in enumerate(shift_truth[:res.shifted_sent])})
+        truth.update({f"shift-{i}": int(t) for i, t in enumerate(shift_truth)})
         truth.update({f"dominant-{i}": dominant_class for i in range(res.dominant_sent)})
         say("6. labels arrive (POST /labels by request id):")
         snap = scenario.labels(ms.url, truth)
