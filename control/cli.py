@@ -163,8 +163,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     finetuner = Finetuner(spec, args.model, progress=lambda line: sys.stderr.write(line + "\n"))
-    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("canary_percent", args.canary),
-                                   ("window", args.window)) if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("canary_percent", args.canary))
+                 if v is not None}
     rules = finetuner.rules = finetuner.rules.model_copy(update=overrides)
     rollout = open_rollout(args, args.model)
     rollout.ensure_registered()
@@ -273,8 +273,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="another labelled set to report before/after (repeatable; not part of the gate)")
     p.add_argument("--out", default="build/finetune", help="folder for the candidate and its report")
     p.add_argument("--steps", type=int, help="training steps (default: lifecycle.finetune.steps)")
-    p.add_argument("--window", type=int, help="the most recent labelled requests to use, e.g. those since a drift "
-                   "was detected (default: lifecycle.finetune.window)")
     p.add_argument("--seed", type=int, help="default: lifecycle.finetune.seed")
     p.add_argument("--canary", type=float, help="first traffic share in percent, 0 to stay staged "
                    "(default: lifecycle.finetune.canary_percent)")
