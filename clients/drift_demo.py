@@ -156,6 +156,9 @@ class Result:
     promoted: bool = False
     after_split: dict[str, int] = field(default_factory=dict)  # version -> logged after-promotion requests
     accuracy_shifted_after: float | None = None  # served, shifted stream, after the promotion
+    # The same after-promotion requests, paired: their logged model-ready inputs through the old champion
+    # offline (ONNX Runtime) and the new champion's served answers; (samples, old, new).
+    after_paired: list[float] | None = None
     after_monitor_reference: dict[str, Any] = field(default_factory=dict)  # what the monitor compared v2 with
     after_accuracy_window: list[float] | None = None
     after_accuracy_drop_alarm: bool | None = None
@@ -436,6 +439,25 @@ def plot(result: Result, spec: DriftSpec, path: Path) -> Path:
     return path
 
 
+def paired_after(db: Database, model: str, old_onnx: Path, input_name: str, output: str, truth: dict[str, int],
+                 answers: dict[str, int]) -> list[float] | None:
+    """The requests in `truth` whose model-ready input the log kept, through the old champion offline and as
+    the new champion answered them: [samples, old accuracy, new accuracy] (a paired comparison)."""
+    from control.finetune import input_dims
+    from control.gate import predict
+
+    rows = [r for r in db.query("SELECT request_id, input FROM predictions WHERE model = ? AND input IS NOT NULL",
+                                (model,)) if r["request_id"] in truth]
+    if not rows:
+        return None
+    dims = input_dims(old_onnx)
+    x = np.frombuffer(b"".join(bytes(r["input"]) for r in rows), dtype=np.uint8).reshape(-1, *dims)
+    old = predict(old_onnx, {input_name: x.astype(np.float32)}, output).argmax(-1)
+    labels = np.array([truth[r["request_id"]] for r in rows])
+    new = np.array([answers[r["request_id"]] for r in rows])
+    return [float(len(rows)), float((old == labels).mean()), float((new == labels).mean())]
+
+
 class AlertWatch:
     """Polls Prometheus's alerts every second in a thread and notes when each one first fires, so the
     demo goes on (fine-tuning takes longer than the rules' `for:` minute) instead of waiting."""
@@ -688,6 +710,8 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
         truth_a = {f"after-{i}": int(t) for i, t in enumerate(after_truth)}
         scenario.post_labels(ms.url, truth_a)
         res.accuracy_shifted_after = scenario.served_accuracy(truth_a)
+        res.after_paired = paired_after(db, model, repo / model / version / "model.onnx", names.classifier_input,
+                                        names.classifier_output, truth_a, scenario.answers)
         snap_new = scenario.snapshot_of(cand)
         new_ref = monitor.references.get(model, cand)
         if snap_new is not None:
@@ -703,6 +727,10 @@ def run(workdir: Path, spec_path: Path, clean_n: int = 1000, shifted_n: int = 10
         shifted_row = res.finetune_rows.get(eval_name, {})
         say(f"   {after_n} shifted requests after the promotion: {res.after_split}; served accuracy "
             f"{_pct(res.accuracy_shifted_after)} (v{version} on the shifted stream: {_pct(res.accuracy_shifted)})")
+        if res.after_paired is not None:
+            n_p, old_p, new_p = res.after_paired
+            say(f"   paired, the same {n_p:.0f} logged inputs: v{version} offline {old_p:.2%}, v{cand} served "
+                f"{new_p:.2%}")
         if snap_new is not None:
             acc = res.after_accuracy_window
             say(f"   monitor, v{cand} ({snap_new.role or 'unregistered'}) against its own {Reference.FILENAME} "
