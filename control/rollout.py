@@ -329,13 +329,6 @@ class Rollout:
         shutil.copytree(self.model_file(champion.version).parent, folder,
                         ignore=shutil.ignore_patterns(cfg.ONNX_FILENAME, Reference.FILENAME, "__pycache__"))
         shutil.copyfile(source, folder / cfg.ONNX_FILENAME)
-        try:
-            ref = write_version_reference(self.spec, self.model, version, folder / cfg.ONNX_FILENAME, folder)
-        except RepositoryError as e:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise reject(f"monitoring reference: {e}", gate) from e
-        if ref is not None:
-            lines.append(f"reference: {Reference.FILENAME} from {ref.n} held-out samples (accuracy {ref.accuracy:.4f})")
         before = self.loaded_versions()
         t_load = time.monotonic()
         try:
@@ -355,6 +348,15 @@ class Rollout:
                 raise reject(f"served check: {problem}", gate)
             lines.append(f"served check: {SMOKE_SAMPLES} samples through {self.router} pinned to version "
                          f"{version} match ONNX Runtime")
+        # Written once Triton has loaded the version (a file it cannot load is refused by the load, above).
+        try:
+            ref = write_version_reference(self.spec, self.model, version, folder / cfg.ONNX_FILENAME, folder)
+        except RepositoryError as e:
+            self._restore_target(before)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise reject(f"monitoring reference: {e}", gate) from e
+        if ref is not None:
+            lines.append(f"reference: {Reference.FILENAME} from {ref.n} held-out samples (accuracy {ref.accuracy:.4f})")
         record = self.registry.add(self.model, version, sha, str(source), reason, "staged", gate, self.actor)
         lines.append(f"registered {self.model} version {version} as staged (sha256 {sha[:12]}), no traffic")
         return record, StepResult(tuple(lines), time.monotonic() - started)
