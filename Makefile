@@ -9,6 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 HEALTH_PORT ?= 8003
 PYTEST_ARGS ?=
+SERVE_ARGS ?=
 K8S_RATE ?= 20000
 
 .PHONY: install demo test unit build-repo check-repo serve lint train loadtest load-check stall bench bench-router \
@@ -37,8 +38,10 @@ k8s: install
 	$(VENV)/bin/triton-repo k8s --spec $(SPEC)
 	$(VENV)/bin/triton-repo capacity --rate $(K8S_RATE)
 
+# nginx (when installed) takes HTTP_PORT/GRPC_PORT as the front proxy, Triton behind it on loopback;
+# SERVE_ARGS=--no-proxy serves without it (docs/security.md).
 serve: build-repo
-	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)
+	$(VENV)/bin/triton-repo serve --spec $(SPEC) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT) $(SERVE_ARGS)
 
 demo: build-repo
 	$(PY) -m clients.demo --spec $(SPEC)
@@ -88,11 +91,12 @@ stall: install
 # The benchmark report (bench/): ceiling, Flask baseline, Triton over HTTP/gRPC, perf_analyzer sweeps.
 bench: perf-analyzer
 	$(PY) -m loadtest.bench
-	$(PY) -m loadtest.router_cost
+	$(PY) -m loadtest.router_cost --rounds 5 --report bench/report.md
 
-# What the lifecycle router costs (bench/router_cost.md): with and without it, interleaved, concurrency 16.
+# What the lifecycle router costs (bench/router_cost.md): the ensemble as deployed, through the router and
+# without it, interleaved, concurrency 16 (make bench also puts it into bench/report.md).
 bench-router: install
-	$(PY) -m loadtest.router_cost
+	$(PY) -m loadtest.router_cost --rounds 5
 
 # Mutation testing (mutmut + the alert-rule mutator), report in build/mutation/, at low priority with one
 # worker (MUTATION_CHILDREN); MUTATION_ARGS="--only 'clients.gate.*'" for one module. Needs promtool

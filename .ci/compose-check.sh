@@ -56,7 +56,7 @@ VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
 CPU_FILE="compose/docker-compose.cpu.yml"
 GPU_FILE="compose/docker-compose.yml"
-BASE_TAG="triton-deploy-kit-base:bookworm-py3.11-2"  # -2: with nginx (the front proxy)
+BASE_TAG="triton-deploy-kit-base:bookworm-py3.11-3"  # -2: with nginx (the front proxy); -3: its njs module
 export COMPOSE_BAKE=false          # no buildx here: build with the engine's own BuildKit
 export DOCKER_CLI_HINTS=false
 
@@ -247,7 +247,7 @@ ensure_base_image() {
   chmod 0755 "$rootfs" # becomes the image's /: mktemp's 0700 would lock every non-root user out
   [[ -n "${DEBOOTSTRAP_MIRROR:-}" ]] && mirror=("$DEBOOTSTRAP_MIRROR")
   log "debootstrap bookworm (minbase + python3.11) into $rootfs; log: $STATE/debootstrap.log"
-  debootstrap --variant=minbase --include=python3.11,libpython3.11,python3-venv,ca-certificates,nginx \
+  debootstrap --variant=minbase --include=python3.11,libpython3.11,python3-venv,ca-certificates,nginx,libnginx-mod-http-js \
     bookworm "$rootfs" "${mirror[@]}" >"$STATE/debootstrap.log" 2>&1 \
     || { tail -n 30 "$STATE/debootstrap.log"; rm -rf --one-file-system "$rootfs"; exit 1; }
   # Trust what this host trusts (e.g. a TLS-inspecting egress proxy's CA), for pip in image builds.
@@ -319,7 +319,7 @@ probe() {
   phase "inferences to the ensemble mnist"
   "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_HTTP_PORT" \
     --grpc-url "127.0.0.1:$TRITON_GRPC_PORT" --model mnist --rounds 3 --count-file "$STATE/sent"
-  phase "front proxy: inferences through it, an oversize body refused (413), a restricted API refused (403)"
+  phase "front proxy: inferences through it, an oversize body refused (413), a restricted API refused (403), malformed JSON (400)"
   "$PY" tests/compose/stack_probe.py infer --url "127.0.0.1:$TRITON_PROXY_HTTP_PORT" \
     --grpc-url "127.0.0.1:$TRITON_PROXY_GRPC_PORT" --model mnist --rounds 1 --count-file "$STATE/sent-proxy"
   "$PY" tests/compose/stack_probe.py proxy --url "127.0.0.1:$TRITON_PROXY_HTTP_PORT"

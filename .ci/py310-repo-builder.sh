@@ -66,4 +66,4 @@ echo "py310: the plan step's tests"
 "$VENV/bin/python" -m pytest -p no:cacheprovider \
   tests/unit/test_tensorrt_trtexec.py tests/unit/test_tensorrt_gate.py tests/unit/test_tensorrt_ngc.py \
   tests/unit/test_tensorrt_lock.py tests/unit/test_tensorrt_profile.py tests/unit/test_tensorrt_logger.py \
-  tests/unit/test_serving_image.py
+  tests/unit/test_serving_image.py tests/unit/test_monitoring_vendor.py

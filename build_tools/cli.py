@@ -24,8 +24,8 @@ from build_tools.errors import LintError, ToolkitError
 from build_tools.k8s.cli import register as register_k8s
 from build_tools.lint import lint_spec
 from build_tools.repository import check_drift
-from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import FLAVORS, DeploySpec, ServerSpec, load_spec
+from build_tools.server import ServerOptions, TritonServer, is_loopback
+from build_tools.spec import FLAVORS, DeploySpec, ProxySpec, ServerSpec, load_spec
 from control.cli import register_cli as register_lifecycle
 
 logger = logging.getLogger("triton-repo")
@@ -73,6 +73,23 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _front_proxy(args: argparse.Namespace, server: ServerSpec) -> ProxySpec | None:
+    """The front proxy `serve` puts in front of Triton: by default, when nginx is installed."""
+    from build_tools.proxy import NJS_MISSING, nginx_binary, njs_module
+
+    if args.no_proxy:
+        return None
+    nginx = nginx_binary()
+    if nginx is None:
+        sys.stderr.write("triton-repo: warning: nginx is not installed (Debian packages nginx, "
+                         "libnginx-mod-http-js): serving without the front proxy, so requests have no size limit "
+                         "(docs/security.md); install it, or pass --no-proxy to serve without it knowingly\n")
+        return None
+    if server.proxy.check_json and njs_module(nginx) is None:
+        sys.stderr.write(f"triton-repo: warning: {NJS_MISSING}\n")
+    return server.proxy
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     repos = [Path(r) for r in args.model_repository]
     # The spec gives the repository (unless named) and the `server:` settings: restricted APIs, exit
@@ -80,8 +97,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec) if not repos or Path(args.spec).is_file() else None
     if not repos and spec is not None:
         repos = [spec.resolve(spec.flavors["embedded"].output)]
+    server_spec = spec.server if spec is not None else ServerSpec()
+    proxy = _front_proxy(args, server_spec)
     options = ServerOptions.from_spec(
-        spec.server if spec is not None else ServerSpec(),
+        server_spec,
         model_repositories=repos,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -96,6 +115,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_control_explicit=args.model_control == "explicit",
         health_port=args.health_port,
         extra_args=[*shlex.split(os.environ.get("TRITON_EXTRA_ARGS", "")), *args.server_arg],
+        front_proxy=proxy,
+        triton_http_port=args.triton_http_port,
+        triton_grpc_port=args.triton_grpc_port,
     )
     stop = threading.Event()
     # Ctrl-C and `docker stop` both end the foreground server cleanly.
@@ -103,21 +125,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with TritonServer(options) as server:
         models = ", ".join(f"{m['name']} v{m.get('version', '?')}" for m in server.model_index())
+        key = "$TRITON_ADMIN_KEY" if os.environ.get("TRITON_ADMIN_KEY") else "<random key>"
+        restricted = (f"restricted APIs ({', '.join(options.restricted_apis) or 'none'}) need the header "
+                      f"{options.admin_header}: {key}")
+        if server.proxy is not None:
+            where = ("through the proxy too" if is_loopback(args.host) else
+                     f"on Triton's own loopback ports only (http {server.http_url}, grpc {server.grpc_url})")
+            checks = ", malformed JSON 400" if server.proxy.checks_json else ""
+            front = (
+                f"  HTTP    http://{server.front_http_url}   (front proxy, nginx: requests up to "
+                f"{server_spec.proxy.max_request_mib} MiB{checks})\n"
+                f"  gRPC    {server.front_grpc_url}\n"
+                f"  Triton  http {server.http_url}, grpc {server.grpc_url} (loopback only, behind the proxy)\n"
+                f"  proxy log {server.proxy.log_path}\n"
+            )
+            restricted += f", {where}"
+        else:
+            front = f"  HTTP    http://{server.http_url}   (no front proxy)\n  gRPC    {server.grpc_url}\n"
         sys.stdout.write(
             f"Triton is ready ({server.startup_seconds:.1f} s): {models}\n"
-            f"  HTTP    http://{server.http_url}\n"
-            f"  gRPC    {server.grpc_url}\n"
+            f"{front}"
             f"  metrics {server.metrics_url}\n"
             f"  health  {server.health_url} (stub watchdog: 503 while a model has a dead stub)\n"
             f"  log     {server.log_path}\n"
-            f"  restricted APIs ({', '.join(options.restricted_apis) or 'none'}) need the header "
-            f"{options.admin_header}: {'$TRITON_ADMIN_KEY' if os.environ.get('TRITON_ADMIN_KEY') else '<random key>'}\n"
+            f"  {restricted}\n"
             "Press Ctrl-C to stop.\n"
         )
         sys.stdout.flush()
         while not stop.wait(0.5):
             if not server.is_alive():
                 raise ToolkitError(f"tritonserver exited unexpectedly; log tail:\n{server.log_tail()}")
+            if server.proxy is not None and not server.proxy.is_alive():
+                raise ToolkitError(f"the front proxy (nginx) exited unexpectedly; see {server.proxy.log_path}")
     return 0
 
 
@@ -173,18 +212,30 @@ def _cmd_watchdog(args: argparse.Namespace) -> int:
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     """Write the front proxy's nginx configuration from the spec, check it, and run nginx in its place."""
-    from build_tools.proxy import ProxyAddresses, check_conf, nginx_binary, nginx_conf, write_conf
+    from build_tools.proxy import (
+        NJS_MISSING,
+        ProxyAddresses,
+        check_conf,
+        nginx_binary,
+        nginx_conf,
+        njs_module,
+        write_conf,
+    )
 
     server = load_spec(args.spec).server if Path(args.spec).is_file() else ServerSpec()
     where = ProxyAddresses(args.listen_http, args.listen_grpc, args.upstream_http, args.upstream_grpc)
     state = Path(args.state_dir)
-    conf = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), where, state.resolve()), state)
+    nginx = nginx_binary()
+    module = njs_module(nginx) if server.proxy.check_json and nginx is not None else None
+    conf = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), where, state.resolve(),
+                                 njs_module=module), state)
     if args.write_only:
         sys.stdout.write(f"{conf}\n")
         return 0
-    nginx = nginx_binary()
     if nginx is None:
         raise ToolkitError("nginx is not installed (Debian package nginx)")
+    if server.proxy.check_json and module is None:
+        sys.stderr.write(f"triton-repo: warning: {NJS_MISSING}\n")
     check_conf(nginx, conf)
     sys.stdout.write(f"front proxy: http {args.listen_http} -> {args.upstream_http}, grpc {args.listen_grpc} -> "
                      f"{args.upstream_grpc}, requests up to {server.proxy.max_request_mib} MiB\n")
@@ -239,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="explicit: load/unload through the repository API (needed by the lifecycle commands), and a "
         "dead stub is healed by reloading its model; none: by restarting the server",
     )
+    p.add_argument("--no-proxy", action="store_true",
+                   help="no front proxy: Triton itself on --host and the HTTP/gRPC ports (by default nginx takes "
+                   "them when installed: request size limits, malformed JSON answered 400; docs/security.md)")
+    p.add_argument("--triton-http-port", type=port_number, default=0,
+                   help="Triton's own HTTP port on 127.0.0.1 behind the front proxy (0: a free one)")
+    p.add_argument("--triton-grpc-port", type=port_number, default=0,
+                   help="Triton's own gRPC port on 127.0.0.1 behind the front proxy (0: a free one)")
     p.add_argument("--log-file", help="server log (default: in the work folder)")
     p.add_argument("--workdir", help="folder for the prepared backends and the log (default: build/serve)")
     p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds to wait for readiness")

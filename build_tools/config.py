@@ -38,6 +38,7 @@ from build_tools.runner_params import (
     MONITOR_PARAM_QUEUE,
     MONITOR_PARAM_SAMPLE,
     MONITOR_PARAM_SCALE,
+    ROUTER_PARAM_BYPASS,
     ROUTER_PARAM_ORIGINAL_SIZE,
     ROUTER_PARAM_PIN,
     ROUTER_PARAM_TARGET,
@@ -60,6 +61,25 @@ TORCHSCRIPT_FILENAME = "model.pt"
 RUNNER_SOURCE = Path(__file__).parent / "python_models" / "onnx_runner" / "model.py"
 ROUTER_SOURCE = Path(__file__).parent / "python_models" / "router" / "model.py"
 TORCH_RUNNER_SOURCE = Path(__file__).parent / "python_models" / "torch_runner" / "model.py"
+
+# The watching code (control.monitor.serving and what it imports: numpy and the standard library only)
+# copied into an ngc model's version folder, because the official image has no copy of this project's
+# package. The router and the preprocessing glue put this folder first on sys.path when it is there.
+MONITORING_VENDOR_DIR = "tdk_monitoring"
+MONITORING_VENDOR_MODULES: tuple[str, ...] = (
+    "build_tools/__init__.py",
+    "build_tools/errors.py",
+    "build_tools/runner_params.py",
+    "control/__init__.py",
+    "control/db.py",
+    "control/monitor/__init__.py",
+    "control/monitor/contract.py",
+    "control/monitor/stats.py",
+    "control/monitor/serving.py",
+    "control/monitor/log_writer.py",
+    "control/monitor/sink.py",
+)
+_PACKAGES_ROOT = Path(__file__).resolve().parent.parent  # where build_tools/ and control/ are installed
 
 
 @dataclass
@@ -209,7 +229,7 @@ def router_weights_json(weights: dict[int, float]) -> str:
 
 
 def router_config(
-    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float],
+    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float], bypass: bool = False,
     original_size_input: str | None = None,
 ) -> mc.ModelConfig:
     """The BLS router in front of `target`'s versions: same inputs and outputs, weights as a parameter.
@@ -227,9 +247,33 @@ def router_config(
     cfg.parameters[ROUTER_PARAM_TARGET].string_value = target
     cfg.parameters[ROUTER_PARAM_WEIGHTS].string_value = router_weights_json(weights)
     cfg.parameters[ROUTER_PARAM_PIN].string_value = model.lifecycle.pin_parameter
+    cfg.parameters[ROUTER_PARAM_BYPASS].string_value = "true" if bypass else "false"
     if original_size_input is not None:
         cfg.parameters[ROUTER_PARAM_ORIGINAL_SIZE].string_value = original_size_input
     return cfg
+
+
+def build_weights(model: ModelSpec) -> dict[int, float]:
+    """A fresh build sends everything to the newest version; the lifecycle commands change it at runtime."""
+    return {max(model.version_sources): 100.0}
+
+
+def direct_version(weights: dict[int, float], bypass: bool) -> int | None:
+    """The version ensembles call directly instead of the router: the only one with traffic, when the
+    router may be bypassed; None while traffic is split (the router must be in the path)."""
+    shares = [v for v, p in weights.items() if p > 0]
+    return shares[0] if bypass and len(shares) == 1 else None
+
+
+def router_bypass(spec: DeploySpec, target: str, flavor: FlavorName) -> bool:
+    """Whether ensembles may call `target` straight while one version takes all its traffic: the spec
+    allows it (`lifecycle.bypass_router`) and nothing the router does is lost that way, i.e. the
+    target's predictions are not watched (the router is where they are watched, in both flavors; having
+    the target's runner instances watch instead was measured to cost far more: docs/lifecycle.md)."""
+    lifecycle = spec.models[target].lifecycle
+    if lifecycle is None or not lifecycle.bypass_router:
+        return False
+    return not watched(spec, target)
 
 
 def _monitoring_flush(cfg: mc.ModelConfig, spec: DeploySpec) -> None:
@@ -262,10 +306,23 @@ def monitoring_parameters(cfg: mc.ModelConfig, spec: DeploySpec, name: str, io: 
     p[MONITOR_PARAM_QUEUE].string_value = str(mon.queue_size)
 
 
+def watched(spec: DeploySpec, name: str) -> bool:
+    """Whether the spec watches `name`'s predictions (its router does so in both flavors)."""
+    return spec.monitoring.enabled and name in spec.monitoring.models
+
+
 def monitored_here(spec: DeploySpec, name: str, flavor: FlavorName) -> bool:
-    """Whether `name`'s predictions are watched in this flavor. Embedded only: the watching code
-    (control.monitor) is installed beside the embedded server, not in the official image."""
+    """Whether `name`'s own runner watches its predictions in this flavor: only the embedded flavor's
+    Python-backend runners can (on ngc the model runs in a native backend; its router watches)."""
     return flavor == "embedded" and spec.monitoring.enabled and name in spec.monitoring.models
+
+
+def monitoring_vendor_files(spec: DeploySpec, flavor: FlavorName, version: int) -> dict[str, Path | bytes]:
+    """The watching code copied into a Python-backend model's version folder on ngc (nothing on
+    embedded, where the project's package is installed beside the server, nor with monitoring off)."""
+    if flavor != "ngc" or not spec.monitoring.enabled:
+        return {}
+    return {f"{version}/{MONITORING_VENDOR_DIR}/{m}": _PACKAGES_ROOT / m for m in MONITORING_VENDOR_MODULES}
 
 
 def tensorrt_config(name: str, model: ModelSpec, io: ModelIO) -> mc.ModelConfig:
@@ -371,11 +428,12 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
     files: dict[str, Path | bytes] = {}
     if model.kind == "python":
         config = python_config(name, model, io, flavor)
-        if flavor == "embedded" and spec.monitoring.enabled:
+        if spec.monitoring.enabled:
             # Python steps (e.g. preprocessing) may export their own input metrics.
             _monitoring_flush(config, spec)
         for version, src in model.version_sources.items():
             files.update(_python_sources(spec.resolve(src), version))
+            files.update(monitoring_vendor_files(spec, flavor, version))
     else:
         config = onnx_config_ngc(name, model, io) if flavor == "ngc" else onnx_config_embedded(name, model, io)
         for version, src in model.version_sources.items():
@@ -410,11 +468,52 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
     return folders
 
 
+def route_step(config: mc.ModelConfig, spec: DeploySpec, ensemble: str, index: int, model: str, version: int) -> None:
+    """Point step `index` of an ensemble's config at `model` (the step's router, or its target while the
+    router is bypassed) and wire the router's own input (monitoring.models.<target>.original_size_input)
+    to match: mapped while the router runs the step; dropped, with the producing step's output, while the
+    target does (it has no such input). Used by the build and by control.rollout's switches."""
+    steps = config.ensemble_scheduling.step
+    step = steps[index]
+    step.model_name, step.model_version = model, version
+    ens = spec.ensembles[ensemble]
+    planned = ens.steps[index]
+    target = spec.routers().get(planned.model)
+    side = router_original_size_input(spec, target) if target is not None else None
+    if side is None or side not in planned.input_map:
+        return
+    tensor = planned.input_map[side]
+    direct = model != planned.model
+    if direct:
+        if side in step.input_map:
+            del step.input_map[side]
+    else:
+        step.input_map[side] = tensor
+    others = [j for j, s in enumerate(ens.steps) if j != index and tensor in s.input_map.values()]
+    for i, producer in enumerate(ens.steps):
+        for out, mapped in producer.output_map.items():
+            if mapped != tensor or i == index:
+                continue
+            if not direct:
+                steps[i].output_map[out] = tensor
+            elif not others and tensor not in ens.outputs and out in steps[i].output_map:
+                del steps[i].output_map[out]  # Triton refuses an ensemble tensor nobody uses
+
+
 def ensemble_folder(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) -> ModelFolder:
     ens = spec.ensembles[name]
     steps = [step_model_name(ens, flavor, s.model) for s in ens.steps]
+    config = ensemble_config(name, ens, io, steps)
+    routers = spec.routers()
+    for index, step in enumerate(config.ensemble_scheduling.step):
+        target = routers.get(step.model_name)
+        version = None if target is None else direct_version(
+            build_weights(spec.models[target]), router_bypass(spec, target, flavor))
+        if target is not None and version is not None:
+            # One version takes all the traffic: call it directly (control.rollout switches it back).
+            route_step(config, spec, name, index, target, version)
     # Ensembles need an (empty) version folder to load.
-    return ModelFolder(name, ensemble_config(name, ens, io, steps), {"1/.keep": b"", **io.files})
+    return ModelFolder(name, config, {"1/.keep": b"", **io.files})
 
 
 def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> list[ModelFolder]:
@@ -424,13 +523,14 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
         folders.extend(model_folders(spec, name, ios[name], flavor))
     for router, target in spec.routers().items():
         model = spec.models[target]
-        # A fresh build sends everything to the newest version; the lifecycle commands change it at runtime.
-        weights = {max(model.version_sources): 100.0}
-        config = router_config(router, target, model, ios[router], weights,
-                               router_original_size_input(spec, target))
-        if monitored_here(spec, target, flavor):
+        config = router_config(router, target, model, ios[router], build_weights(model),
+                               router_bypass(spec, target, flavor), router_original_size_input(spec, target))
+        files = {"1/model.py": ROUTER_SOURCE, **ios[router].files}
+        # The router is a Python-backend model in both flavors: it watches its target on ngc too.
+        if watched(spec, target):
             monitoring_parameters(config, spec, target, ios[router])
-        folders.append(ModelFolder(router, config, {"1/model.py": ROUTER_SOURCE, **ios[router].files}))
+            files.update(monitoring_vendor_files(spec, flavor, 1))
+        folders.append(ModelFolder(router, config, files))
     for name in spec.ensembles:
         folders.append(ensemble_folder(spec, name, ios[name], flavor))
     return folders

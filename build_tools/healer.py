@@ -10,14 +10,14 @@ instance each serves, from its command line) and, when an instance's stub is gon
 * heals it: in explicit model-control mode it reloads the model through Triton's repository API
   (with the admin header: that API is restricted); in the other modes the only way is to restart the
   server, which it asks the harness to do,
-* counts it: `triton_kit_stub_heals_total{model}` and `triton_kit_model_unhealthy{model}` on its own
+* counts it: `tdk_healer_stub_heals_total{model}` and `tdk_healer_model_unhealthy{model}` on its own
   `/metrics` (Prometheus scrapes it beside Triton; alerts.yml has the rules).
 
 A stub can also hang: alive in /proc, never answering (a deadlock, SIGSTOP). So the watchdog also
 sends each model a canary inference every `canary_interval_s` (its own warmup sample, else a zero
 tensor) with a deadline; a model that misses `canary_misses` canaries in a row (no answer within
 `canary_timeout_s`, or Triton's "Stub process ... is not healthy") is healed the same way, and the
-misses are counted (`triton_kit_canary_failures_total{model}`).
+misses are counted (`tdk_healer_canary_failures_total{model}`).
 
 It also keeps the stubs' shared-memory regions (`/dev/shm/<region>`) private to the server's user
 (mode 0600, Triton creates them 0644) and remembers their names, so the harness can remove regions a
@@ -428,28 +428,28 @@ class Healer:
             items = sorted(self.models.items())
             restarts = self.server_restarts
         lines = [
-            "# HELP triton_kit_stub_heals_total Python-backend stub deaths healed (model reloaded or server "
+            "# HELP tdk_healer_stub_heals_total Python-backend stub deaths healed (model reloaded or server "
             "restarted).",
-            "# TYPE triton_kit_stub_heals_total counter",
-            *(f'triton_kit_stub_heals_total{{model="{m}"}} {h.heals}' for m, h in items),
-            "# HELP triton_kit_model_unhealthy 1 while a model has a dead stub that is not healed yet.",
-            "# TYPE triton_kit_model_unhealthy gauge",
-            *(f'triton_kit_model_unhealthy{{model="{m}"}} {int(h.unhealthy_since is not None)}' for m, h in items),
-            "# HELP triton_kit_canary_failures_total Canary inferences not answered within their deadline (or "
+            "# TYPE tdk_healer_stub_heals_total counter",
+            *(f'tdk_healer_stub_heals_total{{model="{m}"}} {h.heals}' for m, h in items),
+            "# HELP tdk_healer_model_unhealthy 1 while a model has a dead stub that is not healed yet.",
+            "# TYPE tdk_healer_model_unhealthy gauge",
+            *(f'tdk_healer_model_unhealthy{{model="{m}"}} {int(h.unhealthy_since is not None)}' for m, h in items),
+            "# HELP tdk_healer_canary_failures_total Canary inferences not answered within their deadline (or "
             "answered with a stub health error).",
-            "# TYPE triton_kit_canary_failures_total counter",
-            *(f'triton_kit_canary_failures_total{{model="{m}"}} {h.canary_failures}' for m, h in items),
-            "# HELP triton_kit_canary_seconds Round trip of the last canary inference.",
-            "# TYPE triton_kit_canary_seconds gauge",
-            *(f'triton_kit_canary_seconds{{model="{m}"}} {h.canary_seconds:.4f}' for m, h in items),
-            "# HELP triton_kit_server_restarts_total Server restarts done by the healer.",
-            "# TYPE triton_kit_server_restarts_total counter",
-            f"triton_kit_server_restarts_total {restarts}",
+            "# TYPE tdk_healer_canary_failures_total counter",
+            *(f'tdk_healer_canary_failures_total{{model="{m}"}} {h.canary_failures}' for m, h in items),
+            "# HELP tdk_healer_canary_seconds Round trip of the last canary inference.",
+            "# TYPE tdk_healer_canary_seconds gauge",
+            *(f'tdk_healer_canary_seconds{{model="{m}"}} {h.canary_seconds:.4f}' for m, h in items),
+            "# HELP tdk_healer_server_restarts_total Server restarts done by the healer.",
+            "# TYPE tdk_healer_server_restarts_total counter",
+            f"tdk_healer_server_restarts_total {restarts}",
         ]
         return "\n".join(lines) + "\n"
 
 
-HEAL_PARAMETER = "triton_kit_heal"
+HEAL_PARAMETER = "tdk_heal"
 
 
 def http_reload(http_url: str, headers: dict[str, str], timeout_s: float = 120.0) -> Callable[[str], bool]:
@@ -457,7 +457,7 @@ def http_reload(http_url: str, headers: dict[str, str], timeout_s: float = 120.0
 
     Triton 2.51 treats a load request for an unchanged model as done (measured: 200 in 3 ms, the dead
     stub stays dead), and a config override identical to the served config likewise. So the served
-    config goes back with one parameter changed, `triton_kit_heal: <n>`, which no model reads: that
+    config goes back with one parameter changed, `tdk_heal: <n>`, which no model reads: that
     is a changed config, and Triton loads new instances (with their warmup) before it drops the old.
     """
     generation = [0]

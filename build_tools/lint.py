@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from build_tools.config import default_instance_groups, torchscript_instance_groups
 from build_tools.interfaces import (
     Interfaces,
@@ -155,6 +157,37 @@ def _lint_gate(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, findi
         findings.append(f"{where}.output: {name} has {len(outputs)} outputs {outputs}; name the one with class scores")
 
 
+def _lint_evaluation(name: str, model: ModelSpec, io: ModelIO, spec: DeploySpec, findings: list[str]) -> None:
+    """The labelled evaluation set: both files readable, one array for the model's input, one label each."""
+    ev = model.evaluation
+    if ev is None:
+        return
+    where = f"models.{name}.evaluation"
+    paths = {key: spec.resolve(getattr(ev, key)) for key in ("data", "labels")}
+    missing = [key for key, path in paths.items() if not path.is_file()]
+    for key in missing:
+        findings.append(f"{where}.{key}: file {getattr(ev, key)!r} not found (resolved to {paths[key]})")
+    if missing:
+        return
+    inputs = [t.name for t in io.inputs]
+    try:
+        with np.load(paths["data"], allow_pickle=False) as npz:
+            arrays = {k: npz[k].shape for k in npz.files}
+        labels = np.load(paths["labels"], allow_pickle=False)
+    except (OSError, ValueError) as e:
+        findings.append(f"{where}: cannot read {ev.data!r} / {ev.labels!r}: {e}")
+        return
+    shape = next((arrays[k] for k in inputs if k in arrays), None)
+    if shape is None and len(arrays) == 1:
+        shape = next(iter(arrays.values()))
+    if shape is None:
+        findings.append(f"{where}.data: {ev.data!r} holds {sorted(arrays)}; expected an array named like "
+                        f"the input ({', '.join(inputs)}) or exactly one array")
+    elif labels.ndim != 1 or len(labels) != shape[0]:
+        findings.append(f"{where}.labels: {ev.labels!r} has shape {list(labels.shape)}; expected "
+                        f"[{shape[0]}] (one label per sample of {ev.data!r})")
+
+
 def _lint_torchscript(name: str, model: ModelSpec, spec: DeploySpec, findings: list[str]) -> None:
     if "torchscript" not in model.formats:
         if model.torchscript.source or model.torchscript.instance_groups or model.torchscript.model_name:
@@ -171,7 +204,8 @@ def _lint_torchscript(name: str, model: ModelSpec, spec: DeploySpec, findings: l
         if not path.is_file():
             findings.append(
                 f"models.{name}.{field}: TorchScript file {src!r} not found (resolved to {path}); "
-                f"export it with models/mnist/train.py or drop torchscript from formats"
+                f"export the TorchScript twin of {model.version_sources[version]!r} with the script that "
+                f"trained that model, or drop torchscript from formats"
             )
     for flavor in FLAVORS:
         if flavor not in spec.flavors:
@@ -197,6 +231,7 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
         _lint_files(name, model, io, spec, findings)
         _lint_formats(name, model, spec, findings)
         _lint_torchscript(name, model, spec, findings)
+        _lint_evaluation(name, model, io, spec, findings)
     for router, target in spec.routers().items():
         findings.extend(ios[router].findings)
         _lint_gate(target, spec.models[target], ios[target], spec, findings)

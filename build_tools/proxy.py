@@ -9,17 +9,22 @@ later): a 207 MB gRPC request left the server at about 1 GB RSS, and its HTTP fr
   transfer encoding from a client (CVE-2025-23310/-23311: a stack overflow in that parsing);
 * answers the spec's restricted API groups with 403 on both protocols: only inference, health,
   metadata (and model config, unless restricted) reach Triton through it. Operators use the restricted
-  groups on the server's own address, which stays on loopback, with the admin key.
+  groups on the server's own address, which stays on loopback, with the admin key (`make serve` on
+  loopback passes them on to Triton, which checks the key itself: `pass_restricted`);
+* answers malformed inference JSON with 400 instead of Triton 2.51's 500 (`server.proxy.check_json`,
+  nginx's njs module running `njs/infer_check.js`: the request JSON, or the JSON header of a
+  binary-form request, is parsed and checked against the KServe v2 request shape before Triton sees it).
 
 `largest_request_bytes` is what the spec's largest accepted request needs; the linter checks that it
-fits under the limit. `NginxProxy` runs nginx in front of a running server (tests, `triton-repo
-serve --proxy`); `triton-repo proxy` writes the configuration and runs nginx in the foreground (the
-compose stacks' `proxy` service).
+fits under the limit. `NginxProxy` runs nginx in front of a running server (the harness for `make
+serve`, tests); `triton-repo proxy` writes the configuration and runs nginx in the foreground (the
+compose stacks' `proxy` service, the Kubernetes sidecar).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -65,6 +70,16 @@ GRPC_METHODS: dict[str, list[str]] = {
     "logging": ["LogSettings"],
 }
 GRPC_SERVICE = "inference.GRPCInferenceService"
+
+# The njs module that checks inference request bodies, copied next to nginx.conf by write_conf.
+CHECK_SCRIPT = Path(__file__).with_name("njs") / "infer_check.js"
+# Inference and generate endpoints (KServe v2 and Triton's generate extension) whose JSON is checked.
+INFER_PATH = rf"^{_M}/infer$"
+GENERATE_PATH = rf"^{_M}/generate(_stream)?$"
+# Where distributions keep nginx's dynamic modules (Debian's libnginx-mod-http-js; the official nginx
+# images' /etc/nginx/modules links to the second).
+_MODULE_DIRS = ("/usr/lib/nginx/modules", "/etc/nginx/modules", "/usr/lib64/nginx/modules")
+NJS_MODULE = "ngx_http_js_module.so"
 
 
 def largest_request_bytes(spec: DeploySpec) -> dict[str, int]:
@@ -119,15 +134,30 @@ class ProxyAddresses:
 
 
 def nginx_conf(proxy: ProxySpec, restricted: list[str], where: ProxyAddresses, state_dir: Path,
-               foreground: bool = True) -> str:
+               foreground: bool = True, njs_module: Path | None = None, pass_restricted: bool = False) -> str:
     """The nginx configuration for one Triton server. `state_dir` holds nginx's pid file and temp
-    folders (it runs unprivileged; nothing goes to /var)."""
+    folders (it runs unprivileged; nothing goes to /var) and the check script (write_conf). With
+    `njs_module` (and `proxy.check_json`) inference JSON is checked there; `pass_restricted` sends the
+    restricted groups on to Triton, which refuses them without the admin key (a proxy on loopback)."""
     limit = f"{proxy.max_request_mib}m"
     timeout = f"{proxy.upstream_timeout_s}s"
-    deny_http = [p for group in restricted for p in HTTP_PATHS.get(group, [])]
-    deny_grpc = [m for group in restricted for m in GRPC_METHODS.get(group, [])]
+    groups = [] if pass_restricted else restricted
+    deny_http = [p for group in groups for p in HTTP_PATHS.get(group, [])]
+    deny_grpc = [m for group in groups for m in GRPC_METHODS.get(group, [])]
+    check = proxy.check_json and njs_module is not None
+    upstream = [
+        "            proxy_pass http://triton_http;",
+        "            proxy_http_version 1.1;",
+        '            proxy_set_header Connection "";',
+        "            # The whole body first, then upstream with a Content-Length: Triton never parses a",
+        "            # client's chunked encoding (CVE-2025-23310/-23311).",
+        "            proxy_request_buffering on;",
+        f"            proxy_read_timeout {timeout};",
+        f"            proxy_send_timeout {timeout};",
+    ]
     lines = [
         "# Written by `triton-repo proxy` from the spec's server.proxy; see build_tools/proxy.py.",
+        *([f"load_module {njs_module};"] if check else []),
         "worker_processes 1;",
         f"daemon {'off' if foreground else 'on'};",
         f"pid {state_dir / 'nginx.pid'};",
@@ -136,6 +166,7 @@ def nginx_conf(proxy: ProxySpec, restricted: list[str], where: ProxyAddresses, s
         "http {",
         "    access_log off;",
         "    server_tokens off;",
+        *([f"    js_import infer_check from {state_dir / CHECK_SCRIPT.name};"] if check else []),
         f"    client_body_temp_path {state_dir / 'body'};",
         f"    proxy_temp_path {state_dir / 'proxy'};",
         f"    fastcgi_temp_path {state_dir / 'fastcgi'};",
@@ -150,16 +181,19 @@ def nginx_conf(proxy: ProxySpec, restricted: list[str], where: ProxyAddresses, s
         f"        listen {where.http_listen};",
     ]
     lines += [f"        location ~ {_quote(p)} {{ return 403 \"restricted API\\n\"; }}" for p in deny_http]
+    if check:
+        lines += [
+            "        # Malformed inference JSON: 400 here, not Triton 2.51's 500 (njs/infer_check.js); a",
+            "        # request that passes goes on unchanged through @triton.",
+            f"        location ~ {_quote(INFER_PATH)} {{ js_content infer_check.infer; }}",
+            f"        location ~ {_quote(GENERATE_PATH)} {{ js_content infer_check.generate; }}",
+            "        location @triton {",
+            *upstream,
+            "        }",
+        ]
     lines += [
         "        location / {",
-        "            proxy_pass http://triton_http;",
-        "            proxy_http_version 1.1;",
-        '            proxy_set_header Connection "";',
-        "            # The whole body first, then upstream with a Content-Length: Triton never parses a",
-        "            # client's chunked encoding (CVE-2025-23310/-23311).",
-        "            proxy_request_buffering on;",
-        f"            proxy_read_timeout {timeout};",
-        f"            proxy_send_timeout {timeout};",
+        *upstream,
         "        }",
         "    }",
         "    server {",
@@ -186,10 +220,26 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
 
 
+def njs_module(nginx: str | None = None) -> Path | None:
+    """nginx's njs module (ngx_http_js_module.so) where this nginx loads modules from, or None."""
+    dirs = list(_MODULE_DIRS)
+    nginx = nginx or nginx_binary()
+    if nginx is not None:
+        # `nginx -V` names the modules folder it was built with (printed on stderr).
+        info = subprocess.run([nginx, "-V"], capture_output=True, text=True, check=False).stderr
+        dirs = [a.split("=", 1)[1] for a in info.split() if a.startswith("--modules-path=")] + dirs
+    return next((Path(d) / NJS_MODULE for d in dirs if (Path(d) / NJS_MODULE).is_file()), None)
+
+
+NJS_MISSING = ("nginx's njs module is not installed (Debian package libnginx-mod-http-js): malformed "
+               "inference JSON reaches Triton, which answers it with 500 instead of 400")
+
+
 def write_conf(conf: str, state_dir: Path) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (state_dir / sub).mkdir(exist_ok=True)
+    shutil.copyfile(CHECK_SCRIPT, state_dir / CHECK_SCRIPT.name)
     path = state_dir / "nginx.conf"
     path.write_text(conf)
     return path
@@ -203,56 +253,79 @@ def check_conf(nginx: str, conf_path: Path) -> None:
         raise ServerError(f"nginx refuses {conf_path}: {done.stderr.strip()}")
 
 
+def _term_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class NginxProxy:
-    """nginx in front of a running server, on free ports of 127.0.0.1; a context manager."""
+    """nginx in front of a running server, on `host` (127.0.0.1) and the given or free ports; a context manager."""
 
     def __init__(self, proxy: ProxySpec, restricted: list[str], http_upstream: str, grpc_upstream: str,
-                 http_port: int = 0, grpc_port: int = 0, state_dir: Path | None = None) -> None:
+                 http_port: int = 0, grpc_port: int = 0, state_dir: Path | None = None, host: str = "127.0.0.1",
+                 pass_restricted: bool = False) -> None:
         from build_tools.server import free_port
 
         nginx = nginx_binary()
         if nginx is None:
             raise ServerError("nginx is not installed (Debian package nginx); the front proxy needs it")
         self.nginx = nginx
+        self.host = host
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         while self.grpc_port == self.http_port:
             self.grpc_port = free_port()
         self._owned = state_dir is None
-        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="triton-proxy."))
+        self.state_dir = (state_dir or Path(tempfile.mkdtemp(prefix="triton-proxy."))).resolve()
         if os.geteuid() == 0:
             # nginx started by root runs its worker as nobody, which must reach the temp folders
             # (it makes them its own); traverse only, the files inside stay private.
+            self.state_dir.mkdir(parents=True, exist_ok=True)
             self.state_dir.chmod(0o711)
-        where = ProxyAddresses(f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}",
-                               http_upstream, grpc_upstream)
-        self.conf_path = write_conf(nginx_conf(proxy, restricted, where, self.state_dir), self.state_dir)
+        module = njs_module(nginx) if proxy.check_json else None
+        if proxy.check_json and module is None:
+            logger.warning("%s", NJS_MISSING)
+        self.checks_json = module is not None
+        where = ProxyAddresses(f"{host}:{self.http_port}", f"{host}:{self.grpc_port}", http_upstream, grpc_upstream)
+        self.conf_path = write_conf(nginx_conf(proxy, restricted, where, self.state_dir, njs_module=module,
+                                               pass_restricted=pass_restricted), self.state_dir)
+        self.log_path = self.state_dir / "nginx.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self._client_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self._client_host}:{self.grpc_port}"
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def start(self, timeout_s: float = 10.0) -> NginxProxy:
         check_conf(self.nginx, self.conf_path)
-        log = open(self.state_dir / "nginx.log", "ab")  # noqa: SIM115 - nginx writes it while it runs
+        log = open(self.log_path, "ab")  # noqa: SIM115 - nginx writes it while it runs
         self.process = subprocess.Popen(
             [self.nginx, "-e", "stderr", "-c", str(self.conf_path), "-p", str(self.state_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            # The master ends (SIGTERM: it stops its workers) with the process that started it, so a
+            # killed harness never leaves the proxy holding the user's ports.
+            preexec_fn=_term_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"nginx exited with code {self.process.returncode}: "
-                                  f"{(self.state_dir / 'nginx.log').read_text(errors='replace')[-2000:]}")
+                                  f"{self.log_path.read_text(errors='replace')[-2000:]}")
             try:
                 for port in (self.http_port, self.grpc_port):
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    socket.create_connection((self._client_host, port), timeout=1).close()
                 logger.info("front proxy (nginx) on http %s, grpc %s", self.http_url, self.grpc_url)
                 return self
             except OSError:

@@ -35,6 +35,17 @@ class ClassifierNames:
     ensemble_output: str
     onnx: Path  # the classifier's newest version, the reference for parity checks
     labels: Path | None
+    evaluation: LabelledSet | None = None  # models.<classifier>.evaluation, resolved
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """The spec's labelled evaluation set of a model, its paths resolved (`where` names the field)."""
+
+    data: Path
+    labels: Path
+    description: str
+    where: str
 
 
 def classifier_names(spec: DeploySpec) -> ClassifierNames:
@@ -72,6 +83,11 @@ def classifier_names(spec: DeploySpec) -> ClassifierNames:
         sources = model.version_sources
         override = model.outputs.get(classifier_output) if isinstance(model.outputs, dict) else None
         labels = ens.outputs[out_name].labels or (override.labels if override else None)
+        ev = model.evaluation
+        evaluation = None if ev is None else LabelledSet(
+            data=spec.resolve(ev.data), labels=spec.resolve(ev.labels),
+            description=ev.description or f"labelled set {ev.data}", where=f"models.{step_model}.evaluation",
+        )
         return ClassifierNames(
             classifier=step_model,
             classifier_input=tensor_inputs[0],
@@ -81,6 +97,7 @@ def classifier_names(spec: DeploySpec) -> ClassifierNames:
             ensemble_output=out_name,
             onnx=spec.resolve(sources[max(sources)]),
             labels=spec.resolve(labels) if labels else None,
+            evaluation=evaluation,
         )
     raise SpecError("ensembles", "no ensemble has an output with labels; expected a classification ensemble")
 

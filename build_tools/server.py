@@ -5,6 +5,11 @@ Python-backend stub for the running Python, picks free ports, writes the server 
 for server and model readiness against a deadline (failing fast, with the log tail, if the process
 dies), and stops with SIGINT, then SIGTERM, then SIGKILL. The server gets PR_SET_PDEATHSIG, so it
 dies with the process that started it even when that process is killed.
+
+With `front_proxy` (what `make serve` does when nginx is installed) the front proxy
+(build_tools/proxy.py) takes the given host and HTTP/gRPC ports and Triton listens behind it on
+loopback-only ports: the harness starts Triton, then nginx, waits for readiness through the proxy, and
+stops nginx first, then Triton.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from build_tools.healer import (
     repository_locked,
 )
 from build_tools.logrotate import RotatingLog
-from build_tools.spec import DEFAULT_RESTRICTED_APIS, ServerSpec
+from build_tools.proxy import NginxProxy
+from build_tools.spec import DEFAULT_RESTRICTED_APIS, ProxySpec, ServerSpec
 from triton_api import TritonClient
 
 logger = logging.getLogger(__name__)
@@ -177,6 +183,12 @@ class ServerOptions:
     # The server log rotates past this size, keeping this many older files (.1 is the newest).
     log_max_bytes: int = 64 << 20
     log_backups: int = 3
+    # The front proxy (nginx, build_tools/proxy.py) with these settings: it listens on `host` and the
+    # HTTP/gRPC ports above, Triton behind it on 127.0.0.1 only, on triton_http_port/triton_grpc_port
+    # (0 = free ports). None: Triton itself on `host` and those ports. Metrics and health stay on `host`.
+    front_proxy: ProxySpec | None = None
+    triton_http_port: int = 0
+    triton_grpc_port: int = 0
 
     @classmethod
     def from_spec(cls, server: ServerSpec, **kwargs: object) -> ServerOptions:
@@ -221,6 +233,12 @@ class TritonServer:
         self._restarting = False
         self._ports_fixed = False
         self._log: RotatingLog | None = None
+        self.proxy: NginxProxy | None = None
+        # Behind a front proxy the given HTTP/gRPC ports are the proxy's; Triton's own are loopback ones.
+        self.front_http_port = self.front_grpc_port = 0
+        if options.front_proxy is not None:
+            self.front_http_port, self.front_grpc_port = options.http_port, options.grpc_port
+            self.http_port, self.grpc_port = options.triton_http_port, options.triton_grpc_port
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -234,16 +252,31 @@ class TritonServer:
 
     # -- addresses -------------------------------------------------------------------------------
     @property
+    def _triton_host(self) -> str:
+        """Where Triton's HTTP and gRPC endpoints bind: loopback behind a front proxy."""
+        return "127.0.0.1" if self.options.front_proxy is not None else self.options.host
+
+    @property
     def _client_host(self) -> str:
-        return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+        return _connect_host(self.options.host)
 
     @property
     def http_url(self) -> str:
-        return f"{self._client_host}:{self.http_port}"
+        """Triton's own HTTP endpoint (behind the proxy, if any: the harness and operators use it)."""
+        return f"{_connect_host(self._triton_host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self._client_host}:{self.grpc_port}"
+        return f"{_connect_host(self._triton_host)}:{self.grpc_port}"
+
+    @property
+    def front_http_url(self) -> str:
+        """Where clients connect: the front proxy's HTTP endpoint, or Triton's when there is none."""
+        return f"{self._client_host}:{self.front_http_port}" if self.options.front_proxy else self.http_url
+
+    @property
+    def front_grpc_url(self) -> str:
+        return f"{self._client_host}:{self.front_grpc_port}" if self.options.front_proxy else self.grpc_url
 
     @property
     def metrics_url(self) -> str:
@@ -263,9 +296,9 @@ class TritonServer:
         cmd += [
             f"--backend-directory={backends}",
             f"--cache-directory={dist.caches}",
-            f"--http-address={o.host}",
+            f"--http-address={self._triton_host}",
             f"--http-port={self.http_port}",
-            f"--grpc-address={o.host}",
+            f"--grpc-address={self._triton_host}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={o.host}",
             f"--metrics-port={self.metrics_port}",
@@ -298,15 +331,23 @@ class TritonServer:
     def _pick_ports(self) -> None:
         if self._ports_fixed:  # a restart keeps the ports clients already know
             return
-        taken: set[int] = set()
-        for attr in ("http_port", "grpc_port", "metrics_port"):
+        behind = "triton " if self.options.front_proxy is not None else ""
+        slots = [("http_port", f"{behind}http port", self._triton_host),
+                 ("grpc_port", f"{behind}grpc port", self._triton_host),
+                 ("metrics_port", "metrics port", self.options.host)]
+        if self.options.front_proxy is not None:
+            slots += [("front_http_port", "http port", self.options.host),
+                      ("front_grpc_port", "grpc port", self.options.host)]
+        # A port picked for one slot must not be one another slot asked for by number.
+        taken: set[int] = {getattr(self, attr) for attr, _, _ in slots} - {0}
+        for attr, label, host in slots:
             port = getattr(self, attr)
             if port == 0:
-                while (port := free_port(self._client_host)) in taken:
+                while (port := free_port(_connect_host(host))) in taken:
                     pass
-            elif not _port_free(port, self.options.host or "0.0.0.0"):
-                raise ServerError(f"{attr.replace('_', ' ')} {port} is already in use on {self.options.host}")
-            taken.add(port)
+                taken.add(port)
+            elif not _port_free(port, host or "0.0.0.0"):
+                raise ServerError(f"{label} {port} is already in use on {host}")
             setattr(self, attr, port)
         self._ports_fixed = True
 
@@ -314,11 +355,37 @@ class TritonServer:
         with self._lifecycle:
             self._start_process()
             try:
+                self._start_proxy()
                 self._start_watchdog()
             except BaseException:
                 self.stop(report=False)
                 raise
         return self
+
+    def _start_proxy(self) -> None:
+        """nginx in front of the running Triton, ready when Triton answers ready through it."""
+        o = self.options
+        if o.front_proxy is None or self.proxy is not None:
+            return
+        assert self.workdir is not None
+        self.proxy = NginxProxy(
+            o.front_proxy, list(o.restricted_apis), self.http_url, self.grpc_url,
+            http_port=self.front_http_port, grpc_port=self.front_grpc_port,
+            state_dir=self.workdir / f"proxy-{self.front_http_port}", host=o.host,
+            # On loopback the local machine is the trust boundary: the restricted groups go on to
+            # Triton, which refuses them without the admin key. Exposed, they stop at the proxy.
+            pass_restricted=is_loopback(o.host),
+        ).start()
+        deadline = time.monotonic() + 30.0
+        with TritonClient(self.front_http_url, "http", timeout_s=2.0) as client:
+            while not client.is_ready():
+                if not self.proxy.is_alive() or time.monotonic() > deadline:
+                    raise ServerError(f"Triton is not ready through the front proxy on {self.front_http_url}; "
+                                      f"nginx log {self.proxy.log_path}:\n"
+                                      f"{self.proxy.log_path.read_text(errors='replace')[-2000:]}")
+                time.sleep(0.1)
+        logger.info("front proxy (nginx) on http %s, grpc %s -> Triton on %s, %s", self.front_http_url,
+                    self.front_grpc_url, self.http_url, self.grpc_url)
 
     def _start_process(self) -> None:
         if self.process is not None:
@@ -389,7 +456,7 @@ class TritonServer:
         self.healer.start()
         if o.health_port is not None:
             try:
-                self.health = HealthEndpoint(self.healer, self.ready, o.host, o.health_port)
+                self.health = HealthEndpoint(self.healer, self._serving, o.host, o.health_port)
             except OSError as e:  # e.g. a second server on the default health port
                 raise ServerError(
                     f"health port {o.health_port} on {o.host} cannot be bound ({e.strerror}); pass another "
@@ -404,6 +471,10 @@ class TritonServer:
             return False
         with TritonClient(self.http_url, "http", timeout_s=2.0) as client:
             return client.is_ready()
+
+    def _serving(self) -> bool:
+        """What /health reports besides the stubs: Triton ready, and the front proxy (if any) running."""
+        return (self.proxy is None or self.proxy.is_alive()) and self.ready()
 
     def restart(self) -> None:
         """Stop and start again on the same ports (the healer's last resort outside explicit mode)."""
@@ -483,6 +554,10 @@ class TritonServer:
         if self.health is not None:
             self.health.close()
             self.health = None
+        if self.proxy is not None:
+            # First: no new request reaches a server that is stopping (nginx finishes those under way).
+            self.proxy.stop()
+            self.proxy = None
         with self._lifecycle:
             code = self._stop_process(self.options.exit_timeout_s + 5.0 if timeout_s is None else timeout_s)
             if self._workdir_owned and self.workdir is not None and self.options.log_file is not None:
@@ -581,6 +656,15 @@ def env_admin_headers(header: str, protocol: str) -> dict[str, str] | None:
     if not key:
         return None
     return {grpc_admin_header(header) if protocol == "grpc" else header: key}
+
+
+def _connect_host(host: str) -> str:
+    """The address a client uses for a server bound to `host` (a wildcard bind is reached on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _has_gpu() -> bool:

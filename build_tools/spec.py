@@ -206,6 +206,15 @@ class GateSpec(_Strict):
     min_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # top-1 agreement with the champion
 
 
+class EvaluationSpec(_Strict):
+    """The labelled set that evaluates this model: the parity gate (`triton-evaluate`, the demo) and the
+    load tools' sample read it, so another model (or a renamed one) needs no code change."""
+
+    data: str  # .npz with one array named like the model's input (or its only array): [N, ...] samples
+    labels: str  # .npy with the true class of each sample
+    description: str | None = None  # how reports name the set (default: the data file's name)
+
+
 class AutoRollbackSpec(_Strict):
     """When the watcher sends a canary back to 0%: worse than the champion by a margin over a window."""
 
@@ -230,7 +239,7 @@ class FinetuneSpec(_Strict):
     """
 
     # The model's own part (network from the champion's ONNX file, replay data, augmentation): a Python
-    # file with the functions control/finetune.py names (models/mnist/finetune.py for the showcase).
+    # file with the functions control/finetune.py names (the showcase keeps its adapter beside its model).
     adapter: str
     steps: Annotated[int, Field(ge=1, le=100_000)] = 300
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
@@ -259,6 +268,10 @@ class LifecycleSpec(_Strict):
     router: str | None = None  # the router model's name (default: <model>_router)
     pin_parameter: Annotated[str, Field(min_length=1)] = "version"
     router_instances: Annotated[int, Field(ge=1, le=16)] = 1
+    # While one version takes all the traffic, ensembles call it directly instead of through the router
+    # (one Python-backend hop less per request); a canary puts the router back in their path. The router
+    # stays loaded either way (tensor path, version pins). Off: ensembles always go through the router.
+    bypass_router: bool = True
     gate: GateSpec | None = None
     auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec)
     finetune: FinetuneSpec | None = None
@@ -291,6 +304,7 @@ class ModelSpec(_Strict):
     tensorrt: TensorRTPlanSpec = Field(default_factory=TensorRTPlanSpec)
     lifecycle: LifecycleSpec | None = None
     torchscript: TorchScriptSpec = Field(default_factory=TorchScriptSpec)
+    evaluation: EvaluationSpec | None = None
 
     @model_validator(mode="after")
     def _source_or_versions(self) -> ModelSpec:
@@ -429,6 +443,9 @@ class ProxySpec(_Strict):
     max_request_mib: Annotated[int, Field(ge=1, le=2048)] = 16
     # How long the proxy waits for Triton's answer (a long queue, a big batch) before a 504.
     upstream_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 300
+    # Malformed inference JSON (or a request of the wrong KServe v2 shape) gets 400 from the proxy,
+    # not Triton 2.51's 500 (needs nginx's njs module; without it the proxy runs and warns).
+    check_json: bool = True
 
 
 class ServerSpec(_Strict):
@@ -469,8 +486,8 @@ class MonitoredModelSpec(_Strict):
     # (`original_size`); a request without it (model-ready tensors) records the input's own size.
     original_size_input: Annotated[str, Field(min_length=1)] | None = None
     # The drift scenario (`make drift-demo`) sends data the reference never saw, then the same data with
-    # this shift applied: a function named in the adapter's SHIFTS (lifecycle.finetune.adapter; for the
-    # showcase models/mnist/finetune.py), which also supplies the data and how a request is encoded.
+    # this shift applied: a function named in the adapter's SHIFTS (lifecycle.finetune.adapter), which
+    # also supplies the data and how a request is encoded.
     shift: Annotated[str, Field(min_length=1)] | None = None
 
 
@@ -578,14 +595,10 @@ class DeploySpec(_Strict):
                 raise ValueError(f"model name {name!r} must be a plain folder name")
         if not self.models and not self.ensembles:
             raise ValueError("the spec declares no models and no ensembles")
-        for name, watched in self.monitoring.models.items():
+        for name in self.monitoring.models:
             if name not in self.models or self.models[name].kind != "onnx":
                 onnx = sorted(n for n, m in self.models.items() if m.kind == "onnx")
                 raise ValueError(f"monitoring.models.{name}: not an onnx model of this spec; onnx models: {onnx}")
-            if watched.original_size_input is not None and self.models[name].lifecycle is None:
-                raise ValueError(f"monitoring.models.{name}.original_size_input: {watched.original_size_input!r} "
-                                 f"is an input of the model's lifecycle router, and models.{name} has no "
-                                 f"lifecycle; remove it or add models.{name}.lifecycle")
         return self
 
     def routers(self) -> dict[str, str]:

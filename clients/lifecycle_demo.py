@@ -1,4 +1,4 @@
-"""`make lifecycle-demo`: a second MNIST version through the whole lifecycle on the embedded server.
+"""`make lifecycle-demo`: a second version of the spec's classifier through the whole lifecycle on the embedded server.
 
 Perturbs the trained classifier's weights (a stand-in for a retrained model with the same interface),
 stages it (lint, accuracy gate, load), sends it 10% of the traffic, prints the per-version numbers from
@@ -52,7 +52,7 @@ def _panel(metrics_url: str, model: str, router: str) -> list[str]:
         text = r.read().decode()
     triton = parse_metrics(text, model)
     routed: dict[int, float] = {}
-    for m in re.finditer(r'^router_requests_total\{([^}]*)\} (\S+)$', text, re.M):
+    for m in re.finditer(r'^tdk_router_requests_total\{([^}]*)\} (\S+)$', text, re.M):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
         if labels.get("router") == router:
             routed[int(labels["version"])] = routed.get(int(labels["version"]), 0) + float(m[2])
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo))}}),
                            ["embedded"])
         source = spec.resolve(model_spec.version_sources[max(model_spec.version_sources)])
-        candidate = perturbed_copy(source, args.workdir / "mnist_v2.onnx", scale=0.02, seed=7)
+        candidate = perturbed_copy(source, args.workdir / f"{source.stem}_v2.onnx", scale=0.02, seed=7)
         say(f"1. second version: {candidate} (the trained weights with 2% Gaussian noise)")
         # The spec's `server:` settings: the repository API is restricted to the admin key, which the
         # harness takes from $TRITON_ADMIN_KEY or draws at random; it hands it to the rollout's client.

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_FUNCTIONS = ("load_network", "export_module", "replay_data")
 PROGRESS_EVERY = 50  # steps between progress lines
-LABEL_SMOOTHING = 0.05  # as the champion was trained (models/mnist/train.py)
+LABEL_SMOOTHING = 0.05  # as the showcase's champion was trained (its training script)
 WEIGHT_DECAY = 1e-4
 
 

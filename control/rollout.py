@@ -5,12 +5,17 @@ written to the repository on disk, so a restarted server (`--load-model=*`) come
 
   target model  version_policy { specific { versions: [...] } } = the versions that are loaded
   router model  parameters { key: "weights" ... } = the traffic split
+  ensembles     the step that runs the router: while one version takes all the traffic (and the router's
+                `bypass_when_single_version` is "true"), that version directly, one Python-backend hop less;
+                during a split, the router
 
 Order of operations keeps traffic safe: a version is loaded (and checked through the router with the
 pin parameter) before it may take traffic; traffic moves away from a version (router reload, which
 Triton swaps in only once the new instance is ready) before that version is unloaded, and only after a
-drain pause for requests the old router instance still holds. A step that fails leaves the previous
-router and the champion serving, and the registry says why.
+drain pause for requests the old router instance still holds. Ensembles are switched onto the router
+before a split starts and back to the one version after it ends, each with a reload Triton swaps in only
+once the new ensemble is ready; none ever points at a version that is about to be unloaded. A step that
+fails leaves the previous router and the champion serving, and the registry says why.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from build_tools import config as cfg
 from build_tools.errors import ClientError, ModelInspectionError, RepositoryError, RolloutError
 from build_tools.folder_lock import folder_lock
 from build_tools.onnx_io import read_interface
-from build_tools.runner_params import ROUTER_PARAM_WEIGHTS
+from build_tools.runner_params import ROUTER_PARAM_BYPASS, ROUTER_PARAM_WEIGHTS
 from build_tools.spec import DeploySpec, LifecycleSpec, ModelSpec
 from control.gate import FinetuneGateResult, GateResult, load_gate_data, run_gate
 from control.monitor.contract import Reference
@@ -167,6 +172,32 @@ class Rollout:
     def disk_router_config(self) -> mc.ModelConfig:
         return cfg.read_config(self.router_dir / "config.pbtxt")
 
+    @property
+    def bypass(self) -> bool:
+        """Whether ensembles call the one version directly while it takes all the traffic (build_tools.config)."""
+        param = self.disk_router_config().parameters.get(ROUTER_PARAM_BYPASS)
+        return param is not None and param.string_value == "true"
+
+    def routed_steps(self) -> list[tuple[str, int]]:
+        """(ensemble, step index) of every ensemble step of the spec that runs this model's router and is
+        in this repository with the router or the model itself there (not a flavor's substitute)."""
+        steps = []
+        for name, ens in self.spec.ensembles.items():
+            path = self.repository / name / "config.pbtxt"
+            if not path.is_file():
+                continue
+            on_disk = cfg.read_config(path).ensemble_scheduling.step
+            for i, step in enumerate(ens.steps):
+                if step.model == self.router and i < len(on_disk) and on_disk[i].model_name in (self.router,
+                                                                                                 self.model):
+                    steps.append((name, i))
+        return steps
+
+    def ensemble_step_for(self, weights: dict[int, float]) -> tuple[str, int]:
+        """(model, version) the routed ensemble steps should run for these weights."""
+        version = cfg.direct_version(weights, self.bypass)
+        return (self.model, version) if version is not None else (self.router, -1)
+
     def disk_weights(self) -> dict[int, float]:
         import json
 
@@ -242,6 +273,25 @@ class Rollout:
         config.parameters[ROUTER_PARAM_WEIGHTS].string_value = cfg.router_weights_json(weights)
         _load(self.client, self.router, config)
         _write_config(self.router_dir / "config.pbtxt", config)
+
+    def _apply_ensembles(self, weights: dict[int, float]) -> list[str]:
+        """Point the routed ensemble steps at the router (a split) or at the one version (all traffic)."""
+        model, version = self.ensemble_step_for(weights)
+        lines = []
+        for name, index in self.routed_steps():
+            path = self.repository / name / "config.pbtxt"
+            config = cfg.read_config(path)
+            step = config.ensemble_scheduling.step[index]
+            if (step.model_name, step.model_version) == (model, version):
+                continue
+            cfg.route_step(config, self.spec, name, index, model, version)
+            t = time.monotonic()
+            _load(self.client, name, config)
+            _write_config(path, config)
+            where = (f"straight to {model} version {version} (the router is out of its path)" if model == self.model
+                     else f"through {self.router} (a split needs it)")
+            lines.append(f"ensemble {name}: {where} (switched in {time.monotonic() - t:.2f} s)")
+        return lines
 
     def _drain(self) -> None:
         # The router's old instance may still hold requests bound for a version we are about to unload.
@@ -418,13 +468,14 @@ class Rollout:
         t = time.monotonic()
         self._apply_router(weights)
         switch = time.monotonic() - t
+        ensembles = self._apply_ensembles(weights)
         with self.registry.db.transaction():
             self.registry.set_state(self.model, champion.version, "champion", 100.0 - percent, self.actor, "canary",
                                     reason, {"canary": version})
             self.registry.set_state(self.model, version, "canary", float(percent), self.actor, "canary", reason,
                                     {"switch_s": switch})
         return StepResult((f"router {self.router}: version {champion.version} {100 - percent:g}%, version {version} "
-                           f"{percent:g}% (switched in {switch:.2f} s)",), time.monotonic() - started)
+                           f"{percent:g}% (switched in {switch:.2f} s)", *ensembles), time.monotonic() - started)
 
     @_exclusive
     def promote(self, version: int, reason: str) -> StepResult:
@@ -443,13 +494,14 @@ class Rollout:
         t = time.monotonic()
         self._apply_router({version: 100.0})
         switch = time.monotonic() - t
+        ensembles = self._apply_ensembles({version: 100.0})
         with self.registry.db.transaction():
             self.registry.set_state(self.model, champion.version, "retired", 0.0, self.actor, "promote",
                                     f"replaced by version {version}: {reason}", {"new_champion": version})
             self.registry.set_state(self.model, version, "champion", 100.0, self.actor, "promote", reason,
                                     {"switch_s": switch, "previous_champion": champion.version})
         lines = [f"router {self.router}: version {version} 100% (switched in {switch:.2f} s); version "
-                 f"{champion.version} retired, kept loaded for rollback"]
+                 f"{champion.version} retired, kept loaded for rollback", *ensembles]
         if old_prev is not None and old_prev.version not in self.loaded_versions():
             self._drain()
             self._apply_target(self.loaded_versions())
@@ -468,6 +520,7 @@ class Rollout:
             t = time.monotonic()
             self._apply_router({champion.version: 100.0})
             switch = time.monotonic() - t
+            ensembles = self._apply_ensembles({champion.version: 100.0})
             with self.registry.db.transaction():
                 self.registry.set_state(self.model, canary.version, "rejected", 0.0, self.actor, "rollback", reason,
                                         {"switch_s": switch})
@@ -476,7 +529,7 @@ class Rollout:
             self._drain()
             self._apply_target(self.loaded_versions())
             return StepResult((f"router {self.router}: version {champion.version} 100%, canary version "
-                               f"{canary.version} 0% (switched in {switch:.2f} s), unloaded",),
+                               f"{canary.version} 0% (switched in {switch:.2f} s), unloaded", *ensembles),
                               time.monotonic() - started)
         prev = self.previous_champion()
         if prev is None:
@@ -489,6 +542,7 @@ class Rollout:
         t = time.monotonic()
         self._apply_router({prev.version: 100.0})
         switch = time.monotonic() - t
+        ensembles = self._apply_ensembles({prev.version: 100.0})
         with self.registry.db.transaction():
             self.registry.set_state(self.model, champion.version, "rejected", 0.0, self.actor, "rollback", reason,
                                     {"switch_s": switch, "restored": prev.version})
@@ -498,6 +552,7 @@ class Rollout:
         self._apply_target(self.loaded_versions())
         lines.append(f"router {self.router}: version {prev.version} 100% (switched in {switch:.2f} s); version "
                      f"{champion.version} rejected and unloaded")
+        lines.extend(ensembles)
         return StepResult(tuple(lines), time.monotonic() - started)
 
     # -- agreement -----------------------------------------------------------------------------------
@@ -523,4 +578,15 @@ class Rollout:
             problems.append(f"{self.router}: server routes {served}, registry says {want}")
         if self.disk_weights() != want:
             problems.append(f"{self.router}: config.pbtxt on disk routes {self.disk_weights()}, registry says {want}")
+        expected = self.ensemble_step_for(want)
+        for name, index in self.routed_steps():
+            disk_step = cfg.read_config(self.repository / name / "config.pbtxt").ensemble_scheduling.step[index]
+            served_steps = self.client.model_config(name).get("ensemble_scheduling", {}).get("step", [])
+            served = (served_steps[index].get("model_name"), int(served_steps[index].get("model_version", -1))) \
+                if index < len(served_steps) else None
+            for where, got in (("server runs", served), ("config.pbtxt on disk runs",
+                                                         (disk_step.model_name, disk_step.model_version))):
+                if got != expected:
+                    problems.append(f"{name}: {where} step {index} as {got}, the registry's weights {want} need "
+                                    f"{expected}")
         return problems

@@ -81,13 +81,13 @@ def parse_monitor(text: str, model: str) -> dict[int, Accuracy]:
     alarms: dict[int, set[str]] = defaultdict(set)
     bounds: dict[int, dict[str, float]] = defaultdict(dict)
     labelled: dict[int, float] = {}
-    for labels, value in metric_series(text, "monitor_check_alarm"):
+    for labels, value in metric_series(text, "tdk_monitor_check_alarm"):
         if labels.get("model") == model and labels.get("version", "").isdigit() and value > 0:
             alarms[int(labels["version"])].add(labels.get("check", ""))
-    for labels, value in metric_series(text, "monitor_accuracy_ratio"):
+    for labels, value in metric_series(text, "tdk_monitor_accuracy_ratio"):
         if labels.get("model") == model and labels.get("version", "").isdigit():
             bounds[int(labels["version"])][labels.get("bound", "")] = value
-    for labels, value in metric_series(text, "monitor_window_records"):
+    for labels, value in metric_series(text, "tdk_monitor_window_records"):
         if labels.get("model") == model and labels.get("version", "").isdigit() and labels.get("window") == "labels":
             labelled[int(labels["version"])] = value
     return {

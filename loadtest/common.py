@@ -1,11 +1,12 @@
-"""What every load tool shares: the served models' names (from the spec), the sample digits, and the
-response checks.
+"""What every load tool shares: the served models' names and the sample to send (both from the spec),
+and the response checks.
 
-The sample is the project's canonical MNIST hold-out split (500 digits, 50 per class): raw tensors for
-the classifier, the same digits encoded as PNG for the ensemble (a 28x28 MNIST digit passes the
-ensemble's preprocessing bit-identical, so both see the same pixels). The model gets 98.6 % of these
-right, so a check against the dataset's label fails about 1.4 % of requests by design; the shape and
-label-range checks never should.
+The sample is the spec's labelled evaluation set of the classifier (``models.<classifier>.evaluation``;
+for the showcase, the 500 held-out digits): raw tensors for the classifier, the same images encoded as
+PNG for the ensemble (an image already in the model's layout passes the showcase's preprocessing
+bit-identical, so both see the same pixels). The model gets about 98.6 % of these right, so a check
+against the dataset's label fails about 1.4 % of requests by design; the shape and label-range checks
+never should.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ def served_names() -> ClassifierNames:
     return load_classifier_names()
 
 NUM_CLASSES = 10
-IMAGE_SHAPE = (1, 28, 28)
-IMAGE_BYTES = 4 * 28 * 28  # one FP32 image
+
+
+def sample_description() -> str:
+    """How reports name the sample: the spec's description of the set, and its size."""
+    ev = served_names().evaluation
+    return f"{ev.description if ev else 'the spec evaluation set'}, {len(spec_sample())} images"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """Digits to send: ``images`` float32 [N,1,28,28] (raw 0..255), ``pngs`` the same digits as PNG."""
+    """Images to send: ``images`` float32 [N, 1, H, W] (raw 0..255), ``pngs`` the same images as PNG."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -40,6 +45,11 @@ class Sample:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One image's tensor shape without the batch dimension ([1, H, W])."""
+        return tuple(self.images.shape[1:])
 
     def indices(self, start: int, batch_size: int) -> np.ndarray:
         """``batch_size`` consecutive items from ``start``, wrapping around the sample."""
@@ -67,11 +77,11 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 @functools.lru_cache(maxsize=1)
-def mnist_sample() -> Sample:
-    """The 500 hold-out digits (loaded once per process)."""
-    from clients.datasets import mnist_holdout
+def spec_sample() -> Sample:
+    """The spec's labelled evaluation set of the classifier (loaded once per process)."""
+    from clients.datasets import spec_evaluation_set
 
-    data = mnist_holdout()
+    data, _ = spec_evaluation_set(served_names())
     images = data.images.astype(np.float32)[:, None, :, :]
     pngs = tuple(encode_png(img) for img in data.images)
     return Sample(images=images, labels=data.labels, pngs=pngs)

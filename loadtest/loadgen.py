@@ -9,7 +9,7 @@ event loop runs all clients: on a machine with few cores the load generator must
 the server, and its own CPU use is measured and reported with every result (``client_cpu``: 1.0 =
 one core busy), so a result limited by the client shows up as such.
 
-The same digits go to every server (``loadtest.common.mnist_sample``), in the same order.
+The same images go to every server (``loadtest.common.spec_sample``), in the same order.
 """
 
 from __future__ import annotations

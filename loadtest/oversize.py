@@ -31,6 +31,7 @@ from build_tools.proxy import NginxProxy
 from build_tools.served import classifier_names
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import load_spec
+from loadtest.ab_cost import write_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,6 @@ def measure(mode: str, repo: Path, work: Path, rounds: int) -> dict:
 
 
 def report(results: list[dict], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "oversize.json"
-    js.write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Oversize requests: Triton's memory before and after the front proxy", "",
              "`python -m loadtest.oversize` (embedded Triton 2.51, fresh server per row; "
              "RSS of tritonserver and of its Python-backend stubs, MiB).", "",
@@ -140,29 +138,29 @@ def report(results: list[dict], out: Path) -> list[Path]:
     for r in results:
         for proto, answer in dict.fromkeys(r["answers"]):
             lines.append(f"* {r['mode']}, {proto}: {answer}")
-    md = out / "oversize.md"
-    md.write_text("\n".join(lines) + "\n")
 
-    import matplotlib
+    def plot(png: Path) -> None:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = ["before", "after", "after_10s"]
-    width = 0.35
-    for i, r in enumerate(results):
-        values = [r["rss_mib"][k]["server"] + r["rss_mib"][k]["stubs"] for k in labels]
-        ax.bar(np.arange(len(labels)) + i * width, values, width, label=r["mode"])
-    ax.set_xticks(np.arange(len(labels)) + width / 2, ["before", "right after", "10 s later"])
-    ax.set_ylabel("RSS, tritonserver + stubs (MiB)")
-    ax.set_title("200 MB HTTP bodies and 207 MB gRPC requests")
-    ax.legend()
-    fig.tight_layout()
-    png = out / "oversize.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return [md, js, png]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = ["before", "after", "after_10s"]
+        width = 0.35
+        for i, r in enumerate(results):
+            values = [r["rss_mib"][k]["server"] + r["rss_mib"][k]["stubs"] for k in labels]
+            ax.bar(np.arange(len(labels)) + i * width, values, width, label=r["mode"])
+        ax.set_xticks(np.arange(len(labels)) + width / 2, ["before", "right after", "10 s later"])
+        ax.set_ylabel("RSS, tritonserver + stubs (MiB)")
+        ax.set_title("200 MB HTTP bodies and 207 MB gRPC requests")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+
+    # The JSON is the results list itself (as before the shared writer).
+    return write_outputs(out, "oversize", results, "\n".join(lines), plot)
 
 
 def main(argv: list[str] | None = None) -> int:

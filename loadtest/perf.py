@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from build_tools.server import grpc_admin_header
-from loadtest.common import Sample, mnist_sample, served_names
+from loadtest.common import Sample, served_names, spec_sample
 from loadtest.errors import PerfAnalyzerError
 from loadtest.loadgen import _serialize_bytes
 from loadtest.servers import ROOT
@@ -131,7 +131,7 @@ def parse_csv(path: Path, model: str, protocol: str, shared_memory: str, batch_s
 
 def write_input_data(path: Path, sample: Sample | None = None, count: int = 100) -> Path:
     """The ensemble's --input-data JSON: ``count`` PNG digits of the sample, one BYTES element per step."""
-    sample = sample or mnist_sample()
+    sample = sample or spec_sample()
     steps = [{served_names().ensemble_input: {"b64": base64.b64encode(_serialize_bytes([png])).decode("ascii")}}
              for png in sample.pngs[:count]]
     path.write_text(json.dumps({"data": steps}))

@@ -7,7 +7,8 @@ the prefix. Numeric inputs are plain ``content`` lists with their ``shape`` (wit
 dimension: perf_analyzer stacks consecutive steps into a batch), written as floats for FP32 inputs
 (perf_analyzer refuses JSON integers there: "unable to find float data in json").
 
-Each file holds one held-out digit of every class (0..9). The files are committed; regenerate them with
+Each file holds one sample of every class of the spec's labelled evaluation set. The files are committed;
+regenerate them with
 ``python -m loadtest.perf_inputs`` (a test fails when they differ from what this module writes).
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from build_tools.served import default_spec_path
 from build_tools.spec import load_spec
-from loadtest.common import IMAGE_SHAPE, mnist_sample, served_names
+from loadtest.common import served_names, spec_sample
 
 FOLDER = Path(__file__).resolve().parent / "perf_inputs"
 
@@ -35,20 +36,20 @@ def serialize_bytes_element(data: bytes) -> bytes:
 
 
 def _one_per_class() -> list[int]:
-    labels = mnist_sample().labels
-    return [int(np.flatnonzero(labels == digit)[0]) for digit in range(10)]
+    labels = spec_sample().labels
+    return [int(np.flatnonzero(labels == label)[0]) for label in np.unique(labels)]
 
 
 def input_data() -> dict[str, dict[str, list[dict[str, dict[str, object]]]]]:
     """model name -> perf_analyzer input-data document: the spec's classifier (tensors), its
     classification ensemble (encoded PNGs), and each ensemble step that takes the raw bytes too."""
     names = served_names()
-    sample = mnist_sample()
+    sample = spec_sample()
     picks = _one_per_class()
     documents: dict[str, dict[str, list[dict[str, dict[str, object]]]]] = {}
     documents[names.classifier] = {"data": [
         {names.classifier_input: {"content": [float(v) for v in sample.images[i].reshape(-1)],
-                                  "shape": list(IMAGE_SHAPE)}}
+                                  "shape": list(sample.image_shape)}}
         for i in picks
     ]}
     pngs = [base64.b64encode(serialize_bytes_element(sample.pngs[i])).decode("ascii") for i in picks]

@@ -1,7 +1,7 @@
 """Per-image cost of the ensemble's preprocessing pixel pipeline, today's against a baseline revision.
 
 Runs in-process (no server: the cost measured is the model's own work per image, decode included),
-on the same inputs for both: the held-out digits as 28x28 PNGs (the pass-through path) and the
+on the same inputs for both: the spec's labelled evaluation set as PNGs (the pass-through path) and the
 seeded capture set of every degradation class. The two implementations are timed in alternating
 rounds, each round over the whole group, so that load on a shared machine hits both alike; the
 figure is the median over rounds and the ratio is taken within each round.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import logging
 import statistics
 import subprocess
@@ -33,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from build_tools.errors import ToolkitError
-from build_tools.served import classifier_names, default_spec_path
+from build_tools.served import classifier_names, default_spec_path, load_classifier_names
 from build_tools.spec import load_spec
 from clients.captures import NAMES, Capture, glyph_from_digit, make_captures, render
-from clients.datasets import mnist_holdout
+from clients.datasets import spec_evaluation_set
 from clients.images import encode_png
+from loadtest import ab_cost
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +91,9 @@ def baseline_pipeline(rev: str, folder: Path, workdir: Path) -> Pipeline:
 
 
 def groups(per_class: int, seed: int) -> dict[str, list[bytes]]:
-    holdout = mnist_holdout()
+    holdout, _ = spec_evaluation_set(load_classifier_names())
     captures = make_captures(holdout.images, holdout.labels, NAMES, per_class, seed)
-    out = {"held-out 28x28 PNG (pass-through)": [encode_png(i) for i in holdout.images]}
+    out = {"held-out images as PNG (pass-through)": [encode_png(i) for i in holdout.images]}
     out["captures, all classes"] = captures.payloads
     for name in NAMES:
         out[f"captures: {name}"] = captures.of(name)[0]
@@ -125,9 +125,9 @@ def measure(pipelines: dict[str, Pipeline], data: dict[str, list[bytes]], rounds
     results: dict[str, Any] = {}
     for group, payloads in data.items():
         samples: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(rounds):
+        for r in range(1, rounds + 1):
             # Alternate which goes first so neither always runs on a warmer cache.
-            for name in names if r % 2 == 0 else names[::-1]:
+            for name in ab_cost.interleaved(names, r):
                 samples[name].append(time_group(pipelines[name], payloads))
         ratios = [c / b for b, c in zip(samples[names[0]], samples[names[1]])]
         results[group] = {
@@ -141,12 +141,6 @@ def measure(pipelines: dict[str, Pipeline], data: dict[str, list[bytes]], rounds
 
 
 def write_report(results: dict[str, Any], out_dir: Path, meta: dict[str, Any]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Preprocessing cost per image", "",
         f"Baseline `{meta['baseline_rev']}` against the working tree; {meta['rounds']} alternating rounds, "
@@ -155,29 +149,30 @@ def write_report(results: dict[str, Any], out_dir: Path, meta: dict[str, Any]) -
     ]
     for group, r in results.items():
         lines.append(f"| {group} | {r['images']} | {r['baseline_us']:.0f} | {r['current_us']:.0f} | {r['ratio']:.2f} |")
-    md = out_dir / "preprocess_cost.md"
-    md.write_text("\n".join(lines) + "\n")
-    js = out_dir / "preprocess_cost.json"
-    js.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.5))
-    labels = list(results)
-    y = np.arange(len(labels))
-    ax.barh(y - 0.2, [results[g]["baseline_us"] for g in labels], 0.4, label=f"baseline {meta['baseline_rev']}")
-    ax.barh(y + 0.2, [results[g]["current_us"] for g in labels], 0.4, label="current")
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("CPU µs per image (median of alternating rounds)")
-    ax.set_title("preprocessing pixel pipeline, per-image cost")
-    ax.legend()
-    fig.tight_layout()
-    png = out_dir / "preprocess_cost.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return [md, js, png]
 
+    def plot(png: Path) -> None:
+        import matplotlib
 
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.5))
+        labels = list(results)
+        y = np.arange(len(labels))
+        ax.barh(y - 0.2, [results[g]["baseline_us"] for g in labels], 0.4, label=f"baseline {meta['baseline_rev']}")
+        ax.barh(y + 0.2, [results[g]["current_us"] for g in labels], 0.4, label="current")
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("CPU µs per image (median of alternating rounds)")
+        ax.set_title("preprocessing pixel pipeline, per-image cost")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+
+    json_path, md, png = ab_cost.write_outputs(out_dir, "preprocess_cost", {"meta": meta, "results": results},
+                                               "\n".join(lines), plot)
+    return [md, json_path, png]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,10 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "current": current_pipeline(folder),
             }
             data = groups(args.per_class, args.seed)
-            load_start = _load()
+            load_start = ab_cost.loadavg()
             results = measure(pipelines, data, args.rounds)
         meta = {"baseline_rev": args.baseline_rev, "rounds": args.rounds, "per_class": args.per_class,
-                "seed": args.seed, "load_start": load_start, "load_end": _load()}
+                "seed": args.seed, "load_start": load_start, "load_end": ab_cost.loadavg()}
         paths = write_report(results, Path(args.out), meta)
     except ToolkitError as e:
         sys.stderr.write(f"preprocess_cost: error: {e}\n")

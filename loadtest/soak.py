@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.loadgen import run_load, triton_http_target
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class SoakResult:
 
 def soak(http_url: str, server_pid: int, duration_s: float, concurrencies: tuple[int, ...] = (1, 2, 4, 8),
          level: float = 0.8, max_growth: float = 0.10, progress: bool = True) -> SoakResult:
-    target = triton_http_target(http_url, mnist_sample(), ensemble=True)
+    target = triton_http_target(http_url, spec_sample(), ensemble=True)
     peaks = {c: run_load(target, c, duration_s=3.0, warmup_s=1.0).throughput_rps for c in concurrencies}
     peak_c = max(peaks, key=lambda c: peaks[c])
     chosen = min(c for c in concurrencies if peaks[c] >= level * peaks[peak_c])

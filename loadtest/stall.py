@@ -34,7 +34,7 @@ from typing import Any
 
 from build_tools.errors import ToolkitError
 from loadtest import loadgen
-from loadtest.common import mnist_sample, served_names
+from loadtest.common import served_names, spec_sample
 from loadtest.hog import cpu_hog
 from loadtest.servers import DEFAULT_SPEC, ROOT, affinity, build_repository, split_cpus, triton
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> list[Point]:
         if t not in ("classifier", "ensemble"):
             raise ToolkitError(f"--targets: {t!r} unknown; allowed: classifier, ensemble")
     split = split_cpus()
-    sample = mnist_sample()
+    sample = spec_sample()
     load0 = _loadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     points: list[Point] = []

@@ -31,7 +31,7 @@ import numpy as np
 from locust import User, task
 
 from build_tools.errors import ClientError, ServerUnreachableError
-from loadtest.common import check_probabilities, mnist_sample, served_names
+from loadtest.common import check_probabilities, served_names, spec_sample
 from loadtest.loadgen import is_refusal
 from loadtest.options import backoff_seconds, grpc_address, http_address
 from triton_api import PreparedRequest, TritonClient
@@ -93,7 +93,7 @@ class TritonUser(User):
         self.request_name = f"{self.model} b{self.batch}"
 
     def _build_requests(self) -> list[tuple[PreparedRequest, np.ndarray]]:
-        sample = mnist_sample()
+        sample = spec_sample()
         names = served_names()
         input_name = self.input_name or (names.ensemble_input if self.ensemble else names.classifier_input)
         built = []

@@ -1,7 +1,7 @@
 """Issue 10's reporter's method, re-run: `wrk` against the embedded server, before and after the stall fix.
 
 The report was made with `wrk` (closed loop, one thread, 8 s per run) at 1, 4, 16 and 64 connections,
-two passes: the classifier with a JSON body and the `mnist` ensemble with one PNG through Triton's
+two passes: the classifier with a JSON body and the spec's ensemble with one PNG through Triton's
 binary-data extension (`Inference-Header-Content-Length`). This runs the same, on a server built from
 the spec (`spec`, the fix) and from the variants of `loadtest.stall` (`queue-policy`: the classifier as
 it was before the fix), with the same CPU hog as `loadtest.stall` beside the server, and reports p50,
@@ -31,7 +31,7 @@ import numpy as np
 from build_tools.errors import ToolkitError
 from loadtest import loadgen
 from loadtest.bench import loadavg
-from loadtest.common import mnist_sample, served_names
+from loadtest.common import served_names, spec_sample
 from loadtest.hog import cpu_hog
 from loadtest.servers import DEFAULT_SPEC, affinity, build_repository, split_cpus, triton
 from loadtest.stall import CLASSIFIER, VARIANTS
@@ -89,7 +89,7 @@ class Run:
 def bodies(folder: Path) -> dict[str, tuple[Path, str, str]]:
     """Request bodies as the report sent them: (file, content type, binary header length or '')."""
     names = served_names()
-    sample = mnist_sample()
+    sample = spec_sample()
     image = sample.images[0:1]
     classifier = {"inputs": [{"name": names.classifier_input, "shape": list(image.shape), "datatype": "FP32",
                               "data": image.reshape(-1).tolist()}],

@@ -3,10 +3,10 @@
 Run by tools/gpu_check.sh (which prepares the Python environment on the GPU host); `--device cpu`
 is the same run with the torch model on KIND_CPU, the dry run on a machine without a GPU.
 
-1. builds the embedded repository from deploy.yaml with the TorchScript variant on KIND_GPU (one
-   instance) and the `mnist` ensemble's classifier step substituted by it;
+1. builds the embedded repository from deploy.yaml with the classifier's TorchScript variant on
+   KIND_GPU (one instance) and the classification ensemble's classifier step substituted by it;
 2. starts the server through the project's harness (free ports);
-3. the served-parity gate on the 500-digit held-out set over HTTP and gRPC, directly and through the
+3. the served-parity gate on the spec's labelled evaluation set over HTTP and gRPC, directly and through the
    raw-bytes ensemble, against offline ONNX Runtime on the CPU (0 top-1 disagreements required);
 4. perf_analyzer over gRPC: batch sizes x concurrencies on the TorchScript model;
 5. scrapes /metrics and checks the nv_gpu_* names that the dashboard and the alert rules use;
@@ -37,40 +37,43 @@ if str(ROOT) not in sys.path:
 from build_tools.build import build_repositories  # noqa: E402
 from build_tools.errors import ToolkitError  # noqa: E402
 from build_tools.interfaces import torchscript_model_name  # noqa: E402
+from build_tools.served import ClassifierNames, load_classifier_names  # noqa: E402
 from build_tools.server import ServerOptions, TritonServer  # noqa: E402
 from build_tools.spec import parse_spec  # noqa: E402
-from clients.datasets import mnist_holdout  # noqa: E402
+from clients.datasets import spec_evaluation_set  # noqa: E402
 from clients.evaluate import EvalSettings, evaluate  # noqa: E402
 from loadtest.perf import PerfRow, PerfSettings, find_perf_analyzer, plot, save_csv, sweep  # noqa: E402
 from triton_api import scrape  # noqa: E402
 
 logger = logging.getLogger("gpu_check")
 
-CLASSIFIER = "mnist_classifier"
-ENSEMBLE = "mnist"
+SPEC = ROOT / "deploy.yaml"
 # The metric files that name nv_gpu_* series: every name they use must exist on the GPU host.
 METRIC_USERS = ("compose/grafana/dashboards/triton.json", "compose/prometheus/alerts.yml")
 
 
 def gpu_spec_data(device: str, out: Path) -> dict[str, Any]:
-    """deploy.yaml with the TorchScript variant on the chosen device and the ensemble running it."""
-    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    """deploy.yaml with the classifier's TorchScript variant on the chosen device and the classification
+    ensemble running it (both named by the spec: build_tools/served.py)."""
+    names = load_classifier_names(SPEC)
+    classifier, ensemble = names.classifier, names.ensemble
+    data = yaml.safe_load(SPEC.read_text())
     data["flavors"] = {"embedded": {"output": str(out / "repository")}}
-    model = data["models"][CLASSIFIER]
+    model = data["models"][classifier]
     if "torchscript" not in model.get("formats", []):
-        raise SystemExit(f"deploy.yaml: models.{CLASSIFIER}.formats lacks torchscript")
+        raise SystemExit(f"deploy.yaml: models.{classifier}.formats lacks torchscript")
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
     group: dict[str, Any] = {"kind": kind, "count": 1}
     if device == "gpu":
         group["gpus"] = [0]
     model.setdefault("torchscript", {}).setdefault("instance_groups", {})["embedded"] = [group]
-    ts_name = model["torchscript"].get("model_name") or f"{CLASSIFIER}_torchscript"
+    ts_name = model["torchscript"].get("model_name") or f"{classifier}_torchscript"
     # The ensemble's step names the classifier, or its lifecycle router (issue 12) when it has one.
     lifecycle = model.get("lifecycle")
-    router = (lifecycle.get("router") or f"{CLASSIFIER}_router") if lifecycle is not None else None
-    steps = {step["model"] for step in data["ensembles"][ENSEMBLE]["steps"]}
-    original = router if router in steps else CLASSIFIER
-    data["ensembles"][ENSEMBLE].setdefault("substitutions", {})["embedded"] = {original: ts_name}
+    router = (lifecycle.get("router") or f"{classifier}_router") if lifecycle is not None else None
+    steps = {step["model"] for step in data["ensembles"][ensemble]["steps"]}
+    original = router if router in steps else classifier
+    data["ensembles"][ensemble].setdefault("substitutions", {})["embedded"] = {original: ts_name}
     return data
 
 
@@ -113,7 +116,8 @@ def table(results: dict[str, Any], rows: list[PerfRow]) -> str:
     lines = [f"# GPU check: {results['card']}", "",
              f"TorchScript model `{results['model']}` on {results['device']} (instance kind "
              f"{results['instance_kind']}), embedded Triton {results['server_version']}, torch {results['torch']}.",
-             "", "## Served parity (500 held-out digits, reference: ONNX Runtime on the CPU)", "",
+             "", f"## Served parity ({results['parity']['n']} samples of the spec's evaluation set, reference: "
+             "ONNX Runtime on the CPU)", "",
              "| path | protocol | accuracy | top-1 disagreements | max abs diff | errors |",
              "|---|---|---|---|---|---|"]
     for p in results["parity"]["paths"]:
@@ -137,7 +141,8 @@ def run(
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     spec = parse_spec(gpu_spec_data(device, work), ROOT)
-    ts_model = torchscript_model_name(CLASSIFIER, spec.models[CLASSIFIER])
+    names: ClassifierNames = load_classifier_names(SPEC)
+    ts_model = torchscript_model_name(names.classifier, spec.models[names.classifier])
     logger.info("[1/5] building the embedded repository (%s on %s)", ts_model, device)
     build_repositories(spec, ["embedded"])
     binary = find_perf_analyzer()
@@ -150,10 +155,10 @@ def run(
         logger.info("server up in %.1f s", server.startup_seconds)
         logger.info("[3/5] served-parity gate over HTTP and gRPC, direct and through the ensemble")
         settings = EvalSettings(
-            urls={"http": server.http_url, "grpc": server.grpc_url}, onnx=ROOT / "models/mnist/mnist_cnn.onnx",
-            classifier_model=ts_model, ensemble_model=ENSEMBLE, batch_size=32, concurrency=8, progress=False,
+            urls={"http": server.http_url, "grpc": server.grpc_url}, onnx=names.onnx,
+            classifier_model=ts_model, ensemble_model=names.ensemble, batch_size=32, concurrency=8, progress=False,
         )
-        ev = evaluate(settings, mnist_holdout())
+        ev = evaluate(settings, spec_evaluation_set(names)[0])
         parity = {
             "ok": ev.ok, "failures": ev.failures, "n": ev.n, "offline_accuracy": ev.offline_accuracy,
             "paths": [{"path": r.name, "protocol": r.protocol, "accuracy": r.accuracy,
@@ -165,7 +170,8 @@ def run(
         logger.info("[4/5] perf_analyzer: batch %s x concurrency %s over gRPC", batch_sizes, concurrencies)
         rows = sweep(None, server.grpc_url, models=[ts_model], batch_sizes=batch_sizes,
                      concurrencies=concurrencies, workdir=work / "perf",
-                     settings=PerfSettings(measurement_ms=measurement_ms, max_trials=4), progress=True)
+                     settings=PerfSettings(measurement_ms=measurement_ms, max_trials=4), progress=True,
+                     headers=server.admin_headers)  # statistics are restricted to the harness's admin key
 
         logger.info("[5/5] scraping /metrics")
         text = scrape(server.metrics_url)
@@ -188,7 +194,7 @@ def run(
         "seconds": round(time.perf_counter() - started, 1),
     }
     save_csv(rows, out / "perf.csv")
-    plot(rows, out / "perf.png", title=f"TorchScript MNIST on {results['card']}: throughput vs p99 (gRPC)")
+    plot(rows, out / "perf.png", title=f"TorchScript {names.classifier} on {results['card']}: throughput vs p99 (gRPC)")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "table.md").write_text(table(results, rows))
     logger.info("results in %s: parity %s, best %s, metrics missing %s", out, "ok" if ev.ok else "FAILED",

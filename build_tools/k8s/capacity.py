@@ -1,9 +1,9 @@
 """Capacity plan by simulation: replicas for a request rate, and how the HPA follows a load ramp.
 
 The per-replica figure comes from the committed benchmark (`bench/results.json`, written by
-`make bench`): the highest single-image throughput of one target (default `triton-http/mnist`, the
-ensemble over HTTP, dynamic batching on) among the points whose p99 is within the SLO. One replica is
-what that benchmark measured: one embedded server pinned to one CPU.
+`make bench`): the highest single-image throughput of one target (default `triton-http/<ensemble>`,
+the spec's classification ensemble over HTTP, dynamic batching on) among the points whose p99 is
+within the SLO. One replica is what that benchmark measured: one embedded server pinned to one CPU.
 
 The model (docs/kubernetes.md states the same assumptions):
 * Each ready replica serves up to `peak_rps` (the highest throughput any point of the target reached);
@@ -50,6 +50,11 @@ class Measured:
     p99_ms_at_slo: float
     peak_rps: float  # highest throughput of any point (the service rate of a replica)
     server_cpus: int
+
+
+def default_target(ensemble: str) -> str:
+    """The benchmark's name for the served ensemble over HTTP (loadtest/bench.py's client/model)."""
+    return f"triton-http/{ensemble}"
 
 
 def per_replica_throughput(bench: Path, target: str, slo_ms: float) -> Measured:

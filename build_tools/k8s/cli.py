@@ -10,6 +10,7 @@ from typing import Any
 
 from build_tools.console import positive_float
 from build_tools.errors import ToolkitError
+from build_tools.served import load_classifier_names
 from build_tools.spec import FLAVORS, load_spec
 
 
@@ -55,7 +56,8 @@ def _cmd_k8s(args: argparse.Namespace) -> int:
 def _cmd_capacity(args: argparse.Namespace) -> int:
     from build_tools.k8s import capacity
 
-    measured = capacity.per_replica_throughput(Path(args.bench), args.target, args.slo_ms)
+    target = args.target or capacity.default_target(load_classifier_names(args.spec).ensemble)
+    measured = capacity.per_replica_throughput(Path(args.bench), target, args.slo_ms)
     plan = capacity.plan(measured, args.rate, args.headroom)
     sys.stdout.write(capacity.describe_plan(plan) + "\n")
     ramp = capacity.Ramp(start_rps=args.ramp_from if args.ramp_from is not None else args.rate * 0.1,
@@ -98,8 +100,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("capacity", help="replicas for a request rate, and a simulated autoscaler on a load ramp")
     p.add_argument("--rate", type=positive_float, required=True, help="target request rate (requests/s)")
     p.add_argument("--bench", default="bench/results.json", help="benchmark results (make bench)")
-    p.add_argument("--target", default="triton-http/mnist",
-                   help="the benchmark's client/model whose single-image throughput is the per-replica figure")
+    p.add_argument("--spec", help="the spec naming the served ensemble (default: deploy.yaml)")
+    p.add_argument("--target", help="the benchmark's client/model whose single-image throughput is the per-replica "
+                   "figure (default: triton-http/<the spec's classification ensemble>)")
     p.add_argument("--slo-ms", type=positive_float, default=100.0, help="p99 latency SLO (the alert rules' 100 ms)")
     p.add_argument("--headroom", type=positive_float, default=0.7,
                    help="plan each replica at this fraction of its throughput at the SLO")

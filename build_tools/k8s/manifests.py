@@ -210,8 +210,10 @@ def _triton_container(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions, si
     ports = [_port("http", HTTP), _port("grpc", GRPC), _port("metrics", METRICS)]
     mounts = [{"name": "store", "mountPath": STORE}, {"name": "dshm", "mountPath": "/dev/shm"}, TMP_MOUNT]
     env = [_secret_env("TRITON_ADMIN_KEY", *ADMIN_SECRET), _env("HOME", "/tmp")]
-    if spec.monitoring.enabled:
+    if spec.monitoring.enabled and flavor == "embedded":
         # The prediction log (issue 13a) in the registry's PostgreSQL, where the drift monitor reads it.
+        # Not on ngc: the official image has no PostgreSQL driver, so the router's copy of the watching
+        # code keeps the spec's SQLite log on the store volume (docs/monitoring.md, "Flavors").
         env += [registry_password_env(), _env(MONITORING_DB_ENV, REGISTRY_URL)]
     if flavor == "ngc":
         restricted = f"{','.join(admin.restricted)}:{admin.header}=$(TRITON_ADMIN_KEY)"
@@ -241,6 +243,8 @@ def _triton_container(spec: DeploySpec, flavor: FlavorName, opts: K8sOptions, si
             "--http-port", str(HTTP), "--grpc-port", str(GRPC), "--metrics-port", str(METRICS),
             "--health-port", str(HEALTH), "--model-repository", REPOSITORY, "--workdir", WORKDIR,
             "--model-control", "explicit",
+            # The pod's proxy sidecar is the front proxy; `serve` must not start another.
+            "--no-proxy",
         ]
         env.append(_env("TRITON_EXTRA_ARGS", "--metrics-config=summary_latencies=true"))
         image = opts.image

@@ -17,8 +17,18 @@ from control.db import Database, Migration
 
 NAMESPACE = "monitoring"
 
+# Every metric the project exports is `tdk_<subsystem>_...` (Prometheus naming: one namespace, the
+# exporter as the subsystem); Triton's own keep `nv_`. docs/monitoring.md, "Metric names".
+METRIC_NAMESPACE = "tdk"
+METRIC_PREFIXES: dict[str, str] = {
+    "serving": "tdk_serving_",  # the Python-backend models inside Triton (control.monitor.serving)
+    "router": "tdk_router_",  # the lifecycle router inside Triton (its traffic split)
+    "monitor": "tdk_monitor_",  # the drift monitor service (control.monitor.service)
+    "healer": "tdk_healer_",  # the stub watchdog (build_tools.healer)
+}
+
 # The cheap per-image statistics computed while preprocessing, in this order. Units: intensities are
-# in [0, 1] on the model's 28x28 input (ink bright); sizes are pixels; the offset is the distance in
+# in [0, 1] on the model-ready input image (ink bright); sizes are pixels; the offset is the distance in
 # pixels between the ink's centre of mass and the image centre; original_size is sqrt(height * width)
 # of the image as the client sent it (from the preprocessing step, through the router's
 # original_size_input; a model-ready tensor sent straight to the router: its own size).
@@ -56,7 +66,7 @@ class PredictionRecord:
     predicted: int
     top_prob: float
     stats: dict[str, float] = field(default_factory=dict)  # keys from STAT_NAMES
-    # The model-ready input as uint8 bytes (28x28 -> 784 bytes), kept for a sample so fine-tuning can
+    # The model-ready input as uint8 bytes (one byte per pixel), kept for a sample so fine-tuning can
     # train on labelled traffic; None when not kept.
     input: bytes | None = None
 
@@ -65,16 +75,27 @@ def migrate(db: Database) -> None:
     db.migrate(NAMESPACE, MIGRATIONS)
 
 
-def write_predictions(db: Database, records: Sequence[PredictionRecord]) -> int:
-    """Insert records in one transaction (one driver call for all of them); returns how many."""
+# A row as the predictions table takes it: request_id, ts, model, version, predicted, top_prob,
+# stats (JSON text), input (bytes or None).
+PredictionRow = tuple[str, float, str, str, int, float, str, "bytes | None"]
+
+
+def write_prediction_rows(db: Database, rows: Sequence[PredictionRow]) -> int:
+    """Insert rows in one transaction (one driver call for all of them); returns how many."""
     with db.transaction():
         db.execute_many(
             "INSERT INTO predictions (request_id, ts, model, version, predicted, top_prob, stats, input)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.request_id, r.ts, r.model, r.version, int(r.predicted), float(r.top_prob),
-              json.dumps(r.stats, sort_keys=True), r.input) for r in records],
+            rows,
         )
-    return len(records)
+    return len(rows)
+
+
+def write_predictions(db: Database, records: Sequence[PredictionRecord]) -> int:
+    """Insert records in one transaction; returns how many."""
+    return write_prediction_rows(db, [
+        (r.request_id, r.ts, r.model, r.version, int(r.predicted), float(r.top_prob),
+         json.dumps(r.stats, sort_keys=True), r.input) for r in records])
 
 
 def prediction_from_row(row: dict[str, Any]) -> PredictionRecord:

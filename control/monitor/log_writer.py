@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from control.monitor.contract import PredictionRecord
-from control.monitor.sink import Retention, apply_retention, encode_batch
+from control.monitor.sink import LogBatch, Retention, apply_retention, encode_batch
 
-__all__ = ["PredictionLogWriter", "Retention", "apply_retention", "sink_python"]
+__all__ = ["LogBatch", "PredictionLogWriter", "Retention", "apply_retention", "sink_python"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,18 @@ def sink_python() -> str:
     if sys.executable and Path(sys.executable).name.startswith("python"):
         return sys.executable
     return shutil.which("python3") or "python3"
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this copy of control/
+
+
+def sink_environment() -> dict[str, str]:
+    """The sink runs this very copy of the package: on the ngc flavor that is a copy in the model's
+    folder, installed nowhere (the stub's sys.path is not the interpreter's). It also starts in that
+    folder, which `python -m` puts first on sys.path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 class PredictionLogWriter:
@@ -67,7 +79,8 @@ class PredictionLogWriter:
         self.tick_s = tick_s
         self.on_tick = on_tick
         self.queue_size = queue_size
-        self._queue: collections.deque[PredictionRecord] = collections.deque()
+        self._queue: collections.deque[LogBatch] = collections.deque()
+        self._queued = 0  # records in the queue
         self._ready = threading.Condition()
         self._stop = threading.Event()
         self._pending = 0  # offered, not yet answered by the sink
@@ -85,16 +98,21 @@ class PredictionLogWriter:
         return self.offer_many([record]) == 1
 
     def offer_many(self, records: Sequence[PredictionRecord]) -> int:
-        """Queue records (one lock, one wake-up); those beyond the queue's room are dropped and counted.
-        Returns how many were queued."""
+        """Queue records; those beyond the queue's room are dropped and counted. Returns how many were queued."""
+        return sum(self.offer_batch(b) for b in LogBatch.from_records(records))
+
+    def offer_batch(self, batch: LogBatch) -> int:
+        """Queue a batch of records (one lock, one wake-up); the records beyond the queue's room are
+        dropped and counted. Returns how many were queued."""
         with self._ready:
-            room = max(0, self.queue_size - len(self._queue))
-            taken = records[:room]
-            self._queue.extend(taken)
-            self.dropped += len(records) - len(taken)
-            self._pending += len(taken)
-            if taken:
+            room = max(0, self.queue_size - self._queued)
+            taken = batch if len(batch) <= room else batch.head(room)
+            if len(taken):
+                self._queue.append(taken)
+                self._queued += len(taken)
+                self._pending += len(taken)
                 self._ready.notify()
+            self.dropped += len(batch) - len(taken)
         return len(taken)
 
     # -- the background thread ---------------------------------------------------------------
@@ -104,34 +122,42 @@ class PredictionLogWriter:
                 [sink_python(), "-m", "control.monitor.sink", self.database_url, self.model,
                  "--max-rows", str(self.retention.max_rows), "--max-days", str(self.retention.max_days),
                  "--retention-interval-s", str(self.retention_interval_s)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=sink_environment(), cwd=PACKAGE_ROOT,
             )
         return self._sink
 
-    def _write(self, batch: list[PredictionRecord]) -> None:
+    def _write(self, batches: list[LogBatch]) -> None:
+        count = sum(len(b) for b in batches)
         try:
             sink = self._start_sink()
             assert sink.stdin is not None and sink.stdout is not None
-            sink.stdin.write(encode_batch(batch))
+            sink.stdin.write(encode_batch(batches))
             sink.stdin.flush()
             reply = sink.stdout.readline()
-            result = json.loads(reply) if reply else {"failed": len(batch)}
+            result = json.loads(reply) if reply else {"failed": count}
         except (OSError, ValueError) as e:  # the sink died or answered nonsense: restart it next time
-            logger.warning("prediction log: sink failed, %d record(s) lost: %s", len(batch), e)
-            result = {"failed": len(batch)}
+            logger.warning("prediction log: sink failed, %d record(s) lost: %s", count, e)
+            result = {"failed": count}
             self._close_sink()
         self.written += int(result.get("written", 0))
         self.failed += int(result.get("failed", 0))
         self.deleted += int(result.get("deleted", 0))
         with self._ready:
-            self._pending -= len(batch)
+            self._pending -= count
 
-    def _take(self, timeout_s: float) -> list[PredictionRecord]:
+    def _take(self, timeout_s: float) -> list[LogBatch]:
+        """Queued batches, whole, up to about batch_size records (at least one batch when any)."""
         with self._ready:
             if not self._queue and not self._stop.is_set():
                 self._ready.wait(timeout_s)
-            n = min(len(self._queue), self.batch_size)
-            return [self._queue.popleft() for _ in range(n)]
+            taken: list[LogBatch] = []
+            count = 0
+            while self._queue and (not taken or count + len(self._queue[0]) <= self.batch_size):
+                batch = self._queue.popleft()
+                taken.append(batch)
+                count += len(batch)
+            self._queued -= count
+            return taken
 
     def _tick(self) -> None:
         if self.on_tick is not None:

@@ -75,7 +75,7 @@ def compute_reference(
     model: str, version: str, scores: np.ndarray, inputs: np.ndarray, labels: np.ndarray | None,
     scale: float = 255.0,
 ) -> Reference:
-    """The Reference of one version from its held-out scores and inputs (model-ready, e.g. [N, 1, 28, 28])."""
+    """The Reference of one version from its held-out scores and inputs (model-ready, e.g. [N, 1, H, W])."""
     predicted = scores.argmax(axis=-1)
     classes = np.bincount(predicted, minlength=scores.shape[-1]).astype(np.float64) / len(predicted)
     values = image_stats(inputs, scale)

@@ -7,21 +7,21 @@
 A background thread recomputes every `monitoring.drift.interval_s` (a scrape never touches the
 database). Metric names (docs/monitoring.md lists them with their meaning):
 
-  monitor_input_psi{model,version,stat}                       PSI of an input statistic vs the reference
-  monitor_prediction_chi2_statistic{model,version}            chi-square of predicted-class counts
-  monitor_prediction_chi2_p_value{model,version}              its p-value
-  monitor_prediction_class_share_ratio{model,version,class}   predicted-class shares over the window
-  monitor_window_records{model,version,window}                records in the input / label window
-  monitor_accuracy_ratio{model,version,role,bound}            accuracy from labels; bound=estimate|lower|upper (Wilson)
-  monitor_reference_accuracy_ratio{model,version}             held-out accuracy from reference.json
-  monitor_label_coverage_ratio{model,version}                 labelled share of the label window
-  monitor_label_delay_seconds{model,version,quantile}         label time - prediction time (0.5, 0.9)
-  monitor_labels_received_total{outcome}                      accepted / duplicate labels (all sources)
-  monitor_labels_rejected_total                               malformed label requests (this process)
-  monitor_labels{state}                                       late / pending / unknown labels
-  monitor_check_alarm{model,version,check}                    1 when a check fails by the spec's thresholds
-  monitor_threshold{threshold}                                the spec's thresholds, for the alert rules
-  monitor_last_update_timestamp_seconds, monitor_update_duration_seconds, monitor_update_errors_total
+  tdk_monitor_input_psi{model,version,stat}                       PSI of an input statistic vs the reference
+  tdk_monitor_prediction_chi2_statistic{model,version}            chi-square of predicted-class counts
+  tdk_monitor_prediction_chi2_p_value{model,version}              its p-value
+  tdk_monitor_prediction_class_share_ratio{model,version,class}   predicted-class shares over the window
+  tdk_monitor_window_records{model,version,window}                records in the input / label window
+  tdk_monitor_accuracy_ratio{model,version,role,bound}            accuracy from labels; bound=estimate|lower|upper
+  tdk_monitor_reference_accuracy_ratio{model,version}             held-out accuracy from reference.json
+  tdk_monitor_label_coverage_ratio{model,version}                 labelled share of the label window
+  tdk_monitor_label_delay_seconds{model,version,quantile}         label time - prediction time (0.5, 0.9)
+  tdk_monitor_labels_received_total{outcome}                      accepted / duplicate labels (all sources)
+  tdk_monitor_labels_rejected_total                               malformed label requests (this process)
+  tdk_monitor_labels{state}                                       late / pending / unknown labels
+  tdk_monitor_check_alarm{model,version,check}                    1 when a check fails by the spec's thresholds
+  tdk_monitor_threshold{threshold}                                the spec's thresholds, for the alert rules
+  tdk_monitor_last_update_timestamp_seconds, tdk_monitor_update_duration_seconds, tdk_monitor_update_errors_total
 """
 
 from __future__ import annotations
@@ -146,30 +146,30 @@ class Monitor:
         with self._lock:
             state = self.state
         spec = self.spec
-        thresholds = GaugeMetricFamily("monitor_threshold", "The spec's drift thresholds (monitoring.drift)",
+        thresholds = GaugeMetricFamily("tdk_monitor_threshold", "The spec's drift thresholds (monitoring.drift)",
                                        labels=["threshold"])
         for name in ("psi_warn", "psi_alert", "chi2_p_value", "max_accuracy_drop", "confidence", "min_window",
                      "min_labels", "window", "label_window"):
             thresholds.add_metric([name], float(getattr(spec, name)))
         yield thresholds
-        errors = CounterMetricFamily("monitor_update_errors", "Monitor updates that failed")
+        errors = CounterMetricFamily("tdk_monitor_update_errors", "Monitor updates that failed")
         errors.add_metric([], self.update_errors)
         yield errors
-        rejected = CounterMetricFamily("monitor_labels_rejected", "Malformed label requests refused (HTTP 400)")
+        rejected = CounterMetricFamily("tdk_monitor_labels_rejected", "Malformed label requests refused (HTTP 400)")
         rejected.add_metric([], self.rejected)
         yield rejected
         if state is None:
             return
-        yield GaugeMetricFamily("monitor_last_update_timestamp_seconds", "When the figures were computed",
+        yield GaugeMetricFamily("tdk_monitor_last_update_timestamp_seconds", "When the figures were computed",
                                 value=state.at)
-        yield GaugeMetricFamily("monitor_update_duration_seconds", "How long the last update took",
+        yield GaugeMetricFamily("tdk_monitor_update_duration_seconds", "How long the last update took",
                                 value=state.seconds)
-        received = CounterMetricFamily("monitor_labels_received", "Labels received, by outcome (first label wins)",
+        received = CounterMetricFamily("tdk_monitor_labels_received", "Labels received, by outcome (first label wins)",
                                        labels=["outcome"])
         for outcome, n in state.outcomes.items():
             received.add_metric([outcome], n)
         yield received
-        lab = GaugeMetricFamily("monitor_labels", "Labels that are late (long after their prediction), pending "
+        lab = GaugeMetricFamily("tdk_monitor_labels", "Labels that are late (long after their prediction), pending "
                                 "(no prediction yet, in the grace period) or unknown (none after it)",
                                 labels=["state"])
         for name in ("late", "pending", "unknown"):
@@ -177,23 +177,24 @@ class Monitor:
         yield lab
 
         mv = ["model", "version"]
-        psi = GaugeMetricFamily("monitor_input_psi", "PSI of an input statistic over the window vs the reference",
+        psi = GaugeMetricFamily("tdk_monitor_input_psi", "PSI of an input statistic over the window vs the reference",
                                 labels=[*mv, "stat"])
-        chi_stat = GaugeMetricFamily("monitor_prediction_chi2_statistic",
+        chi_stat = GaugeMetricFamily("tdk_monitor_prediction_chi2_statistic",
                                      "Chi-square of the predicted-class counts vs the reference shares", labels=mv)
-        chi_p = GaugeMetricFamily("monitor_prediction_chi2_p_value", "p-value of that chi-square test", labels=mv)
-        shares = GaugeMetricFamily("monitor_prediction_class_share_ratio", "Predicted-class shares over the window",
+        chi_p = GaugeMetricFamily("tdk_monitor_prediction_chi2_p_value", "p-value of that chi-square test", labels=mv)
+        shares = GaugeMetricFamily("tdk_monitor_prediction_class_share_ratio", "Predicted-class shares over the window",
                                    labels=[*mv, "class"])
-        window = GaugeMetricFamily("monitor_window_records", "Records in the input window and the label window",
+        window = GaugeMetricFamily("tdk_monitor_window_records", "Records in the input window and the label window",
                                    labels=[*mv, "window"])
-        acc = GaugeMetricFamily("monitor_accuracy_ratio", "Accuracy from labels with its Wilson interval",
+        acc = GaugeMetricFamily("tdk_monitor_accuracy_ratio", "Accuracy from labels with its Wilson interval",
                                 labels=[*mv, "role", "bound"])
-        ref_acc = GaugeMetricFamily("monitor_reference_accuracy_ratio", "Held-out accuracy (reference.json)",
+        ref_acc = GaugeMetricFamily("tdk_monitor_reference_accuracy_ratio", "Held-out accuracy (reference.json)",
                                     labels=mv)
-        coverage = GaugeMetricFamily("monitor_label_coverage_ratio", "Labelled share of the label window", labels=mv)
-        delay = GaugeMetricFamily("monitor_label_delay_seconds", "Label time minus prediction time",
+        coverage = GaugeMetricFamily("tdk_monitor_label_coverage_ratio", "Labelled share of the label window",
+                                     labels=mv)
+        delay = GaugeMetricFamily("tdk_monitor_label_delay_seconds", "Label time minus prediction time",
                                   labels=[*mv, "quantile"])
-        alarm = GaugeMetricFamily("monitor_check_alarm", "1 when a check fails by the spec's thresholds",
+        alarm = GaugeMetricFamily("tdk_monitor_check_alarm", "1 when a check fails by the spec's thresholds",
                                   labels=[*mv, "check"])
         verdicts = alarms(state.snapshots, spec)
         for s in state.snapshots:

@@ -42,8 +42,7 @@ from build_tools.runner_params import (
     MONITOR_PARAM_SAMPLE,
     MONITOR_PARAM_SCALE,
 )
-from control.monitor.contract import PredictionRecord
-from control.monitor.log_writer import PredictionLogWriter, Retention
+from control.monitor.log_writer import LogBatch, PredictionLogWriter, Retention
 from control.monitor.stats import (
     PIXEL_STATS,
     STAT_BUCKETS,
@@ -63,17 +62,17 @@ DATABASE_ENV = "TDK_MONITORING_DATABASE_URL"
 DEFAULT_DATABASE = "sqlite:///monitoring/predictions.db"
 
 # Metric names (docs/monitoring.md). Histograms are cumulative `le` counters (see CumulativeHistogram).
-PREDICTIONS = "tdk_model_predictions_total"
-TOP_PROBABILITY = "tdk_model_top_probability"
+PREDICTIONS = "tdk_serving_predictions_total"
+TOP_PROBABILITY = "tdk_serving_top_probability"
 INPUT_STAT = {  # statistic -> metric base name (unit suffix per Prometheus conventions)
-    "mean_intensity": "tdk_input_mean_intensity_ratio",
-    "ink_fraction": "tdk_input_ink_fraction_ratio",
-    "bbox_size": "tdk_input_bbox_size_pixels",
-    "com_offset": "tdk_input_com_offset_pixels",
-    "original_size": "tdk_input_original_size_pixels",
+    "mean_intensity": "tdk_serving_input_mean_intensity_ratio",
+    "ink_fraction": "tdk_serving_input_ink_fraction_ratio",
+    "bbox_size": "tdk_serving_input_bbox_size_pixels",
+    "com_offset": "tdk_serving_input_com_offset_pixels",
+    "original_size": "tdk_serving_input_original_size_pixels",
 }
-REJECTED = "tdk_input_rejected_total"
-LOG_RECORDS = "tdk_prediction_log_records_total"
+REJECTED = "tdk_serving_input_rejected_total"
+LOG_RECORDS = "tdk_serving_prediction_log_records_total"
 
 
 def _param(config: dict[str, Any], key: str, default: str) -> str:
@@ -271,7 +270,7 @@ class ServingMonitor:
     over all of it (argmax, top probability, input statistics, histograms, log records), then sends the
     metric counts to Triton. Per-call numpy overhead dominates at batch sizes of 1-10, so batching the
     work across `execute()` calls is what keeps its cost small. Beyond `queue_size` pending images the
-    newest are dropped (counted: tdk_prediction_log_records_total{outcome="dropped"}) instead of blocking.
+    newest are dropped (counted: tdk_serving_prediction_log_records_total{outcome="dropped"}) instead of blocking.
     """
 
     def __init__(self, pb_utils: Any, config: dict[str, Any], model_folder: str | Path, default_model: str) -> None:
@@ -289,6 +288,7 @@ class ServingMonitor:
         for outcome in self._logged:
             self.log_records.ensure((("model", s.model), ("outcome", outcome)))
         self._random = random.Random()
+        self._np_random = np.random.default_rng()
         self._lock = threading.Lock()
         # (version, request ids, rows per request, inputs, outputs, time answered, original sizes)
         self._pending: list[tuple[str, list[str], list[int], np.ndarray | None, np.ndarray, float,
@@ -374,36 +374,44 @@ class ServingMonitor:
         self.top_probability.add(base, top)
         if stats is not None:
             self.inputs.add((*base, ("input", s.input)), {name: stats[:, k] for k, name in enumerate(PIXEL_STATS)})
-        row = 0
-        records: list[PredictionRecord] = []
-        # Python scalars once for the whole pass (per-element numpy access is slow).
-        classes, tops = predicted.tolist(), top.tolist()
-        stat_rows = stats.tolist() if stats is not None else None
-        for _, ids, sizes, _, _, ts, _ in items:
-            for request_id, size in zip(ids, sizes):
-                if s.sample_rate >= 1.0 or self._random.random() < s.sample_rate:
-                    self._log(records, version, request_id, ts, row, size, images, classes, tops, stat_rows)
-                row += size
-        self.writer.offer_many(records)
+        self._log(version, items, predicted, top, images, stats)
 
-    def _log(self, records: list[PredictionRecord], version: str, request_id: str, ts: float, row: int,
-             size: int, images: np.ndarray | None, classes: list[int], tops: list[float],
-             stats: list[list[float]] | None) -> None:
+    def _log(self, version: str, items: list[Any], predicted: np.ndarray, top: np.ndarray,
+             images: np.ndarray | None, stats: np.ndarray | None) -> None:
+        """The sampled records of one pass as one column batch for the writer: per record only its id
+        and row are touched in Python; everything else is numpy, and the rows are made in the sink."""
         s = self.settings
-        keep = s.keep_inputs_rate > 0 and images is not None and self._random.random() < s.keep_inputs_rate
-        for k in range(size):
-            r = row + k
-            raw = None
-            if keep:
-                scaled = np.asarray(images[r], dtype=np.float32) * (255.0 / s.input_scale)
-                raw = np.clip(np.rint(scaled), 0, 255).astype(np.uint8).tobytes()
-            records.append(PredictionRecord(
-                # One record per image: a request of several images gets "<id>/<row>" for rows after the first.
-                request_id=request_id if k == 0 else f"{request_id}/{k}",
-                ts=ts, model=s.model, version=version, predicted=classes[r], top_prob=tops[r],
-                stats=dict(zip(RECORD_STATS, stats[r])) if stats is not None else {},
-                input=raw,
-            ))
+        ids: list[str] = []
+        rows: list[int] = []
+        stamps: list[float] = []
+        row = 0
+        for _, request_ids, sizes, _, _, ts, _ in items:
+            for request_id, size in zip(request_ids, sizes):
+                if s.sample_rate >= 1.0 or self._random.random() < s.sample_rate:
+                    ids.append(request_id)
+                    rows.append(row)
+                    stamps.append(ts)
+                    # One record per image: a request of several images gets "<id>/<k>" for rows after the first.
+                    for k in range(1, size):
+                        ids.append(f"{request_id}/{k}")
+                        rows.append(row + k)
+                        stamps.append(ts)
+                row += size
+        if not ids:
+            return
+        index = np.asarray(rows, dtype=np.int64)
+        kept: dict[int, bytes] = {}
+        if s.keep_inputs_rate > 0 and images is not None:
+            chosen = np.flatnonzero(self._np_random.random(len(index)) < s.keep_inputs_rate)
+            if len(chosen):
+                scaled = np.asarray(images[index[chosen]], dtype=np.float32) * np.float32(255.0 / s.input_scale)
+                raw = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+                kept = {int(c): raw[j].tobytes() for j, c in enumerate(chosen)}
+        self.writer.offer_batch(LogBatch(
+            s.model, version, ids, np.asarray(stamps, dtype=np.float64), predicted[index].astype(np.int64),
+            top[index], RECORD_STATS if stats is not None else (),
+            stats[index] if stats is not None else np.zeros((len(index), 0)), kept,
+        ))
 
     def flush(self) -> None:
         """Send pending metric counts to Triton (from the background thread)."""

@@ -49,12 +49,18 @@ def image_stats(images: np.ndarray, scale: float = 255.0) -> np.ndarray:
     if n == 0:
         return np.zeros((0, len(PIXEL_STATS)))
     h, w = arr.shape[-2:]
-    x = arr.reshape(n, -1, h, w).mean(axis=1) / np.float32(scale)  # [N, H, W] in [0, 1]
-    np.clip(x, 0.0, 1.0, out=x)
+    arr = arr.reshape(n, -1, h, w)
+    # One channel (the usual case) is a view, not an averaged copy. Values stay in input units (full ink
+    # = scale) and are divided once per image at the end: fewer full passes over the batch.
+    x = arr[:, 0] if arr.shape[1] == 1 else arr.mean(axis=1)
+    x = np.clip(x, 0.0, np.float32(scale))
     out = np.empty((n, len(PIXEL_STATS)), dtype=np.float64)
-    out[:, 0] = x.mean(axis=(1, 2))
-    ink = x > INK_LEVEL
-    out[:, 1] = ink.mean(axis=(1, 2))
+    row_sums = x.sum(axis=2).astype(np.float64)  # [N, H]
+    col_sums = x.sum(axis=1).astype(np.float64)  # [N, W]
+    mass = row_sums.sum(axis=1)
+    out[:, 0] = mass / (h * w * float(scale))
+    ink = x > np.float32(INK_LEVEL * scale)
+    out[:, 1] = np.count_nonzero(ink, axis=(1, 2)) / float(h * w)
     rows = ink.any(axis=2)  # [N, H]
     cols = ink.any(axis=1)  # [N, W]
     has = rows.any(axis=1)
@@ -63,10 +69,9 @@ def image_stats(images: np.ndarray, scale: float = 255.0) -> np.ndarray:
     left = np.argmax(cols, axis=1)
     right = w - 1 - np.argmax(cols[:, ::-1], axis=1)
     out[:, 2] = np.where(has, np.sqrt((bottom - top + 1.0) * (right - left + 1.0)), 0.0)
-    mass = x.sum(axis=(1, 2))
     safe = np.where(mass > 0, mass, 1.0)
-    cy = (x.sum(axis=2) @ np.arange(h, dtype=np.float32)) / safe
-    cx = (x.sum(axis=1) @ np.arange(w, dtype=np.float32)) / safe
+    cy = (row_sums @ np.arange(h, dtype=np.float64)) / safe
+    cx = (col_sums @ np.arange(w, dtype=np.float64)) / safe
     out[:, 3] = np.where(mass > 0, np.hypot(cy - (h - 1) / 2.0, cx - (w - 1) / 2.0), 0.0)
     return out
 

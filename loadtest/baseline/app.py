@@ -1,11 +1,11 @@
-"""The seed's way of serving the digit classifier, kept as the baseline the benchmark compares with.
+"""The seed's way of serving the classifier, kept as the baseline the benchmark compares with.
 
 A Flask app that loads the same ONNX file with ONNX Runtime and answers one JSON request at a time:
 each request is parsed from JSON, run through its own ``session.run`` (no batching across requests)
-and answered in JSON.
+and answered in JSON. H and W are the model's, read from its ONNX input ([N, 1, H, W]).
 
-    POST /predict  {"image": [[...28 x 28 pixels 0..255...]]}           one digit
-                   {"images": [[[...]], ...]}  or  {"image": [N x 28 x 28]}  a batch ([N,1,28,28] too)
+    POST /predict  {"image": [[...H x W pixels 0..255...]]}             one image
+                   {"images": [[[...]], ...]}  or  {"image": [N x H x W]}  a batch ([N,1,H,W] too)
     ->             {"labels": [7, ...], "probabilities": [[...10...], ...]}
     GET  /health   {"status": "ok"}
 
@@ -36,11 +36,10 @@ from flask import Flask, jsonify, request
 from build_tools.served import load_classifier_names
 
 ROOT = Path(__file__).resolve().parents[2]
-SIDE = 28
 
 
 class BadInputError(ValueError):
-    """The request body is not a digit or a batch of digits; answered with 400 and the reason."""
+    """The request body is not an image or a batch of images; answered with 400 and the reason."""
 
 
 def load_session(model_path: Path | str, threads: int = 1) -> ort.InferenceSession:
@@ -50,13 +49,22 @@ def load_session(model_path: Path | str, threads: int = 1) -> ort.InferenceSessi
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def to_batch(payload: Any) -> np.ndarray:
-    """The JSON body as float32 [N, 1, 28, 28]; raises BadInputError naming what is wrong."""
+def image_size(session: ort.InferenceSession) -> tuple[int, int]:
+    """(H, W) of the model's one-channel image input [N, 1, H, W]."""
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 4 or shape[1] != 1 or not all(isinstance(d, int) for d in shape[2:]):
+        raise ValueError(f"the baseline serves one-channel images [N, 1, H, W]; the model's input is {shape}")
+    return int(shape[2]), int(shape[3])
+
+
+def to_batch(payload: Any, size: tuple[int, int]) -> np.ndarray:
+    """The JSON body as float32 [N, 1, H, W] (size = (H, W)); raises BadInputError naming what is wrong."""
+    h, w = size
     if not isinstance(payload, dict):
-        raise BadInputError('expected a JSON object like {"image": [[...28x28...]]}')
+        raise BadInputError(f'expected a JSON object like {{"image": [[...{h}x{w}...]]}}')
     key = "images" if "images" in payload else "image"
     if key not in payload:
-        raise BadInputError('missing "image" (one 28x28 digit) or "images" (a batch)')
+        raise BadInputError(f'missing "image" (one {h}x{w} image) or "images" (a batch)')
     try:
         arr = np.asarray(payload[key], dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -65,8 +73,9 @@ def to_batch(payload: Any) -> np.ndarray:
         arr = arr[None]
     if arr.ndim == 3:
         arr = arr[:, None]
-    if arr.ndim != 4 or arr.shape[1:] != (1, SIDE, SIDE) or arr.shape[0] == 0:
-        raise BadInputError(f'"{key}" has shape {list(arr.shape)}; expected [28, 28], [N, 28, 28] or [N, 1, 28, 28]')
+    if arr.ndim != 4 or arr.shape[1:] != (1, h, w) or arr.shape[0] == 0:
+        raise BadInputError(f'"{key}" has shape {list(arr.shape)}; expected [{h}, {w}], [N, {h}, {w}] or '
+                            f'[N, 1, {h}, {w}]')
     if not np.isfinite(arr).all():
         raise BadInputError(f'"{key}" holds NaN or infinite values')
     return arr
@@ -77,6 +86,7 @@ def create_app(model_path: Path | str | None = None, threads: int | None = None)
     threads = threads if threads is not None else int(os.environ.get("BASELINE_ORT_THREADS", "1"))
     session = load_session(model_path, threads)
     input_name = session.get_inputs()[0].name
+    size = image_size(session)
     app = Flask(__name__)
 
     @app.get("/health")
@@ -87,7 +97,7 @@ def create_app(model_path: Path | str | None = None, threads: int | None = None)
     def predict() -> Any:
         payload = request.get_json(silent=True)
         try:
-            batch = to_batch(payload)
+            batch = to_batch(payload, size)
         except BadInputError as e:
             return jsonify(error=str(e)), 400
         probabilities = session.run(None, {input_name: batch})[0]

@@ -219,7 +219,7 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    """The front proxy refuses a body over its limit (413) and a restricted API (403)."""
+    """The front proxy refuses a body over its limit (413), a restricted API (403) and malformed JSON (400)."""
     import http.client
 
     host, port = args.url.split(":")
@@ -246,6 +246,17 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if code != 403:
         _say("FAIL: expected 403 for the logging API through the proxy")
         return 1
+    # The reporter's malformed JSON: Triton 2.51 answers 500; the proxy's njs check, 400.
+    req = urllib.request.Request(f"http://{args.url}/v2/models/mnist/infer", data=b'{"inputs": [', method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        code, text = 200, ""
+    except urllib.error.HTTPError as e:
+        code, text = e.code, e.read().decode(errors="replace")
+    _say(f"malformed JSON through the proxy: HTTP {code} {text}")
+    if code != 400:
+        _say("FAIL: expected 400 for malformed JSON through the proxy (is nginx's njs module in the image?)")
+        return 1
     return 0
 
 
@@ -261,11 +272,12 @@ def cmd_drift(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     while True:
         up = _query(base, 'up{job="drift-monitor"}')
-        thresholds = _query(base, 'monitor_threshold{job="drift-monitor"}')
+        thresholds = _query(base, 'tdk_monitor_threshold{job="drift-monitor"}')
         if up and up[0]["value"][1] == "1" and thresholds:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"the drift monitor is not scraped: up = {up}, monitor_threshold series {len(thresholds)}")
+            raise SystemExit(f"the drift monitor is not scraped: up = {up}, "
+                             f"tdk_monitor_threshold series {len(thresholds)}")
         time.sleep(2)
     _say(f"Prometheus scrapes the drift monitor ({len(thresholds)} threshold series)")
     # The spec's shift of its model's data, from the model's adapter (as make drift-demo sends it).
@@ -291,7 +303,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
         if state == "firing":
             break
         time.sleep(2)
-    psi = _query(base, 'max by (model, version) (monitor_input_psi{job="drift-monitor"})')
+    psi = _query(base, 'max by (model, version) (tdk_monitor_input_psi{job="drift-monitor"})')
     figures = ", ".join(f"{r['metric'].get('model')} v{r['metric'].get('version')} {float(r['value'][1]):.2f}"
                         for r in psi) or "none"
     if state != "firing":

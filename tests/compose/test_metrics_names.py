@@ -32,6 +32,7 @@ from build_tools.spec import load_spec
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 ALERTS = COMPOSE / "prometheus" / "alerts.yml"
+RECORDING = COMPOSE / "prometheus" / "recording.yml"
 DASHBOARDS = sorted((COMPOSE / "grafana" / "dashboards").glob("*.json"))
 SUMMARY_FLAG = "--metrics-config=summary_latencies=true"
 ENSEMBLE = "mnist"
@@ -89,9 +90,18 @@ def metric_names(expr: str) -> set[str]:
     return {name for name in _IDENT.findall(text) if name not in _KEYWORDS}
 
 
-def alert_expressions() -> dict[str, str]:
-    rules = yaml.safe_load(ALERTS.read_text())
+def alert_expressions(path: Path = ALERTS) -> dict[str, str]:
+    rules = yaml.safe_load(path.read_text())
     return {r.get("alert") or r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+
+
+def off_scheme(names: Iterable[str]) -> list[str]:
+    """Names outside the one naming scheme (docs/monitoring.md, "Metric names"): Triton's `nv_`, the
+    project's `tdk_<subsystem>_`, Prometheus's own series, recording rules (`level:metric:ops`)."""
+    from control.monitor.contract import METRIC_PREFIXES
+
+    allowed = ("nv_", *METRIC_PREFIXES.values())
+    return sorted(n for n in names if not n.startswith(allowed) and n not in FROM_PROMETHEUS and ":" not in n)
 
 
 def _walk(node: Any) -> Iterator[tuple[str, Any]]:
@@ -147,7 +157,7 @@ def _send_digits(server: TritonServer, count: int = 5) -> None:
             client.infer(ENSEMBLE, [bad])
     finally:
         client.close()  # an open keep-alive connection delays the server's shutdown
-    # The models' own metrics (tdk_*, docs/monitoring.md) reach the endpoint every monitoring.flush_ms.
+    # The models' own metrics (tdk_serving_*, docs/monitoring.md) reach the endpoint every monitoring.flush_ms.
     flush_s = load_spec(ROOT / "deploy.yaml").monitoring.flush_ms / 1000.0
     time.sleep(2 * flush_s + 0.5)
 
@@ -277,7 +287,37 @@ def test_dashboard_has_a_panel_for_every_monitor_metric_when_the_monitor_is_scra
     from tests.support.monitoring import monitor_scrape
 
     exported = {n for n in scraped_names(monitor_scrape(f"sqlite:///{tmp_path / 'monitor.db'}"))
-                if n.startswith("monitor_")}
+                if n.startswith("tdk_monitor_")}
     assert len(exported) >= 15  # guards against checking nothing
     on_dashboards = set().union(*(metric_names(e) for path in DASHBOARDS for e in dashboard_expressions(path)))
     assert not exported - on_dashboards, f"monitor metrics without a Grafana panel: {sorted(exported - on_dashboards)}"
+
+
+def test_rules_and_dashboards_use_one_metric_namespace_when_parsed() -> None:
+    used = {
+        "alerts": set().union(*(metric_names(e) for e in alert_expressions().values())),
+        "recording": set().union(*(metric_names(e) for e in alert_expressions(RECORDING).values())),
+        "dashboards": set().union(*(metric_names(e) for path in DASHBOARDS for e in dashboard_expressions(path))),
+    }
+    # Guards against checking nothing: each of the project's exporters is read somewhere.
+    everything = set().union(*used.values())
+    for prefix in ("tdk_serving_", "tdk_monitor_", "tdk_healer_"):
+        assert any(n.startswith(prefix) for n in everything), prefix
+    problems = {where: bad for where, names in used.items() if (bad := off_scheme(names))}
+    assert not problems, f"metric names outside nv_ and tdk_<subsystem>_ (docs/monitoring.md): {problems}"
+
+
+@pytest.mark.server
+def test_exported_metrics_use_one_metric_namespace_when_server_and_monitor_scraped(stack_scrape: set[str]) -> None:
+    assert any(n.startswith("tdk_serving_") for n in stack_scrape)
+    assert any(n.startswith("tdk_monitor_") for n in stack_scrape)
+    assert not off_scheme(stack_scrape), f"exported names outside nv_ and tdk_<subsystem>_: {off_scheme(stack_scrape)}"
+
+
+def test_healer_metrics_use_its_subsystem_prefix_when_rendered() -> None:
+    from build_tools.healer import Healer, ModelHealth
+
+    healer = Healer(lambda: None, lambda m: True, lambda: None)
+    healer.models["m"] = ModelHealth({"m_0_0"})
+    names = scraped_names(healer.metrics_text())
+    assert len(names) == 5 and all(n.startswith("tdk_healer_") for n in names), names

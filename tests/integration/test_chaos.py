@@ -104,7 +104,7 @@ def _health(server: TritonServer) -> int:
         return e.code
 
 
-def _healer_metric(server: TritonServer, model: str, name: str = "triton_kit_stub_heals_total") -> float:
+def _healer_metric(server: TritonServer, model: str, name: str = "tdk_healer_stub_heals_total") -> float:
     assert server.health_url is not None
     text = urllib.request.urlopen(server.health_url.replace("/health", "/metrics"), timeout=5).read().decode()
     for line in text.splitlines():
@@ -170,7 +170,7 @@ def test_hung_stub_healed_when_stopped_under_load(
     assert stubs, f"no stub for {model}"
     victim = stubs[0]
     heals_before = _healer_metric(chaos_server, model)
-    misses_before = _healer_metric(chaos_server, model, "triton_kit_canary_failures_total")
+    misses_before = _healer_metric(chaos_server, model, "tdk_healer_canary_failures_total")
     try:
         with Load(chaos_server.http_url, digit_payload) as load:
             time.sleep(1.0)
@@ -191,7 +191,7 @@ def test_hung_stub_healed_when_stopped_under_load(
         chaos_server.healer.watch_stopped = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.pid, signal.SIGCONT)
-    misses = _healer_metric(chaos_server, model, "triton_kit_canary_failures_total") - misses_before
+    misses = _healer_metric(chaos_server, model, "tdk_healer_canary_failures_total") - misses_before
     lost = [f for f in load.failed if f[0] >= stopped_at]
     print(f"\n{model}: stub {victim.instance} (pid {victim.pid}) stopped (SIGSTOP); found by {finder}, healed "
           f"after {healed_at - stopped_at:.2f} s ({misses:.0f} canaries missed); {len(lost)} request(s) lost, "

@@ -17,7 +17,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -25,23 +24,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from build_tools.build import build_repositories
-from build_tools.cli import main as triton_repo
-from build_tools.served import load_classifier_names
-from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import DeploySpec, FlavorSpec
+from build_tools.spec import DeploySpec
 from clients.datasets import mnist_train
 from control.db import connect
 from control.monitor import contract
 from control.registry import Registry
 from control.rollout import Rollout, ready_versions
+from tests.support.explicit_server import MODEL, ROUTER, explicit_env
+from tests.support.explicit_server import ExplicitEnv as Env
 from triton_api import TritonClient
 
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = load_classifier_names(ROOT / "deploy.yaml")
-MODEL, ROUTER = NAMES.classifier, f"{NAMES.classifier}_router"
 FEEDBACK = 500  # labelled requests: 350 to train on, 150 held back for the gate
 SHIFTED = "thicker-pen held-out"
 
@@ -54,40 +49,10 @@ def _mnist_adapter() -> ModuleType:
     return module
 
 
-@dataclass
-class Env:
-    spec: DeploySpec
-    repository: Path
-    server: TritonServer
-    files: Path
-
-    def client(self) -> TritonClient:
-        return TritonClient(self.server.http_url, timeout_s=300, headers=self.server.admin_headers)
-
-    def cli(self, *args: str, db: str) -> int:
-        return triton_repo([*args, "--db", db, "--url", self.server.http_url, "--spec", str(ROOT / "deploy.yaml"),
-                            "--repository", str(self.repository), "--drain", "1"])
-
-
 @pytest.fixture(scope="module")
 def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("finetune")
-    repository = root / "repository"
-    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))}}),
-                       ["embedded"])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("TRITON_ADMIN_KEY", raising=False)
-        server = TritonServer(ServerOptions.from_spec(
-            project_spec.server, model_repositories=[repository], model_control_explicit=True,
-            log_file=root / "tritonserver.log", workdir=root / "server",
-        ))
-        server.start()
-    files = root / "files"
-    files.mkdir()
-    try:
-        yield Env(project_spec, repository, server, files)
-    finally:
-        server.stop()
+    with explicit_env(project_spec, tmp_path_factory.mktemp("finetune")) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

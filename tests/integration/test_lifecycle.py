@@ -14,24 +14,23 @@ import math
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from build_tools.build import build_repositories
 from build_tools.cli import main as triton_repo
 from build_tools.errors import RolloutError
-from build_tools.served import load_classifier_names
-from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import DeploySpec, FlavorSpec
+from build_tools.server import TritonServer
+from build_tools.spec import DeploySpec
 from clients.closed_loop import ClosedLoop
 from control.db import connect
 from control.registry import Registry
-from control.rollout import Rollout, ready_versions
+from control.rollout import ready_versions
 from control.watcher import Watcher
+from tests.support.explicit_server import MODEL, NAMES, ROUTER, explicit_env
+from tests.support.explicit_server import ExplicitEnv as Env
 from tests.support.onnx_models import perturbed_copy, slow_copy, unloadable_copy
 from triton_api import TritonClient
 
@@ -39,56 +38,18 @@ pytestmark = pytest.mark.server
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = load_classifier_names(ROOT / "deploy.yaml")
-MODEL, ROUTER = NAMES.classifier, f"{NAMES.classifier}_router"
-
-
-@dataclass
-class Env:
-    spec: DeploySpec
-    repository: Path
-    db_url: str
-    server: TritonServer
-    files: Path
-
-    def rollout(self, spec: DeploySpec | None = None, actor: str = "test") -> Rollout:
-        # Load, unload and the repository index are restricted: the harness's (random) key goes along.
-        client = TritonClient(self.server.http_url, timeout_s=300, headers=self.server.admin_headers)
-        return Rollout(spec or self.spec, MODEL, Registry(connect(self.db_url)), client, self.repository,
-                       actor=actor, drain_s=1.0)
-
-    def restart(self) -> None:
-        options = self.server.options
-        self.server.stop()
-        self.server = TritonServer(options)
-        self.server.start()
 
 
 @pytest.fixture(scope="module")
 def env(project_spec: DeploySpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("lifecycle")
-    repository = root / "repository"
-    build_repositories(project_spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repository))}}),
-                       ["embedded"])
-    with pytest.MonkeyPatch.context() as mp:
-        # No $TRITON_ADMIN_KEY: the harness draws a random key per start, as `make serve` does; the
-        # spec's `server:` settings restrict the repository API and turn the stub watchdog on.
-        mp.delenv("TRITON_ADMIN_KEY", raising=False)
-        server = TritonServer(ServerOptions.from_spec(
-            project_spec.server, model_repositories=[repository], model_control_explicit=True,
-            log_file=root / "tritonserver.log", workdir=root / "server",
-            # No canary inferences: the tests count each version's inferences exactly.
-            canary_interval_s=0,
-        ))
-        assert "model-repository" in server.options.restricted_apis
-        server.start()
-        files = root / "files"
-        files.mkdir()
-        e = Env(project_spec, repository, f"sqlite:///{root / 'registry.db'}", server, files)
-        try:
-            yield e
-        finally:
-            e.server.stop()
+    # Monitoring off (this module checks Triton's and the router's own counters): nothing is watched, so
+    # the ensemble bypasses the router while one version takes all the traffic and the steps switch it.
+    unwatched = project_spec.model_copy(
+        update={"monitoring": project_spec.monitoring.model_copy(update={"enabled": False})})
+    # No canary inferences: the tests count each version's inferences exactly.
+    with explicit_env(unwatched, tmp_path_factory.mktemp("lifecycle"), canary_interval_s=0) as e:
+        assert "model-repository" in e.server.options.restricted_apis
+        yield e
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +73,12 @@ def _metric(server: TritonServer, name: str, **labels: str) -> float:
 
 def _router_weights(client: TritonClient) -> dict[str, float]:
     return json.loads(client.model_config(ROUTER)["parameters"]["weights"]["string_value"])
+
+
+def _ensemble_step(client: TritonClient) -> tuple[str, int]:
+    """What the served ensemble's classifier step runs: (model, version)."""
+    step = client.model_config(NAMES.ensemble)["ensemble_scheduling"]["step"][-1]
+    return step["model_name"], int(step.get("model_version", -1))
 
 
 def test_router_pins_a_version_when_the_request_parameter_names_it(env: Env, holdout: np.ndarray) -> None:
@@ -231,18 +198,27 @@ def test_lifecycle_steps_lose_no_request_when_a_closed_loop_load_runs(env: Env, 
     candidate = perturbed_copy(_source(), env.files / "load.onnx", seed=21, scale=0.02)
     png = (ROOT / "models/mnist/examples/digit_7.png").read_bytes()
     timings: dict[str, float] = {}
+    steps: dict[str, tuple[str, int]] = {"built": _ensemble_step(r.client)}
     with ClosedLoop(env.server.http_url, env.server.grpc_url, NAMES, ROUTER, holdout[0], png, threads=4) as load:
         t = time.monotonic()
         record, _ = r.stage(candidate, "under load")
         timings["stage"] = time.monotonic() - t
+        steps["stage"] = _ensemble_step(r.client)
         load.wait_for(50)
         timings["canary"] = r.canary(record.version, 25, "under load").seconds
+        steps["canary"] = _ensemble_step(r.client)
         load.wait_for(50)
         timings["promote"] = r.promote(record.version, "under load").seconds
+        steps["promote"] = _ensemble_step(r.client)
         load.wait_for(50)
         timings["rollback"] = r.rollback("under load: back to version 1").seconds
+        steps["rollback"] = _ensemble_step(r.client)
         load.wait_for(50)
     counts = load.counts
+    # Issue 12: the ensemble bypasses the router while one version takes all the traffic, and runs it
+    # during the split; every switch (an ensemble reload) under the same load, with nothing lost.
+    assert steps == {"built": (MODEL, 1), "stage": (MODEL, 1), "canary": (ROUTER, -1),
+                     "promote": (MODEL, record.version), "rollback": (MODEL, 1)}
     print(f"closed-loop load (4 threads, HTTP+gRPC, router+ensemble): {counts.ok} answered, {counts.failed} failed; "
           + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     assert counts.failed == 0, counts.errors[:5]

@@ -17,7 +17,7 @@ import pytest
 from build_tools.build import build_repositories
 from build_tools.errors import ClientError, DatabaseError
 from build_tools.server import ServerOptions, TritonServer
-from build_tools.spec import DeploySpec, FlavorSpec
+from build_tools.spec import DeploySpec, FlavorSpec, load_spec
 from clients.datasets import mnist_holdout
 from clients.images import bytes_batch, encode_png
 from control.db import Database
@@ -42,21 +42,24 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return images, scores.argmax(axis=1)
 
 
+FLUSH_S = load_spec(ROOT / "deploy.yaml").monitoring.flush_ms / 1000.0
+
+
 def settle(metrics_url: str, read: Callable[[str], float], want: float, timeout_s: float = 20.0) -> float:
     """Scrape until `read` reaches `want` (the monitor flushes every flush_ms), then once more a flush
     later so a count that overshoots is seen too; returns the last value."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s + 2 * FLUSH_S
     value = read(scrape(metrics_url))
     while value < want and time.monotonic() < deadline:
         time.sleep(0.2)
         value = read(scrape(metrics_url))
-    time.sleep(1.2)
+    time.sleep(FLUSH_S + 0.2)
     return read(scrape(metrics_url))
 
 
 def quiet_snapshot(metrics_url: str) -> str:
     """The metrics once earlier tests' pending counts have been flushed (two flush intervals)."""
-    time.sleep(1.2)
+    time.sleep(2 * FLUSH_S + 0.2)
     return scrape(metrics_url)
 
 
@@ -93,12 +96,12 @@ def test_prediction_metrics_count_exactly_the_requests_when_digits_go_through_th
     series = metric_series(after, PREDICTIONS)
     assert all(lab["version"] == "1" for lab, _ in series if lab["model"] == "mnist_classifier")
     # The top-1 probability histogram: _count, the +Inf bucket and every bucket at most that.
-    for name, kw in [("tdk_model_top_probability_count", {}), ("tdk_model_top_probability_bucket", {"le": "+Inf"})]:
+    for name, kw in [("tdk_serving_top_probability_count", {}), ("tdk_serving_top_probability_bucket", {"le": "+Inf"})]:
         moved_total = total(after, name, model="mnist_classifier", **kw) - total(
             before, name, model="mnist_classifier", **kw)
         assert moved_total == N, name
     buckets = sorted(
-        (float(lab["le"]), v) for lab, v in metric_series(after, "tdk_model_top_probability_bucket")
+        (float(lab["le"]), v) for lab, v in metric_series(after, "tdk_serving_top_probability_bucket")
         if lab["model"] == "mnist_classifier"
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets), "cumulative buckets must not decrease"
@@ -112,8 +115,8 @@ def test_prediction_metrics_count_exactly_the_requests_when_digits_go_through_th
         assert total(after, f"{base}_count", model="mnist_classifier", input="image") - total(
             before, f"{base}_count", model="mnist_classifier", input="image") == N
     # 28x28 PNGs: original_size is 28 for every one, so its sum moved by 28 * N.
-    assert total(after, "tdk_input_original_size_pixels_sum", model="mnist_preprocess") - total(
-        before, "tdk_input_original_size_pixels_sum", model="mnist_preprocess") == pytest.approx(28.0 * N)
+    assert total(after, "tdk_serving_input_original_size_pixels_sum", model="mnist_preprocess") - total(
+        before, "tdk_serving_input_original_size_pixels_sum", model="mnist_preprocess") == pytest.approx(28.0 * N)
 
     # The prediction log: one record per request, with the version, the class and the statistics.
     db_path = served_root / "monitoring" / "predictions.db"
@@ -263,6 +266,6 @@ def test_prediction_log_lands_in_postgresql_when_the_server_is_pointed_at_it(
         assert got == {f"pg-{run}-{i}": ("mnist_classifier", "1", int(c)) for i, c in enumerate(expected[:10])}
         # The runner's metrics count the same ten requests (warmup requests come first, so compare after).
         text = scrape(server.metrics_url)
-        assert metric_value(text, "tdk_prediction_log_records_total", model="mnist_classifier", outcome="failed") == 0
+        assert metric_value(text, LOG_RECORDS, model="mnist_classifier", outcome="failed") == 0
     finally:
         server.stop()

@@ -18,7 +18,7 @@ import pytest
 
 from build_tools.server import TritonServer
 from loadtest import loadgen
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from triton_api.metrics import metric_value, scrape
 
 pytestmark = pytest.mark.server
@@ -51,7 +51,7 @@ def test_overloaded_model_refuses_fast_and_keeps_budget_when_clients_exceed_its_
 ) -> None:
     make = loadgen.triton_http_target if protocol == "http" else loadgen.triton_grpc_target
     address = embedded_server.http_url if protocol == "http" else embedded_server.grpc_url
-    target = make(address, mnist_sample(), 1, model=MODEL)
+    target = make(address, spec_sample(), 1, model=MODEL)
     before = _scrape(embedded_server)
     result = loadgen.run_load(target, CONCURRENCY, duration_s=4.0, warmup_s=0.5, refusal_backoff_s=BACKOFF_S)
     after = _scrape(embedded_server)
@@ -98,7 +98,7 @@ def test_client_timeout_refuses_request_when_its_budget_is_shorter_than_the_queu
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    images = mnist_sample().images[:1]
+    images = spec_sample().images[:1]
 
     def one(timeout_us: int | None) -> str:
         client = httpclient.InferenceServerClient(embedded_server.http_url)

@@ -9,6 +9,7 @@ RSS is measured before and after (printed for the closing note).
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import urllib.error
@@ -21,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from build_tools.proxy import NginxProxy, nginx_binary
+from build_tools.proxy import NJS_MISSING, NginxProxy, nginx_binary
 from build_tools.server import ServerOptions, TritonServer
 from build_tools.spec import DeploySpec
 from clients.datasets import mnist_holdout
@@ -181,17 +182,110 @@ def test_proxy_refuses_grpc_shared_memory_when_called_through_it(proxied: tuple[
         client.close()
 
 
-@pytest.mark.parametrize("via", ["server", "proxy"])
-def test_malformed_json_answered_and_server_keeps_serving_when_body_not_json(
-    proxied: tuple[TritonServer, NginxProxy], via: str
+def test_malformed_json_gets_500_and_server_keeps_serving_when_sent_to_triton_directly(
+    proxied: tuple[TritonServer, NginxProxy],
 ) -> None:
-    """Triton 2.51 answers a body that is not JSON with 500 "failed to parse the request JSON buffer"
-    (its JSON parser reports INTERNAL, mapped to 500: docs/security.md cites the source). Not a crash:
-    the next request is answered."""
-    server, proxy = proxied
-    url = server.http_url if via == "server" else proxy.http_url
-    status, answer = _post(url, "/v2/models/mnist_classifier/infer", b'{"inputs": [', {})
-    assert status == 500, status  # Triton 2.51: INTERNAL from its JSON parser (docs/security.md)
+    """Triton 2.51 itself answers a body that is not JSON with 500 "failed to parse the request JSON
+    buffer" (its JSON parser reports INTERNAL, mapped to 500: docs/security.md cites the source); the
+    proxy is what turns it into a 400. Not a crash: the next request is answered."""
+    server, _ = proxied
+    status, answer = _post(server.http_url, "/v2/models/mnist_classifier/infer", REPORTER_BODY, {})
+    assert status == 500, status
     assert b"failed to parse the request JSON buffer" in answer, answer
-    print(f"\nmalformed JSON via the {via}: HTTP {status} {answer.decode(errors='replace')}")
-    _digit_ok(url)
+    _digit_ok(server.http_url)
+
+
+# The reporter's request: a JSON body cut short.
+REPORTER_BODY = b'{"inputs": ['
+_IMAGE = {"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32"}
+_DATA = [0.0] * 784
+
+
+def _json(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def _binary(header: dict[str, object], tensor: bytes, declared: int | None = None) -> tuple[bytes, dict[str, str]]:
+    head = _json(header)
+    return head + tensor, {"Inference-Header-Content-Length": str(len(head) if declared is None else declared)}
+
+
+# (name, body, headers, words the 400's message must contain); Triton 2.51 answers each with 500.
+MALFORMED = [
+    ("reporter", REPORTER_BODY, {}, ["failed to parse the request JSON", "position 12"]),
+    ("not JSON", b"hello", {}, ["failed to parse the request JSON", "position 0"]),
+    ("trailing data", b'{"inputs": []} x', {}, ["failed to parse the request JSON", "position 15"]),
+    ("no inputs", b"{}", {}, ['no "inputs" array']),
+    ("array root", b"[1, 2]", {}, ["must be a JSON object", "got an array"]),
+    ("inputs not an array", b'{"inputs": 5}', {}, ['"inputs" must be an array', "got a number"]),
+    ("input without name", _json({"inputs": [{**_IMAGE, "name": None, "data": _DATA}]}), {},
+     ["inputs[0].name must be a string"]),
+    ("shape of strings", _json({"inputs": [{**_IMAGE, "shape": ["a"], "data": _DATA}]}), {},
+     ["inputs[0].shape[0] must be a non-negative integer", '"a"']),
+    ("data a string", _json({"inputs": [{**_IMAGE, "data": "x"}]}), {},
+     ["inputs[0].data must be an array of 784 value(s)"]),
+    ("data of strings", _json({"inputs": [{**_IMAGE, "data": ["x"] * 784}]}), {},
+     ["inputs[0].data holds FP32 values, so numbers; element 0"]),
+    ("data count", _json({"inputs": [{**_IMAGE, "data": [0.0]}]}), {},
+     ["inputs[0].data has 1 element(s) but its shape needs 784"]),
+    ("id a number", _json({"id": 5, "inputs": [{**_IMAGE, "data": _DATA}]}), {}, ['"id" must be a string']),
+    ("output without name", _json({"inputs": [{**_IMAGE, "data": _DATA}], "outputs": [{}]}), {},
+     ["outputs[0].name must be a string"]),
+    ("binary, header cut short", *_binary({"inputs": [{**_IMAGE, "parameters": {"binary_data_size": 3136}}]},
+                                          bytes(3136), 20), ["failed to parse the request JSON", "JSON header"]),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "headers", "words"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_proxy_answers_400_naming_problem_when_inference_json_malformed(
+    proxied: tuple[TritonServer, NginxProxy], name: str, body: bytes, headers: dict[str, str], words: list[str],
+) -> None:
+    server, proxy = proxied
+    if not proxy.checks_json:
+        tool_missing(NJS_MISSING)
+    direct, _ = _post(server.http_url, "/v2/models/mnist_classifier/infer", body, headers)
+    assert direct == 500, (name, direct)  # what Triton 2.51 answers on its own
+    status, answer = _post(proxy.http_url, "/v2/models/mnist_classifier/infer", body, headers)
+    error = json.loads(answer)["error"]  # Triton's error shape: {"error": "..."}
+    print(f"\n{name}: direct 500, through the proxy {status} {error}")
+    assert status == 400, (status, answer)
+    for word in words:
+        assert word in error, (word, error)
+    _digit_ok(proxy.http_url)
+
+
+def _valid_requests() -> list[tuple[str, bytes, dict[str, str]]]:
+    image = np.zeros((1, 1, 28, 28), np.float32)
+    binary = _binary({"inputs": [{**_IMAGE, "parameters": {"binary_data_size": image.nbytes}}]}, image.tobytes())
+    return [
+        ("JSON", _json({"inputs": [{**_IMAGE, "data": _DATA}]}), {}),
+        ("JSON, nested data", _json({"inputs": [{**_IMAGE, "data": image.tolist()}], "id": "a",
+                                     "parameters": {"priority": 0}, "outputs": [{"name": "probabilities"}]}), {}),
+        ("binary", *binary),
+        ("gzip", gzip.compress(_json({"inputs": [{**_IMAGE, "data": _DATA}]})), {"Content-Encoding": "gzip"}),
+        # Over nginx's in-memory body buffer (1 MiB): the check reads the body from nginx's temp file.
+        ("JSON, 256 images", _json({"inputs": [{**_IMAGE, "shape": [256, 1, 28, 28], "data": _DATA * 256}]}), {}),
+    ]
+
+
+@pytest.mark.parametrize(("name", "body", "headers"), _valid_requests(), ids=[v[0] for v in _valid_requests()])
+def test_proxy_passes_request_unchanged_when_inference_json_valid(
+    proxied: tuple[TritonServer, NginxProxy], name: str, body: bytes, headers: dict[str, str],
+) -> None:
+    server, proxy = proxied
+    answers = [_post(url, "/v2/models/mnist_classifier/infer", body, headers)
+               for url in (server.http_url, proxy.http_url)]
+    assert answers[0][0] == answers[1][0] == 200, (name, answers)
+    assert answers[0][1] == answers[1][1]  # the same answer as Triton's own
+
+
+def test_proxy_leaves_triton_its_own_400_when_request_json_valid_but_wrong_for_model(
+    proxied: tuple[TritonServer, NginxProxy],
+) -> None:
+    """A well-formed request Triton refuses with 400 (wrong shape for the model) reaches Triton: its
+    message, not the proxy's."""
+    server, proxy = proxied
+    body = _json({"inputs": [{**_IMAGE, "shape": [784], "data": _DATA}]})
+    answers = [_post(url, "/v2/models/mnist_classifier/infer", body, {}) for url in (server.http_url, proxy.http_url)]
+    assert answers[0] == answers[1] and answers[0][0] == 400, answers
+    assert b"front proxy" not in answers[1][1]

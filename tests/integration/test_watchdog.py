@@ -94,7 +94,7 @@ def _digits_ok(server: TritonServer) -> None:
 def _wait_heal(server: TritonServer, base: str, model: str, before: float) -> float:
     started = time.monotonic()
     while time.monotonic() < started + HEAL_BOUND_S:
-        if _metric(base, "triton_kit_stub_heals_total", model) > before:
+        if _metric(base, "tdk_healer_stub_heals_total", model) > before:
             return time.monotonic() - started
         time.sleep(0.2)
     raise AssertionError(f"{model} not healed by the watchdog within {HEAL_BOUND_S} s; log:\n{server.log_tail()}")
@@ -106,7 +106,7 @@ def test_watchdog_heals_hung_stub_when_stub_stopped(watched: tuple[TritonServer,
     server, base = watched
     assert server.process is not None
     victim = next(s for s in list_stubs(server.process.pid) if s.model == "mnist_preprocess")
-    before = _metric(base, "triton_kit_stub_heals_total", "mnist_preprocess")
+    before = _metric(base, "tdk_healer_stub_heals_total", "mnist_preprocess")
     os.kill(victim.pid, signal.SIGSTOP)
     try:
         took = _wait_heal(server, base, "mnist_preprocess", before)
@@ -123,7 +123,7 @@ def test_watchdog_heals_dead_stub_when_pid_namespace_shared(watched: tuple[Trito
     server, base = watched
     assert server.process is not None
     victim = next(s for s in list_stubs(server.process.pid) if s.model == "mnist_classifier")
-    before = _metric(base, "triton_kit_stub_heals_total", "mnist_classifier")
+    before = _metric(base, "tdk_healer_stub_heals_total", "mnist_classifier")
     os.kill(victim.pid, signal.SIGKILL)
     took = _wait_heal(server, base, "mnist_classifier", before)
     print(f"\nwatchdog: killed classifier stub healed {took:.1f} s after SIGKILL")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.locustfile import *  # noqa: F403  (the options and the thresholds)
 from loadtest.users import GrpcEnsembleUser, HttpClassifierUser
 from tests.support.samples import offline_labels
@@ -22,7 +22,7 @@ class WrongInputNameUser(HttpClassifierUser):
 
 
 def _relabel(built: list[tuple[list[Any], np.ndarray]], batch: int, labels: np.ndarray) -> list[Any]:
-    sample = mnist_sample()
+    sample = spec_sample()
     return [(inputs, labels[sample.indices(k * batch, batch)]) for k, (inputs, _) in enumerate(built)]
 
 

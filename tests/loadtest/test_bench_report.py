@@ -75,3 +75,26 @@ def test_markdown_and_plots_are_written_when_a_report_is_complete(tmp_path: Path
     paths = bench.plots(report, tmp_path)
     assert [p.name for p in paths] == ["throughput_latency.png", "ceiling.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_targets_carry_ratios_by_server_cpu_when_the_ceiling_has_cpu_time() -> None:
+    report = _report()
+    report["ceiling"]["images_per_cpu_s"] = {"1": 9000.0, "8": 12000.0, "64": 10000.0}
+    report["ceiling"]["best_images_per_cpu_s"] = 12000.0
+    # the same throughput on half the server CPU: twice the requests per CPU-second
+    report["points"][5]["server_cpu_total"] = 0.45
+    targets = bench.evaluate_targets(report, bench.BenchConfig(concurrency=(1, 16), batch64_concurrency=(4,)))
+    assert targets["c"]["by_cpu"] == pytest.approx(4500 / 0.9 / 9000, abs=1e-3)
+    assert targets["c"]["by_cpu_at"] == "c16"
+    assert targets["b"]["by_cpu"] == pytest.approx(130 * 64 / 0.45 / 12000, abs=1e-3)
+    assert targets["d"]["by_cpu"] == pytest.approx(2000 / 4500, abs=1e-3)
+    # the wall-time verdict is unchanged by the CPU figures
+    assert targets["b"]["met"] is False
+    text = bench.markdown({**report, "targets": targets}, bench.BenchConfig(concurrency=(1, 16),
+                                                                            batch64_concurrency=(4,)))
+    assert "| 56 % (c16) |" in text
+
+
+def test_targets_have_no_cpu_ratio_when_the_ceiling_lacks_cpu_time() -> None:
+    targets = bench.evaluate_targets(_report(), bench.BenchConfig(concurrency=(1, 16), batch64_concurrency=(4,)))
+    assert "by_cpu" not in targets["b"] and "by_cpu" not in targets["c"]

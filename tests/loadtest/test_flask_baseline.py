@@ -11,7 +11,7 @@ import pytest
 from build_tools.served import load_classifier_names
 from loadtest import loadgen
 from loadtest.baseline.app import create_app
-from loadtest.common import mnist_sample
+from loadtest.common import spec_sample
 from loadtest.servers import baseline
 from tests.support.samples import relabelled_sample
 
@@ -27,7 +27,7 @@ def _reference(images: np.ndarray) -> np.ndarray:
 
 
 def test_predict_answers_the_models_label_when_one_digit_is_posted(client) -> None:  # type: ignore[no-untyped-def]
-    sample = mnist_sample()
+    sample = spec_sample()
     images, _ = sample.tensor_batch(0, 1)
     response = client.post("/predict", json={"image": images[0, 0].astype(np.uint8).tolist()})
     assert response.status_code == 200
@@ -38,7 +38,7 @@ def test_predict_answers_the_models_label_when_one_digit_is_posted(client) -> No
 
 
 def test_predict_answers_each_digit_when_a_batch_is_posted(client) -> None:  # type: ignore[no-untyped-def]
-    images, _ = mnist_sample().tensor_batch(10, 8)
+    images, _ = spec_sample().tensor_batch(10, 8)
     response = client.post("/predict", json={"images": images[:, 0].tolist()})
     assert response.status_code == 200
     body = response.get_json()

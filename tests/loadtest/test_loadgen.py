@@ -9,7 +9,7 @@ import pytest
 
 from build_tools.server import TritonServer
 from loadtest import loadgen, procstat
-from loadtest.common import check_probabilities, mnist_sample
+from loadtest.common import check_probabilities, spec_sample
 from loadtest.errors import ResponseCheckError
 from tests.support.samples import relabelled_sample
 
@@ -31,7 +31,7 @@ def test_run_load_counts_only_successes_when_server_answers_correctly(
 
 @pytest.mark.server
 def test_run_load_records_failures_when_the_model_does_not_exist(embedded_server: TritonServer) -> None:
-    target = loadgen.triton_http_target(embedded_server.http_url, mnist_sample(), 1)
+    target = loadgen.triton_http_target(embedded_server.http_url, spec_sample(), 1)
     target.requests = [r.replace(b"/models/mnist_classifier/", b"/models/no_such_model/") for r in target.requests]
     result = loadgen.run_load(target, concurrency=1, duration_s=0.4, warmup_s=0.1)
     assert result.throughput_rps == 0

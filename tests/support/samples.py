@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from loadtest.common import Sample, mnist_sample
+from loadtest.common import Sample, spec_sample
 
 ONNX = Path(__file__).resolve().parents[2] / "models" / "mnist" / "mnist_cnn.onnx"
 
@@ -18,10 +18,10 @@ ONNX = Path(__file__).resolve().parents[2] / "models" / "mnist" / "mnist_cnn.onn
 def offline_labels() -> np.ndarray:
     """ONNX Runtime's answer for every sample digit, on the same file the server serves."""
     session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": mnist_sample().images})[0].argmax(axis=1)
+    return session.run(None, {"image": spec_sample().images})[0].argmax(axis=1)
 
 
 def relabelled_sample(shift: int = 0) -> Sample:
     """The sample expecting the offline answers (``shift`` 0) or answers ``shift`` classes off (never right)."""
-    sample = mnist_sample()
+    sample = spec_sample()
     return Sample(images=sample.images, labels=(offline_labels() + shift) % 10, pngs=sample.pngs)

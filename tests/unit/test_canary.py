@@ -57,9 +57,9 @@ def test_healer_reloads_model_when_canaries_missed_in_a_row() -> None:
     assert healer.healthy()
     assert healer.canary_once() == []
     metrics = healer.metrics_text()
-    assert 'triton_kit_canary_failures_total{model="m"} 2' in metrics
-    assert 'triton_kit_canary_failures_total{model="ok"} 0' in metrics
-    assert 'triton_kit_stub_heals_total{model="m"} 1' in metrics
+    assert 'tdk_healer_canary_failures_total{model="m"} 2' in metrics
+    assert 'tdk_healer_canary_failures_total{model="ok"} 0' in metrics
+    assert 'tdk_healer_stub_heals_total{model="m"} 1' in metrics
     assert any("model m: stub not answering (2 canary(ies) of m missed" in e for e in healer.events)
 
 

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.onnx_models import fixed_batch
+from tests.support.tools import tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +73,29 @@ def test_cli_warns_but_builds_when_embedded_model_sets_queue_policy(tmp_path: Pa
     warnings = [line for line in result.stderr.splitlines() if line.startswith("triton-repo: warning:")]
     assert len(warnings) == 1 and "models.clf.dynamic_batching: max_queue_size: 4" in warnings[0], result.stderr
     assert (tmp_path / "e" / "clf" / "config.pbtxt").is_file()
+
+
+def test_serve_warns_in_one_line_and_goes_without_proxy_when_nginx_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from build_tools import cli, proxy
+    from build_tools.spec import ServerSpec
+
+    monkeypatch.setattr(proxy, "nginx_binary", lambda: None)
+    assert cli._front_proxy(cli.build_parser().parse_args(["serve"]), ServerSpec()) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("triton-repo: warning: nginx is not installed") and "--no-proxy" in err
+    # Asked for: no proxy and nothing to warn about.
+    assert cli._front_proxy(cli.build_parser().parse_args(["serve", "--no-proxy"]), ServerSpec()) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_serve_takes_spec_proxy_when_nginx_installed() -> None:
+    from build_tools import cli, proxy
+    from build_tools.spec import ProxySpec, ServerSpec
+
+    if proxy.nginx_binary() is None:
+        tool_missing("nginx is not installed (Debian package nginx)")
+    spec = ServerSpec(proxy=ProxySpec(max_request_mib=32))
+    assert cli._front_proxy(cli.build_parser().parse_args(["serve"]), spec) == spec.proxy

@@ -21,7 +21,9 @@ from tests.support.onnx_models import models_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+# Built for each test (a third of a second): a mutation tool credits the config builders a shared build
+# calls to the first test that used it, and would then judge a mutant by that test alone.
+@pytest.fixture()
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeploySpec, Path, Path]:
     root = tmp_path_factory.mktemp("cfg")
     data = models_spec(root / "models", root / "embedded")
@@ -129,10 +131,53 @@ def test_ensemble_wired_from_steps_when_built() -> None:
     assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in ens.output] == [
         ("probabilities", mc.TYPE_FP32, [10], "labels.txt")]
     steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["mnist_preprocess", "mnist_classifier_router"]
+    # The classifier is watched, and its router is where that happens (ngc too): the router step stays.
+    assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1),
+                                                                 ("mnist_classifier_router", -1)]
     # original_size: the router's own input (monitoring), from the preprocessing step.
-    assert dict(steps[1].input_map) == {"image": "preprocessed_image", "original_size": "original_size"}
-    assert dict(steps[0].output_map) == {"image": "preprocessed_image", "original_size": "original_size"}
+    assert dict(steps[1].input_map) == {"image": "preprocessed_image", "size": "size"}
+    assert dict(steps[0].output_map) == {"image": "preprocessed_image", "size": "size"}
+
+
+def test_ensemble_runs_the_router_when_the_spec_turns_the_bypass_off() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["models"]["mnist_classifier"]["lifecycle"]["bypass_router"] = False
+    spec = parse_spec(data, ROOT)
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    for flavor in ("ngc", "embedded"):
+        folders = {f.name: f.config for f in plan_flavor(spec, flavor, lint_or_raise(spec)).models}
+        steps = folders["mnist"].ensemble_scheduling.step
+        assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1),
+                                                                     ("mnist_classifier_router", -1)]
+        assert folders["mnist_classifier_router"].parameters["bypass_when_single_version"].string_value == "false"
+        assert "monitoring.enabled" not in folders["mnist_classifier"].parameters
+
+
+def test_ensemble_bypasses_the_router_only_where_its_predictions_are_not_watched_when_built() -> None:
+    from build_tools.config import direct_version, router_bypass
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    spec = load_spec(ROOT / "deploy.yaml")
+    unwatched = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"enabled": False})})
+    # The router is where predictions are watched, in both flavors: with monitoring on it stays in the
+    # ensemble's path; with monitoring off it may go.
+    for s, flavor, bypass in ((spec, "ngc", False), (spec, "embedded", False), (unwatched, "ngc", True),
+                              (unwatched, "embedded", True)):
+        assert router_bypass(s, "mnist_classifier", flavor) is bypass
+        folders = {f.name: f.config for f in plan_flavor(s, flavor, lint_or_raise(s)).models}
+        step = folders["mnist"].ensemble_scheduling.step[1]
+        want = ("mnist_classifier", 1) if bypass else ("mnist_classifier_router", -1)
+        assert (step.model_name, step.model_version) == want, flavor
+        # The router's own input goes with it: the classifier has none, so its tensor is not produced either.
+        first = folders["mnist"].ensemble_scheduling.step[0]
+        assert ("size" in step.input_map, "size" in first.output_map) == (not bypass,) * 2
+        params = folders["mnist_classifier_router"].parameters
+        assert params["bypass_when_single_version"].string_value == ("true" if bypass else "false")
+        assert "monitoring.enabled" not in folders["mnist_classifier"].parameters
+    # A split needs the router; one version at 100 % does not, unless the bypass is off.
+    assert direct_version({1: 100.0}, True) == 1 and direct_version({3: 100.0, 1: 0.0}, True) == 3
+    assert direct_version({1: 90.0, 3: 10.0}, True) is None and direct_version({1: 100.0}, False) is None
 
 
 def test_drift_detected_when_committed_config_edited(tmp_path: Path) -> None:
@@ -217,11 +262,14 @@ def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_l
         # The target's inputs, plus the router's own optional one (monitoring's original sizes).
         assert list(cfg.input)[:-1] == list(target.input) and list(cfg.output) == list(target.output)
         side = cfg.input[-1]
-        assert (side.name, side.data_type, list(side.dims), side.optional) == ("original_size", mc.TYPE_FP32, [1], True)
-        assert cfg.parameters["original_size_input"].string_value == "original_size"
+        assert (side.name, side.data_type, list(side.dims), side.optional) == ("size", mc.TYPE_FP32, [1], True)
+        assert cfg.parameters["original_size_input"].string_value == "size"
         assert cfg.parameters["target_model"].string_value == "mnist_classifier"
         assert cfg.parameters["weights"].string_value == '{"1":100.0}'
         assert cfg.parameters["pin_parameter"].string_value == "version"
+        # ngc watches nothing, so its ensemble may bypass the router; embedded watches through it.
+        # Watched in both flavors (its router watches it), so never bypassed with the project's spec.
+        assert cfg.parameters["bypass_when_single_version"].string_value == "false"
         assert router.files["1/model.py"].name == "model.py" and "labels.txt" in router.files
 
 
@@ -349,17 +397,73 @@ def test_router_config_batches_only_when_its_target_batches() -> None:
     assert plain.max_batch_size == 0 and not plain.HasField("dynamic_batching")
 
 
-def test_spec_refuses_an_original_size_input_when_the_model_has_no_lifecycle() -> None:
-    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
-    del data["models"]["mnist_classifier"]["lifecycle"]
-    data["ensembles"]["mnist"]["steps"][1]["model"] = "mnist_classifier"
-    with pytest.raises(SpecError, match=r"original_size_input: 'original_size' is an input of the model's lifecycle"):
-        parse_spec(data, ROOT)
-
-
 def test_lint_names_the_field_when_original_size_input_clashes_with_a_target_input() -> None:
     data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
     data["monitoring"]["models"]["mnist_classifier"]["original_size_input"] = "image"
     findings, _ = lint_spec(parse_spec(data, ROOT))
     assert any(f.startswith("monitoring.models.mnist_classifier.original_size_input: 'image' is already an input")
                for f in findings), findings
+
+
+def test_embedded_configs_take_the_embedded_groups_when_called_directly_for_onnx_and_torchscript() -> None:
+    """onnx_config_embedded and torchscript_config_embedded called on their own (not through the
+    module's shared build, which a mutation run only attributes to the first test that uses it): the
+    Python backend, and the embedded flavor's instance groups, not the defaults nor the ngc ones."""
+    from build_tools.config import onnx_config_embedded, onnx_config_ngc, torchscript_config_embedded
+    from build_tools.repository import lint_or_raise
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    clf = data["models"]["mnist_classifier"]
+    clf["instance_groups"] = {"ngc": [{"kind": "KIND_GPU", "count": 4}], "embedded": [{"kind": "KIND_CPU", "count": 3}]}
+    clf["torchscript"] = {}  # the TorchScript twin falls back to the model's own groups
+    clf["ort_tensorrt"] = {"enabled": True, "max_workspace_size_bytes": 4096}
+    spec = parse_spec(data, ROOT)
+    ios = lint_or_raise(spec)
+    model, io = spec.models["mnist_classifier"], ios["mnist_classifier"]
+    cpu, gpu = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU
+    for cfg in (onnx_config_embedded("m", model, io), torchscript_config_embedded("m", model, io)):
+        assert (cfg.name, cfg.backend, cfg.platform) == ("m", "python", "")
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(cpu, 3)]
+    ngc = onnx_config_ngc("m", model, io)
+    assert [(g.kind, g.count) for g in ngc.instance_group] == [(gpu, 4)]
+    (acc,) = ngc.optimization.execution_accelerators.gpu_execution_accelerator
+    assert dict(acc.parameters) == {"precision_mode": "FP16", "max_workspace_size_bytes": "4096"}
+
+
+def test_embedded_monitoring_parameters_say_what_the_spec_says_when_the_watched_model_has_no_router() -> None:
+    """Without a lifecycle the embedded runner watches its own predictions (and its TorchScript twin its
+    own): every monitoring parameter carries the spec's value, and each variant runs its own runner."""
+    from build_tools.config import RUNNER_SOURCE, TORCH_RUNNER_SOURCE
+    from build_tools.repository import lint_or_raise, plan_flavor
+
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    clf = data["models"]["mnist_classifier"]
+    del clf["lifecycle"]
+    clf["inputs"]["image"]["range"] = [0, 1]
+    clf["warmup"] = [{"name": "noise", "batch_size": 2, "data": "random"}]
+    data["monitoring"].update(queue_size=1234, sample_rate=0.5, keep_inputs_rate=0.25)
+    data["ensembles"]["mnist"].pop("substitutions", None)
+    data["ensembles"]["mnist"]["steps"][1]["model"] = "mnist_classifier"
+    # No router, so no router input for the images' original sizes (monitoring.models.*.original_size_input).
+    del data["monitoring"]["models"]["mnist_classifier"]["original_size_input"]
+    for step in data["ensembles"]["mnist"]["steps"]:
+        step["input_map"].pop("size", None)
+        step["output_map"].pop("size", None)
+    spec = parse_spec(data, ROOT)
+    folders = {f.name: f for f in plan_flavor(spec, "embedded", lint_or_raise(spec)).models}
+    assert "mnist_classifier_router" not in folders
+    expected = {
+        "monitoring.enabled": "true", "monitoring.input": "image", "monitoring.output": "probabilities",
+        "monitoring.input_scale": "1.0", "monitoring.queue_size": "1234", "monitoring.sample_rate": "0.5",
+        "monitoring.keep_inputs_rate": "0.25", "monitoring.retention_max_rows": "200000",
+        "monitoring.retention_max_days": repr(spec.monitoring.retention.max_days),
+        "monitoring.database": spec.monitoring.database,
+    }
+    for name, runner in (("mnist_classifier", RUNNER_SOURCE), ("mnist_classifier_torchscript", TORCH_RUNNER_SOURCE)):
+        folder = folders[name]
+        params = {k: v.string_value for k, v in folder.config.parameters.items()}
+        assert {k: params.get(k) for k in expected} == expected, name
+        assert params["monitoring.model"] == name
+        assert folder.files["1/model.py"] == runner, name
+    (warm,) = folders["mnist_classifier"].config.model_warmup
+    assert warm.batch_size == 2 and warm.inputs["image"].random_data and not warm.inputs["image"].zero_data

@@ -94,3 +94,28 @@ def test_a_heal_waits_for_the_lifecycle_step_when_one_holds_the_repository(spec:
         started = time.monotonic()
         assert repository_locked(lambda model: True, [repo], wait_s=0.3)("mnist_classifier") is True
         assert 0.3 <= time.monotonic() - started < 3
+
+
+def test_rollout_points_the_ensemble_step_at_the_one_version_when_it_takes_all_the_traffic(
+    spec: DeploySpec, tmp_path: Path
+) -> None:
+    # Monitoring off: nothing is watched, so the router may leave the ensemble's path (build_tools.config).
+    spec = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"enabled": False})})
+    repo = tmp_path / "repo"
+    build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo))}}), ["embedded"])
+    r = _rollout(spec, repo)
+    assert r.bypass and r.routed_steps() == [("mnist", 1)]
+    assert r.ensemble_step_for({1: 100.0}) == ("mnist_classifier", 1)
+    assert r.ensemble_step_for({3: 100.0}) == ("mnist_classifier", 3)
+    assert r.ensemble_step_for({1: 90.0, 3: 10.0}) == ("mnist_classifier_router", -1)
+    # With the bypass off in the spec, the router is always in the ensemble's path.
+    lifecycle = spec.models["mnist_classifier"].lifecycle
+    assert lifecycle is not None
+    model = spec.models["mnist_classifier"].model_copy(
+        update={"lifecycle": lifecycle.model_copy(update={"bypass_router": False})})
+    off = spec.model_copy(update={"models": {**spec.models, "mnist_classifier": model}})
+    repo_off = tmp_path / "repo_off"
+    build_repositories(off.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(repo_off))}}), ["embedded"])
+    r_off = _rollout(off, repo_off)
+    assert not r_off.bypass and r_off.routed_steps() == [("mnist", 1)]
+    assert r_off.ensemble_step_for({1: 100.0}) == ("mnist_classifier_router", -1)

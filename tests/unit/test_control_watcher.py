@@ -55,17 +55,17 @@ def test_window_counts_deltas_when_counters_grow() -> None:
 
 
 MONITOR = """# the drift monitor's /metrics (control/monitor/service.py)
-monitor_check_alarm{check="canary_worse",model="clf",version="2"} 1.0
-monitor_check_alarm{check="accuracy_drop",model="clf",version="2"} 0.0
-monitor_check_alarm{check="canary_worse",model="clf",version="1"} 0.0
-monitor_check_alarm{check="canary_worse",model="other",version="2"} 1.0
-monitor_accuracy_ratio{bound="estimate",model="clf",role="champion",version="1"} 0.98
-monitor_accuracy_ratio{bound="lower",model="clf",role="champion",version="1"} 0.96
-monitor_accuracy_ratio{bound="upper",model="clf",role="champion",version="1"} 0.99
-monitor_accuracy_ratio{bound="estimate",model="clf",role="canary",version="2"} 0.80
-monitor_accuracy_ratio{bound="lower",model="clf",role="canary",version="2"} 0.75
-monitor_accuracy_ratio{bound="upper",model="clf",role="canary",version="2"} 0.85
-monitor_window_records{model="clf",version="2",window="labels"} 200
+tdk_monitor_check_alarm{check="canary_worse",model="clf",version="2"} 1.0
+tdk_monitor_check_alarm{check="accuracy_drop",model="clf",version="2"} 0.0
+tdk_monitor_check_alarm{check="canary_worse",model="clf",version="1"} 0.0
+tdk_monitor_check_alarm{check="canary_worse",model="other",version="2"} 1.0
+tdk_monitor_accuracy_ratio{bound="estimate",model="clf",role="champion",version="1"} 0.98
+tdk_monitor_accuracy_ratio{bound="lower",model="clf",role="champion",version="1"} 0.96
+tdk_monitor_accuracy_ratio{bound="upper",model="clf",role="champion",version="1"} 0.99
+tdk_monitor_accuracy_ratio{bound="estimate",model="clf",role="canary",version="2"} 0.80
+tdk_monitor_accuracy_ratio{bound="lower",model="clf",role="canary",version="2"} 0.75
+tdk_monitor_accuracy_ratio{bound="upper",model="clf",role="canary",version="2"} 0.85
+tdk_monitor_window_records{model="clf",version="2",window="labels"} 200
 """
 
 

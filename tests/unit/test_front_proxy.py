@@ -9,15 +9,20 @@ import pytest
 
 from build_tools.lint import lint_spec
 from build_tools.proxy import (
+    CHECK_SCRIPT,
+    GENERATE_PATH,
     GRPC_METHODS,
     GRPC_SERVICE,
     HEADER_MARGIN_BYTES,
     HTTP_PATHS,
+    INFER_PATH,
+    NJS_MISSING,
     ProxyAddresses,
     check_conf,
     largest_request_bytes,
     nginx_binary,
     nginx_conf,
+    njs_module,
     write_conf,
 )
 from build_tools.spec import DEFAULT_RESTRICTED_APIS, DeploySpec, ProxySpec, ServerSpec
@@ -85,3 +90,52 @@ def test_nginx_accepts_conf_when_written_from_spec(project_spec: DeploySpec, tmp
     server = project_spec.server
     path = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), WHERE, tmp_path), tmp_path)
     check_conf(nginx, path)  # raises with nginx's own message when it refuses
+
+
+MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+
+
+def test_nginx_conf_checks_inference_json_when_njs_module_given() -> None:
+    conf = nginx_conf(ProxySpec(), list(DEFAULT_RESTRICTED_APIS), WHERE, Path("/state"), njs_module=MODULE)
+    assert conf.startswith("# Written") and f"load_module {MODULE};" in conf.splitlines()[1]
+    assert f"js_import infer_check from /state/{CHECK_SCRIPT.name};" in conf
+    assert f"location ~ {_quoted(INFER_PATH)} {{ js_content infer_check.infer; }}" in conf
+    assert f"location ~ {_quoted(GENERATE_PATH)} {{ js_content infer_check.generate; }}" in conf
+    # What passes the check goes on through @triton, with the same buffering as every other request.
+    triton = conf[conf.index("location @triton {"):]
+    assert "proxy_pass http://triton_http;" in triton and "proxy_request_buffering on;" in triton
+
+
+def test_nginx_conf_leaves_json_to_triton_when_no_njs_module_or_check_off() -> None:
+    for conf in (nginx_conf(ProxySpec(), [], WHERE, Path("/state")),
+                 nginx_conf(ProxySpec(check_json=False), [], WHERE, Path("/state"), njs_module=MODULE)):
+        assert "load_module" not in conf and "js_" not in conf and "@triton" not in conf
+
+
+def test_nginx_conf_passes_restricted_groups_to_triton_when_asked() -> None:
+    conf = nginx_conf(ProxySpec(), list(DEFAULT_RESTRICTED_APIS), WHERE, Path("/state"), pass_restricted=True)
+    assert "return 403" not in conf
+
+
+@pytest.mark.parametrize(("path", "checked"), [
+    ("/v2/models/mnist/infer", True), ("/v2/models/mnist/versions/2/infer", True),
+    ("/v2/models/mnist/inferx", False), ("/v2/models/mnist/ready", False), ("/v2/models/mnist", False),
+])
+def test_infer_path_pattern_matches_when_path_is_inference(path: str, checked: bool) -> None:
+    assert bool(re.search(INFER_PATH, path)) is checked
+
+
+def test_nginx_accepts_conf_with_json_check_when_njs_installed(project_spec: DeploySpec, tmp_path: Path) -> None:
+    nginx = nginx_binary()
+    module = njs_module(nginx) if nginx else None
+    if nginx is None or module is None:
+        tool_missing(NJS_MISSING)
+    server = project_spec.server
+    path = write_conf(nginx_conf(server.proxy, list(server.admin_api.restricted), WHERE, tmp_path,
+                                 njs_module=module), tmp_path)
+    assert (tmp_path / CHECK_SCRIPT.name).read_text() == CHECK_SCRIPT.read_text()
+    check_conf(nginx, path)  # nginx loads the module and compiles the script, or says why not
+
+
+def _quoted(pattern: str) -> str:
+    return '"' + pattern.replace("\\", "\\\\") + '"'

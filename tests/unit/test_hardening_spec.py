@@ -111,8 +111,8 @@ def test_healer_gives_up_and_reports_when_model_keeps_dying() -> None:
     # No stub came back (there is no server): each reload counts as failed, then the limit stops them.
     assert reloads == ["m", "m"]
     assert "m" in healer.unhealthy() and not healer.healthy()
-    assert 'triton_kit_model_unhealthy{model="m"} 1' in healer.metrics_text()
-    assert 'triton_kit_stub_heals_total{model="m"} 0' in healer.metrics_text()
+    assert 'tdk_healer_model_unhealthy{model="m"} 1' in healer.metrics_text()
+    assert 'tdk_healer_stub_heals_total{model="m"} 0' in healer.metrics_text()
     assert sum("reload failed" in e for e in healer.events) == 2
     assert sum("not healed (limit of 2 heals" in e for e in healer.events) == 1
 

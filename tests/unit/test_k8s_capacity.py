@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from build_tools.errors import ToolkitError
 from build_tools.k8s import capacity as cap
@@ -87,3 +88,26 @@ def test_capacity_command_prints_plan_and_writes_plot_when_run(tmp_path: Path) -
     assert (tmp_path / "capacity.png").stat().st_size > 10_000
     data = json.loads((tmp_path / "capacity.json").read_text())
     assert data["plan"]["replicas"] >= 1 and len(data["series"]["t"]) == 421
+
+
+def test_capacity_command_defaults_target_to_the_specs_ensemble_when_the_spec_renames_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from build_tools.cli import main
+    from build_tools.served import load_classifier_names
+
+    ensemble = load_classifier_names(ROOT / "deploy.yaml").ensemble
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["ensembles"] = {"digits_pipeline": data["ensembles"][ensemble]}
+    spec = tmp_path / "deploy.yaml"  # only names are read from it, no model file
+    spec.write_text(yaml.safe_dump(data))
+    bench = _bench(tmp_path, [(1, 100.0, 5.0), (4, 300.0, 40.0)])
+    rows = json.loads(bench.read_text())
+    for p in rows["points"]:
+        p["target"] = "triton-http/digits_pipeline"
+    bench.write_text(json.dumps(rows))
+    code = main(["capacity", "--spec", str(spec), "--bench", str(bench), "--rate", "500", "--ramp-s", "10",
+                 "--hold-s", "10", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "triton-http/digits_pipeline" in out.out

@@ -318,11 +318,21 @@ def test_monitor_reachable_only_by_prometheus_and_lifecycle_when_generated(gener
     assert admitted == {"lifecycle", "monitor", "triton"}
 
 
-@pytest.mark.parametrize("flavor", FLAVORS)
-def test_triton_pods_log_predictions_to_registry_when_monitoring_enabled(generated: dict[Path, str],
-                                                                         spec: DeploySpec, flavor: str) -> None:
+def test_ngc_triton_pods_keep_the_sqlite_log_when_the_image_has_no_postgresql_driver(
+        generated: dict[Path, str], spec: DeploySpec) -> None:
     from control.monitor.serving import DATABASE_ENV
 
+    assert spec.monitoring.enabled
+    pod = _one(_docs(generated, "ngc"), "Deployment", "triton")["spec"]["template"]["spec"]
+    names = {e["name"] for e in _container(pod, "triton")["env"]}
+    assert DATABASE_ENV not in names and "REGISTRY_PASSWORD" not in names
+
+
+def test_triton_pods_log_predictions_to_registry_when_monitoring_enabled(generated: dict[Path, str],
+                                                                         spec: DeploySpec) -> None:
+    from control.monitor.serving import DATABASE_ENV
+
+    flavor = "embedded"
     assert spec.monitoring.enabled
     pod = _one(_docs(generated, flavor), "Deployment", "triton")["spec"]["template"]["spec"]
     env = _container(pod, "triton")["env"]

@@ -232,3 +232,342 @@ def test_lint_names_the_source_when_an_onnx_model_points_at_another_kind_of_file
     data["models"]["clf"]["source"] = str(models["pre"])  # an existing file, but Python, not ONNX
     findings, _ = lint_spec(parse_spec(data, tmp_path))
     assert f"models.clf.source: {str(models['pre'])!r} is not an .onnx file" in findings
+
+
+def test_lint_names_the_models_own_source_when_its_torchscript_twin_is_missing() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "deploy.yaml").read_text())
+    name, model = next((n, m) for n, m in data["models"].items() if "torchscript" in m.get("formats", []))
+    model.setdefault("torchscript", {})["source"] = "no/such.pt"
+    findings, _ = lint_spec(parse_spec(data, root))
+    (finding,) = [f for f in findings if f.startswith(f"models.{name}.torchscript.source:")]
+    # The hint points at this model's ONNX source, not at one project's training script.
+    assert f"export the TorchScript twin of {model['source']!r} with the script that trained that model" in finding
+    assert "train.py" not in finding
+
+
+# --- Exact findings, one branch of the linter at a time. Each test compares the whole list of findings
+# (message text included) on a spec that sits at the edge of the rule: a check that fires one step too
+# early or too late, names the wrong field or loses a word of its message fails here.
+
+
+def _single(models: dict[str, Path], tmp_path: Path, flavors: tuple[str, ...] = ("ngc", "embedded"),
+            **clf: Any) -> dict[str, Any]:
+    """The classifier alone (no ensemble), with `clf` merged into its model spec."""
+    model = {"source": str(models["classifier"]), "max_batch_size": 8, **clf}
+    return {"flavors": {f: {"output": str(tmp_path / f)} for f in flavors}, "models": {"clf": model}}
+
+
+def _python(models: dict[str, Path], tmp_path: Path, **pre: Any) -> dict[str, Any]:
+    """A python model with a required and an optional BYTES input and a required FP32 input."""
+    model = {
+        "kind": "python",
+        "source": str(models["pre"]),
+        "max_batch_size": 4,
+        "inputs": [
+            {"name": "raw", "data_type": "BYTES", "dims": [1]},
+            {"name": "hint", "data_type": "BYTES", "dims": [1], "optional": True},
+            {"name": "scale", "data_type": "FP32", "dims": [1]},
+        ],
+        "outputs": [{"name": "pixels", "data_type": "FP32", "dims": [1, 8, 8]}],
+        **pre,
+    }
+    return {"flavors": {"embedded": {"output": str(tmp_path / "embedded")}}, "models": {"pre": model}}
+
+
+def test_lint_batching_is_quiet_when_sizes_equal_the_limits(models: dict[str, Path], tmp_path: Path) -> None:
+    data = _single(models, tmp_path, dynamic_batching={"preferred_batch_size": [1, 8]},
+                   warmup=[{"name": "a", "batch_size": 8}])
+    assert _findings(data) == []
+    data = _single(models, tmp_path, max_batch_size=1, dynamic_batching={"preferred_batch_size": [1]},
+                   warmup=[{"name": "a", "batch_size": 1}])
+    assert _findings(data) == []
+    # A non-batching model warms up with one request of batch 1.
+    assert _findings(_single(models, tmp_path, max_batch_size=0, warmup=[{"name": "a"}])) == []
+
+
+def test_lint_batching_findings_are_exact_when_sizes_pass_the_limits(models: dict[str, Path], tmp_path: Path) -> None:
+    data = _single(models, tmp_path, dynamic_batching={"preferred_batch_size": [2, 9, 12]},
+                   warmup=[{"name": "a", "batch_size": 8}, {"name": "b", "batch_size": 9}])
+    assert _findings(data) == [
+        "models.clf.dynamic_batching.preferred_batch_size: 9 is above max_batch_size 8",
+        "models.clf.dynamic_batching.preferred_batch_size: 12 is above max_batch_size 8",
+        "models.clf.warmup[1].batch_size: 9 is above max_batch_size 8",
+    ]
+
+
+def test_lint_batching_findings_are_exact_when_model_does_not_batch(models: dict[str, Path], tmp_path: Path) -> None:
+    data = _single(models, tmp_path, max_batch_size=0, dynamic_batching={"preferred_batch_size": [4, 4]},
+                   warmup=[{"name": "a", "batch_size": 1}, {"name": "b", "batch_size": 2}])
+    # Preferred sizes are not compared with a max_batch_size of 0 (the first finding says it all).
+    assert _findings(data) == [
+        "models.clf.dynamic_batching: needs max_batch_size > 0 (Triton rejects dynamic batching for a model "
+        "that does not batch)",
+        "models.clf.dynamic_batching.preferred_batch_size: [4, 4] must be distinct and ascending",
+        "models.clf.warmup[1].batch_size: 2 is above max_batch_size 0 (a non-batching model warms up with "
+        "batch_size 1)",
+    ]
+
+
+def test_lint_instances_checks_only_the_flavors_the_spec_builds(models: dict[str, Path], tmp_path: Path) -> None:
+    groups = {"ngc": [{"kind": "KIND_GPU", "gpus": [0]}, {"kind": "KIND_AUTO", "gpus": [1]}, {"kind": "KIND_MODEL"}],
+              "embedded": [{"kind": "KIND_CPU"}, {"kind": "KIND_GPU"}, {"kind": "KIND_CPU", "gpus": [0]}]}
+    assert _findings(_single(models, tmp_path, ("ngc",), instance_groups=groups)) == [
+        "models.clf.instance_groups.ngc[2].kind: KIND_MODEL cannot load in the ngc flavor for a onnx model; "
+        "allowed: KIND_AUTO, KIND_CPU, KIND_GPU",
+    ]
+    assert _findings(_single(models, tmp_path, ("embedded",), instance_groups=groups)) == [
+        "models.clf.instance_groups.embedded[1].kind: KIND_GPU cannot load in the embedded flavor for a onnx "
+        "model; allowed: KIND_CPU",
+        "models.clf.instance_groups.embedded[2].gpus: only valid with KIND_GPU",
+    ]
+    # Without instance groups: KIND_GPU on ngc, KIND_CPU on embedded, both loadable.
+    assert _findings(_single(models, tmp_path)) == []
+
+
+def test_lint_instances_use_the_python_kinds_when_model_is_python(models: dict[str, Path], tmp_path: Path) -> None:
+    groups = {"embedded": [{"kind": "KIND_MODEL"}, {"kind": "KIND_GPU"}]}
+    assert _findings(_python(models, tmp_path, instance_groups=groups)) == [
+        "models.pre.instance_groups.embedded[1].kind: KIND_GPU cannot load in the embedded flavor for a python "
+        "model; allowed: KIND_CPU, KIND_MODEL",
+    ]
+
+
+def test_lint_files_names_the_version_when_a_versioned_source_is_missing(models: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    missing = tmp_path / "v2.onnx"
+    text = tmp_path / "v3.txt"
+    text.write_text("not onnx")
+    data = _single(models, tmp_path, versions={1: str(models["classifier"]), 2: str(missing), 3: str(text)})
+    del data["models"]["clf"]["source"]
+    findings = _findings(data)
+    assert f"models.clf.versions.2: {str(missing)!r} not found (resolved to {missing})" in findings
+    assert f"models.clf.versions.3: {str(text)!r} is not an .onnx file" in findings
+    assert not any(f.startswith("models.clf.versions.1:") for f in findings)
+
+
+def test_lint_files_checks_python_sources_when_file_or_folder(models: dict[str, Path], tmp_path: Path) -> None:
+    good_dir = tmp_path / "good"
+    good_dir.mkdir()
+    (good_dir / "model.py").write_text("class TritonPythonModel:\n    pass\n")
+    assert _findings(_python(models, tmp_path, source=str(good_dir))) == []
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    (empty_dir / "other.py").write_text("")
+    assert _findings(_python(models, tmp_path, source=str(empty_dir))) == [
+        f"models.pre.source: folder {str(empty_dir)!r} has no model.py"
+    ]
+    text = tmp_path / "model.txt"
+    text.write_text("")
+    assert _findings(_python(models, tmp_path, source=str(text))) == [
+        f"models.pre.source: {str(text)!r} must be a model.py file or a folder holding one"
+    ]
+
+
+def test_lint_warmup_names_required_string_inputs_when_data_is_generated(models: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    data = _python(models, tmp_path, warmup=[{"name": "w", "data": "random"}, {"name": "z", "data": "zero"}])
+    assert _findings(data) == [
+        "models.pre.warmup[0].data: random data cannot fill BYTES input(s) ['raw']; use data: file with "
+        "files: {input: path}",
+        "models.pre.warmup[1].data: zero data cannot fill BYTES input(s) ['raw']; use data: file with "
+        "files: {input: path}",
+    ]
+    # Generated data is fine when every string input is optional.
+    data["models"]["pre"]["inputs"][0]["optional"] = True
+    assert _findings(data) == []
+
+
+def test_lint_warmup_files_are_exact_when_names_or_files_are_wrong(models: dict[str, Path], tmp_path: Path) -> None:
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"x")
+    missing = str(tmp_path / "gone.bin")
+    complete = {"raw": str(raw), "scale": str(raw)}
+    data = _python(models, tmp_path, warmup=[
+        {"name": "ok", "data": "file", "files": complete},
+        {"name": "typo", "data": "file", "files": {**complete, "nope": str(raw)}},
+        {"name": "gone", "data": "file", "files": {"raw": missing, "scale": str(raw)}},
+        {"name": "short", "data": "file", "files": {"hint": str(raw)}},
+    ])
+    assert _findings(data) == [
+        "models.pre.warmup[1].files.nope: the model has no input 'nope'; inputs: ['hint', 'raw', 'scale']",
+        f"models.pre.warmup[2].files.raw: {missing!r} not found",
+        "models.pre.warmup[3].files: no file for input(s) ['raw', 'scale']",
+    ]
+
+
+def test_lint_tensorrt_is_quiet_when_plan_settings_are_at_their_limits(models: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    calib = tmp_path / "calib.npy"
+    calib.write_bytes(b"")
+    trt = {"opt_batch_size": 8, "precision": "int8", "calibration_data": str(calib), "evaluation_data": str(calib)}
+    assert _findings(_single(models, tmp_path, formats=["onnx", "tensorrt_plan"], tensorrt=trt)) == []
+    assert _findings(_single(models, tmp_path, max_batch_size=0, formats=["onnx", "tensorrt_plan"],
+                             tensorrt={"opt_batch_size": 1})) == []
+
+
+def test_lint_tensorrt_findings_are_exact_when_plan_settings_are_wrong(models: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    gone = str(tmp_path / "gone.npy")
+    trt = {"opt_batch_size": 9, "precision": "int8", "evaluation_data": gone}
+    assert _findings(_single(models, tmp_path, formats=["onnx", "tensorrt_plan"], tensorrt=trt)) == [
+        "models.clf.tensorrt.opt_batch_size: 9 is above max_batch_size 8",
+        f"models.clf.tensorrt.evaluation_data: {gone!r} not found",
+        "models.clf.tensorrt.calibration_data: int8 precision needs calibration data",
+    ]
+    trt = {"opt_batch_size": 2, "precision": "int8", "calibration_data": gone}
+    assert _findings(_single(models, tmp_path, max_batch_size=0, formats=["onnx", "tensorrt_plan"],
+                             tensorrt=trt)) == [
+        "models.clf.tensorrt.opt_batch_size: 2 is above max_batch_size 0",
+        f"models.clf.tensorrt.calibration_data: {gone!r} not found",
+    ]
+    # Plan settings without tensorrt_plan in formats are not checked (nothing is built from them).
+    assert _findings(_single(models, tmp_path, tensorrt=trt)) == []
+
+
+def test_lint_tensorrt_names_the_clash_when_plan_name_is_taken(models: dict[str, Path], tmp_path: Path) -> None:
+    for taken in ("pre", "pipeline"):
+        data = _good(models, tmp_path)
+        data["models"]["clf"].update(formats=["onnx", "tensorrt_plan"], tensorrt={"model_name": taken})
+        assert _findings(data) == [f"models.clf.tensorrt.model_name: {taken!r} clashes with a model of the spec"]
+
+
+def test_lint_torchscript_settings_are_named_when_format_is_not_built(models: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    expected = ["models.clf.torchscript: set, but `formats` ['onnx'] lacks torchscript"]
+    for ts in ({"source": "x.pt"}, {"model_name": "ts"}, {"instance_groups": {"ngc": [{"kind": "KIND_GPU"}]}}):
+        assert _findings(_single(models, tmp_path, torchscript=ts)) == expected, ts
+    assert _findings(_single(models, tmp_path, torchscript={})) == []
+    python = _python(models, tmp_path, torchscript={"model_name": "ts"})
+    assert _findings(python) == ["models.pre.torchscript: set, but `formats` ['onnx'] lacks torchscript"]
+
+
+def test_lint_torchscript_findings_are_exact_when_variant_is_built(models: dict[str, Path], tmp_path: Path) -> None:
+    pt = tmp_path / "clf.pt"
+    pt.write_bytes(b"")
+    groups = {"ngc": [{"kind": "KIND_MODEL"}], "embedded": [{"kind": "KIND_GPU"}, {"kind": "KIND_MODEL"}]}
+    data = _single(models, tmp_path, formats=["onnx", "torchscript"],
+                   torchscript={"source": str(pt), "instance_groups": groups})
+    assert _findings(data) == [
+        "models.clf.torchscript.instance_groups.embedded[1].kind: KIND_MODEL cannot load the TorchScript "
+        "variant in the embedded flavor; allowed: KIND_CPU, KIND_GPU",
+    ]
+    # Only the flavors the spec builds are checked (each of them, whichever comes first).
+    data = _single(models, tmp_path, ("ngc",), formats=["onnx", "torchscript"],
+                   torchscript={"source": str(pt), "instance_groups": groups})
+    assert _findings(data) == []
+    data = _single(models, tmp_path, ("embedded",), formats=["onnx", "torchscript"],
+                   torchscript={"source": str(pt), "instance_groups": groups})
+    assert _findings(data) == [
+        "models.clf.torchscript.instance_groups.embedded[1].kind: KIND_MODEL cannot load the TorchScript "
+        "variant in the embedded flavor; allowed: KIND_CPU, KIND_GPU",
+    ]
+    gone = tmp_path / "gone.pt"
+    data = _single(models, tmp_path, ("embedded",), formats=["onnx", "torchscript"], torchscript={"source": str(gone)})
+    assert _findings(data) == [
+        f"models.clf.torchscript.source: TorchScript file {str(gone)!r} not found (resolved to {gone}); "
+        f"export the TorchScript twin of {str(models['classifier'])!r} with the script that trained that model, "
+        "or drop torchscript from formats"
+    ]
+
+
+def test_lint_torchscript_names_the_version_when_a_versions_pt_file_is_missing(models: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    v1 = tmp_path / "v1.onnx"
+    v2 = tmp_path / "v2.onnx"
+    for v in (v1, v2):
+        v.write_bytes(models["classifier"].read_bytes())
+    v1.with_suffix(".pt").write_bytes(b"")
+    data = _single(models, tmp_path, ("embedded",), formats=["onnx", "torchscript"],
+                   versions={1: str(v1), 2: str(v2)})
+    del data["models"]["clf"]["source"]
+    pt2 = str(v2.with_suffix(".pt"))
+    assert _findings(data) == [
+        f"models.clf.versions.2 (as .pt): TorchScript file {pt2!r} not found (resolved to {pt2}); "
+        f"export the TorchScript twin of {str(v2)!r} with the script that trained that model, "
+        "or drop torchscript from formats"
+    ]
+
+
+def test_lint_torchscript_names_the_clash_when_variant_name_is_taken(models: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    pt = tmp_path / "clf.pt"
+    pt.write_bytes(b"")
+    for taken in ("pre", "pipeline", "clf_trt"):
+        data = _good(models, tmp_path)
+        data["models"]["clf"].update(formats=["onnx", "torchscript"],
+                                     torchscript={"source": str(pt), "model_name": taken})
+        assert _findings(data) == [f"models.clf.torchscript.model_name: {taken!r} clashes with another model"], taken
+    data = _good(models, tmp_path)
+    data["models"]["clf"].update(formats=["onnx", "torchscript"], torchscript={"source": str(pt)})
+    assert _findings(data) == []
+
+
+def test_lint_substitutions_name_unknown_replacements_when_variant_is_not_built(models: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    pt = tmp_path / "clf.pt"
+    pt.write_bytes(b"")
+    data = _good(models, tmp_path)
+    data["models"]["clf"].update(formats=["onnx", "tensorrt_plan", "torchscript"], torchscript={"source": str(pt)})
+    data["ensembles"]["pipeline"]["substitutions"] = {"ngc": {"clf": "clf_trt"}, "embedded": {"clf": "clf_torchscript"}}
+    assert _findings(data) == []
+    data["models"]["clf"]["formats"] = ["onnx"]
+    data["models"]["clf"]["torchscript"] = {}
+    assert _findings(data) == [
+        "ensembles.pipeline.substitutions.ngc.clf: 'clf_trt' is not a model this spec builds; "
+        "known: ['clf', 'pre']",
+        "ensembles.pipeline.substitutions.embedded.clf: 'clf_torchscript' is not a model this spec builds; "
+        "known: ['clf', 'pre']",
+    ]
+
+
+def test_lint_gate_findings_are_exact_when_files_or_output_are_wrong(models: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    npz = tmp_path / "gate.npz"
+    npz.write_bytes(b"")
+    gone = "no/labels.npy"
+    data = _single(models, tmp_path, lifecycle={"gate": {"data": str(npz), "labels": str(npz)}})
+    assert _findings(data) == []
+    data["models"]["clf"]["lifecycle"]["gate"].update(labels=gone, output="scores")
+    assert lint_spec(parse_spec(data, tmp_path))[0] == [
+        f"models.clf.lifecycle.gate.labels: file {gone!r} not found (resolved to {tmp_path / gone})"
+    ]
+    # Two outputs: the gate must name the one with class scores; a router may be substituted for the model.
+    data = {"flavors": {"embedded": {"output": str(tmp_path / "e")}},
+            "models": {"m": {"source": str(models["multi_input"]), "max_batch_size": 4,
+                             "lifecycle": {"gate": {"data": str(npz), "labels": str(npz)}}}},
+            "ensembles": {"e": {"steps": [{"model": "m", "input_map": {"a": "a", "b": "b"},
+                                           "output_map": {"diff": "diff"}}],
+                                "max_batch_size": 4, "outputs": {"diff": {}},
+                                "substitutions": {"embedded": {"m": "m_router"}}}}}
+    assert _findings(data) == [
+        "models.m.lifecycle.gate.output: m has 2 outputs ['sum:0', 'diff']; name the one with class scores"
+    ]
+    data["models"]["m"]["lifecycle"]["gate"]["output"] = "diff"
+    assert _findings(data) == []
+
+
+def test_lint_names_the_clash_when_a_variants_default_name_is_another_models_name(models: dict[str, Path],
+                                                                                  tmp_path: Path) -> None:
+    pt = tmp_path / "clf.pt"
+    pt.write_bytes(b"")
+    for fmt, default in (("tensorrt_plan", "clf_trt"), ("torchscript", "clf_torchscript")):
+        torchscript = {"source": str(pt)} if fmt == "torchscript" else {}
+        data = _single(models, tmp_path, formats=["onnx", fmt], torchscript=torchscript)
+        data["models"][default] = {"source": str(models["classifier"]), "max_batch_size": 8}
+        expected = (f"models.clf.tensorrt.model_name: {default!r} clashes with a model of the spec"
+                    if fmt == "tensorrt_plan" else f"models.clf.torchscript.model_name: {default!r} clashes with "
+                    "another model")
+        assert _findings(data) == [expected]
+
+
+def test_lint_logs_each_finding_at_debug_level_when_spec_has_findings(
+    models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _single(models, tmp_path, max_batch_size=0, dynamic_batching={"preferred_batch_size": [4, 4]})
+    with caplog.at_level("DEBUG", logger="build_tools.lint"):
+        findings = _findings(data)
+    logged = [r.getMessage() for r in caplog.records if r.name == "build_tools.lint"]
+    assert logged == [f"lint: {f}" for f in findings] and len(findings) == 2

@@ -141,16 +141,16 @@ def test_monitor_service_takes_labels_and_exports_metrics_when_scraped(database_
             with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
                 assert r.status == 200
         mv = {"model": "clf", "version": "1"}
-        assert metric_value(text, "monitor_labels_received_total", outcome="accepted") == 100
-        assert metric_value(text, "monitor_labels_received_total", outcome="duplicate") == 1
-        assert metric_value(text, "monitor_labels_rejected_total") == 2
-        assert metric_value(text, "monitor_window_records", window="input", **mv) == 300
-        psi = {lab["stat"]: v for lab, v in metric_series(text, "monitor_input_psi")}
+        assert metric_value(text, "tdk_monitor_labels_received_total", outcome="accepted") == 100
+        assert metric_value(text, "tdk_monitor_labels_received_total", outcome="duplicate") == 1
+        assert metric_value(text, "tdk_monitor_labels_rejected_total") == 2
+        assert metric_value(text, "tdk_monitor_window_records", window="input", **mv) == 300
+        psi = {lab["stat"]: v for lab, v in metric_series(text, "tdk_monitor_input_psi")}
         assert set(psi) == set(STAT_NAMES) and psi["mean_intensity"] > 0.25
-        assert metric_value(text, "monitor_check_alarm", check="input_drift", **mv) == 1.0
-        assert metric_value(text, "monitor_threshold", threshold="psi_alert") == 0.25
-        bounds = {lab["bound"]: v for lab, v in metric_series(text, "monitor_accuracy_ratio")}
+        assert metric_value(text, "tdk_monitor_check_alarm", check="input_drift", **mv) == 1.0
+        assert metric_value(text, "tdk_monitor_threshold", threshold="psi_alert") == 0.25
+        bounds = {lab["bound"]: v for lab, v in metric_series(text, "tdk_monitor_accuracy_ratio")}
         assert bounds["lower"] < bounds["estimate"] < bounds["upper"]
-        assert metric_value(text, "monitor_label_coverage_ratio", **mv) == pytest.approx(100 / 300)
-        assert metric_value(text, "monitor_reference_accuracy_ratio", **mv) == 0.98
-        assert metric_value(text, "monitor_prediction_chi2_p_value", **mv) is not None
+        assert metric_value(text, "tdk_monitor_label_coverage_ratio", **mv) == pytest.approx(100 / 300)
+        assert metric_value(text, "tdk_monitor_reference_accuracy_ratio", **mv) == 0.98
+        assert metric_value(text, "tdk_monitor_prediction_chi2_p_value", **mv) is not None

@@ -182,10 +182,17 @@ def test_router_watches_and_runner_behind_it_does_not_when_monitoring_is_built(t
     assert ts["monitoring.model"].string_value == "mnist_classifier_torchscript"
     preprocess = read_config(emb / "mnist_preprocess" / "config.pbtxt").parameters
     assert preprocess["monitoring.enabled"].string_value == "true"
-    # The official image has no control.monitor: the ngc flavor carries no monitoring parameters.
-    for model in ("mnist_classifier_router", "mnist_preprocess"):
-        params = read_config(tmp_path / "ngc" / model / "config.pbtxt").parameters
-        assert not [k for k in params if k.startswith("monitoring.")]
+    # ngc: the router and the preprocessing step watch too (a copy of the watching code beside them);
+    # the models in native backends (onnxruntime, pytorch, tensorrt) cannot.
+    ngc = tmp_path / "ngc"
+    assert read_config(ngc / "mnist_classifier_router" / "config.pbtxt").parameters[
+        "monitoring.model"].string_value == "mnist_classifier"
+    preprocess_ngc = read_config(ngc / "mnist_preprocess" / "config.pbtxt").parameters
+    assert preprocess_ngc["monitoring.enabled"].string_value == "true"
+    for model in ("mnist_classifier", "mnist_classifier_torchscript", "mnist_classifier_trt"):
+        params = read_config(ngc / model / "config.pbtxt").parameters
+        assert not [k for k in params if k.startswith("monitoring.")], model
+        assert not (ngc / model / "1" / "tdk_monitoring").exists()
     # reference.json beside every version, in both flavors.
     for repo in (emb, tmp_path / "ngc"):
         ref = Reference.read(repo / "mnist_classifier" / "1")

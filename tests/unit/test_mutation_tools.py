@@ -86,3 +86,22 @@ def test_default_seed_is_the_ci_run_when_ci_names_one(monkeypatch: pytest.Monkey
     for key in ("CI_PIPELINE_ID", "BUILD_ID"):
         monkeypatch.delenv(key, raising=False)
     assert len(default_seed()) == 8 and default_seed().isdigit()  # the date, YYYYMMDD
+
+
+def test_every_planted_bug_finds_its_code_when_checked_against_this_checkout() -> None:
+    """The audit plants each bug by exact text; code that moved would leave a bug 'not planted' (and
+    the audit silently weaker). Every bug must find at least one of its edits, exactly once per file."""
+    from mutation.planted import planted_bugs
+
+    bugs = planted_bugs(ROOT)
+    assert len(bugs) == 14
+    for bug in bugs:
+        found = []
+        for edit in bug.edits:
+            for f in edit.files:
+                text = (ROOT / f).read_text() if (ROOT / f).is_file() else ""
+                if edit.old in text:
+                    assert text.count(edit.old) == 1, (bug.name, f)
+                    found.append(f)
+        assert found, f"{bug.name}: none of its edits matches the code"
+        assert all((ROOT / t).exists() for t in bug.tests), bug.name

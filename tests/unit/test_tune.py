@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from build_tools.spec import load_spec
-from loadtest.tune import Settings, Trial, better, current_settings, frontier, write_back
+from loadtest.tune import Settings, Trial, TuneResult, better, current_settings, frontier, write_back, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,3 +62,15 @@ def test_candidates_keep_max_batch_size_at_least_what_warmups_and_ensembles_need
     dims = dict(candidates(start, 256, cpus=1, min_batch=need))
     assert {s.max_batch_size for s in dims["max_batch_size"]} == {256}
     assert {s.instances for s in dims["instances"]} == {1, 2, 3, 4}
+
+
+def test_report_lists_server_cpu_per_request_when_trials_measured_it(tmp_path: Path) -> None:
+    measured = _trial(900, 12, instances=1)
+    measured.cpu_ms_per_request = 0.412
+    unmeasured = _trial(800, 15, instances=2)
+    result = TuneResult("m", 16, None, measured.settings, measured.settings, [measured, unmeasured], "why")
+    write_report(result, tmp_path, "test machine")
+    text = (tmp_path / "tune_m.md").read_text()
+    assert "server CPU ms/request" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert "| 0.412 | **chosen**" in rows[0] and "| – |" in rows[1]

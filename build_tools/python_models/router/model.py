@@ -27,14 +27,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+# On the ngc flavor the watching code is a copy beside this file (build_tools.config.MONITORING_VENDOR_DIR):
+# the official image has no copy of this project's package. Absent on the embedded flavor.
+_VENDORED = Path(__file__).resolve().parent / "tdk_monitoring"
+if _VENDORED.is_dir() and str(_VENDORED) not in sys.path:
+    sys.path.insert(0, str(_VENDORED))
 _GOLDEN = 0.6180339887498949
 # Router counters reach Triton's metrics this often (seconds), from a thread of their own.
 COUNTER_FLUSH_S = 0.5
@@ -79,17 +86,17 @@ class TritonPythonModel:
 
         labels = {"router": self.name, "target": self.target}
         self.requests_family = pb_utils.MetricFamily(
-            name="router_requests_total",
+            name="tdk_router_requests_total",
             description="Requests the router sent to each version of its target (pinned ones included)",
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.failures_family = pb_utils.MetricFamily(
-            name="router_failures_total",
+            name="tdk_router_failures_total",
             description="Requests the router answered with an error, by the version they were sent to",
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.weight_family = pb_utils.MetricFamily(
-            name="router_weight_percent",
+            name="tdk_router_weight_percent",
             description="The router's configured traffic share per version",
             kind=pb_utils.MetricFamily.GAUGE,
         )
@@ -100,7 +107,7 @@ class TritonPythonModel:
         self.monitor = None
         self._watch_failed = False
         if config.get("parameters", {}).get("monitoring.enabled", {}).get("string_value") == "true":
-            # Imported only when asked for: the watching code lives in the project's package.
+            # Imported only when asked for: the project's package (embedded) or its copy (ngc, above).
             from control.monitor.serving import ServingMonitor
 
             self.monitor = ServingMonitor(pb_utils, config, args["model_repository"], self.target)

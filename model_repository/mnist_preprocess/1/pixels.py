@@ -55,7 +55,7 @@ MAX_INK_SHARE = 0.45
 class BadImageError(ValueError):
     """One image cannot be turned into a digit; the message is sent back to the client.
 
-    `reason` is a short label for the rejected-images metric (tdk_input_rejected_total{reason}).
+    `reason` is a short label for the rejected-images metric (tdk_serving_input_rejected_total{reason}).
     """
 
     def __init__(self, message: str, reason: str = "no_digit") -> None:

@@ -34,9 +34,14 @@ from PIL import Image
 
 # The stub imports this file by path; its sibling module is found through its folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixels import SIDE, BadImageError, decode, to_mnist
+# On the ngc flavor the watching code (control.monitor) is a copy beside this file, `tdk_monitoring/`
+# (build_tools.config.MONITORING_VENDOR_DIR): the official image has no copy of this project's package.
+_VENDORED = Path(__file__).resolve().parent / "tdk_monitoring"
+if _VENDORED.is_dir() and str(_VENDORED) not in sys.path:
+    sys.path.insert(0, str(_VENDORED))
+from pixels import SIDE, BadImageError, decode, to_mnist  # noqa: E402
 
-ORIGINAL_SIZE = "original_size"
+ORIGINAL_SIZE = "size"
 
 
 class BudgetError(BadImageError):
@@ -196,7 +201,7 @@ class TritonPythonModel:
             self.monitor.close()
 
 
-# The `reason` of every BadImageError raised here or in pixels.py (tdk_input_rejected_total{reason}).
+# The `reason` of every BadImageError raised here or in pixels.py (tdk_serving_input_rejected_total{reason}).
 REJECT_REASONS = ("empty", "not_an_image", "too_large", "too_small", "corrupt", "no_digit", "budget")
 
 
