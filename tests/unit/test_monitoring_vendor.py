@@ -8,6 +8,7 @@ The py310 CI phase (.ci/py310-repo-builder.sh) runs this file on Python 3.10, th
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -107,8 +108,12 @@ def test_vendored_copy_writes_the_log_when_only_numpy_and_stdlib_are_importable(
         writer.close()
         print(writer.written, writer.failed)
     """)
-    # -I -S: no site-packages, no PYTHONPATH, no current folder: only the copy, numpy and the stdlib.
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=120)
+    # -I -S: no site-packages, no PYTHONPATH, no current folder: only the copy, numpy and the stdlib. The
+    # sink process it starts is a plain `python -m` (as in the stub): it gets numpy through PYTHONPATH. Before
+    # 3.11, -S also leaves sys.prefix at the base interpreter, so the sink may run outside any virtualenv.
+    env = {**os.environ, "PYTHONPATH": str(only_numpy)}
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=120,
+                          env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "0"]
     import sqlite3

@@ -252,3 +252,38 @@ def test_max_filter_matches_clipped_windows_when_filter_is_separable() -> None:
         for x in range(9):
             window = a[:, max(0, y - 2): y + 3, max(0, x - 2): x + 3]
             assert (out[:, y, x] == window.max(axis=(1, 2))).all()
+
+
+def test_flat_page_reads_paper_level_and_dark_ink_when_page_is_evenly_lit() -> None:
+    page = np.full((112, 112), 180, np.uint8)
+    page[30:80, 50:60] = 20  # a dark stroke
+    flat = px.flat_page(page, INK)
+    assert flat is not None and flat.dark_ink and flat.level == 180 and flat.paper is None
+
+
+def test_flat_page_says_light_ink_when_digit_is_bright_on_a_dark_page() -> None:
+    page = np.full((112, 112), 30, np.uint8)
+    page[30:80, 50:60] = 230
+    flat = px.flat_page(page, INK)
+    assert flat is not None and not flat.dark_ink and flat.level == 30
+
+
+@pytest.mark.parametrize("case", ["gradient", "border", "blank"])
+def test_flat_page_leaves_the_page_to_look_when_not_flat_or_blank(case: str) -> None:
+    xx = np.tile(np.linspace(0, 1, 112), (112, 1))
+    page = np.round(245 - 120 * xx).astype(np.uint8) if case == "gradient" else np.full((112, 112), 245, np.uint8)
+    if case == "border":
+        page[:, :5] = 50  # the table beside the sheet, along one edge
+    if case != "blank":
+        page[30:80, 50:60] = 20
+    assert px.flat_page(page, INK) is None
+
+
+def test_to_mnist_keeps_bold_strokes_solid_when_page_is_flat() -> None:
+    # A stroke wider than the page look's window: the morphology takes its middle for paper and
+    # hollows it; a flat page's one paper level keeps it solid (bold type read 81% before).
+    page = np.full((112, 112), 245, np.uint8)
+    page[20:92, 40:72] = 25
+    out = px.to_mnist(page, INK)[0]
+    inside = out[out > 0]
+    assert inside.min() >= 128, f"stroke hollowed: {np.percentile(inside, [0, 10, 50])}"
