@@ -30,27 +30,13 @@ def shm_note_step(ctx: BuildContext) -> list[str]:
 def reference_step(ctx: BuildContext) -> list[str]:
     """Write each monitored model's reference.json (the drift monitor's baseline) into every version
     folder, from the held-out data named in `monitoring.models.<name>.reference`."""
-    from control.monitor.reference import compute_reference, load_reference_data, predict_onnx
+    from control.monitor.reference import write_version_reference
 
     spec = ctx.spec
-    notes: list[str] = []
-    for name, watched in spec.monitoring.models.items():
-        if not spec.monitoring.enabled or watched.reference is None:
-            continue
-        model = spec.models[name]
-        labels = spec.resolve(watched.reference.labels) if watched.reference.labels else None
-        inputs, truth = load_reference_data(spec.resolve(watched.reference.data), labels)
-        override = model.inputs.get(watched.input or "") if isinstance(model.inputs, dict) else None
-        if override is None and isinstance(model.inputs, dict) and len(model.inputs) == 1:
-            override = next(iter(model.inputs.values()))
-        scale = override.range[1] if override is not None and override.range is not None else 255.0
-        for version, src in model.version_sources.items():
-            scores = predict_onnx(spec.resolve(src), watched.input, inputs, watched.output)
-            ref = compute_reference(name, str(version), scores, inputs, truth, scale)
-            ref.write(ctx.staging / name / str(version))
-            logger.info("%s version %s: reference.json from %d held-out samples (accuracy %.4f)",
-                        name, version, ref.n, ref.accuracy)
-    return notes
+    for name in spec.monitoring.models:
+        for version, src in spec.models[name].version_sources.items():
+            write_version_reference(spec, name, version, spec.resolve(src), ctx.staging / name / str(version))
+    return []
 
 
 STANDARD_STEPS: tuple[BuildStep, ...] = (shm_note_step, plan_step, reference_step)

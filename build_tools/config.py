@@ -19,6 +19,7 @@ from build_tools.errors import RepositoryError
 from build_tools.interfaces import (
     Interfaces,
     ModelIO,
+    router_original_size_input,
     step_model_name,
     torchscript_model_name,
     trt_model_name,
@@ -38,6 +39,7 @@ from build_tools.runner_params import (
     MONITOR_PARAM_SAMPLE,
     MONITOR_PARAM_SCALE,
     ROUTER_PARAM_BYPASS,
+    ROUTER_PARAM_ORIGINAL_SIZE,
     ROUTER_PARAM_PIN,
     ROUTER_PARAM_TARGET,
     ROUTER_PARAM_WEIGHTS,
@@ -227,12 +229,14 @@ def router_weights_json(weights: dict[int, float]) -> str:
 
 
 def router_config(
-    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float], bypass: bool = False
+    name: str, target: str, model: ModelSpec, io: ModelIO, weights: dict[int, float], bypass: bool = False,
+    original_size_input: str | None = None,
 ) -> mc.ModelConfig:
     """The BLS router in front of `target`'s versions: same inputs and outputs, weights as a parameter.
 
     The same on both flavors (the official image has the python backend too); it batches like its
-    target, taking whatever is queued, so versions get one BLS request per batch.
+    target, taking whatever is queued, so versions get one BLS request per batch. `original_size_input`:
+    the router's own optional input (monitoring.models.<target>.original_size_input), never forwarded.
     """
     assert model.lifecycle is not None
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=model.max_batch_size)
@@ -244,6 +248,8 @@ def router_config(
     cfg.parameters[ROUTER_PARAM_WEIGHTS].string_value = router_weights_json(weights)
     cfg.parameters[ROUTER_PARAM_PIN].string_value = model.lifecycle.pin_parameter
     cfg.parameters[ROUTER_PARAM_BYPASS].string_value = "true" if bypass else "false"
+    if original_size_input is not None:
+        cfg.parameters[ROUTER_PARAM_ORIGINAL_SIZE].string_value = original_size_input
     return cfg
 
 
@@ -462,18 +468,50 @@ def model_folders(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) 
     return folders
 
 
+def route_step(config: mc.ModelConfig, spec: DeploySpec, ensemble: str, index: int, model: str, version: int) -> None:
+    """Point step `index` of an ensemble's config at `model` (the step's router, or its target while the
+    router is bypassed) and wire the router's own input (monitoring.models.<target>.original_size_input)
+    to match: mapped while the router runs the step; dropped, with the producing step's output, while the
+    target does (it has no such input). Used by the build and by control.rollout's switches."""
+    steps = config.ensemble_scheduling.step
+    step = steps[index]
+    step.model_name, step.model_version = model, version
+    ens = spec.ensembles[ensemble]
+    planned = ens.steps[index]
+    target = spec.routers().get(planned.model)
+    side = router_original_size_input(spec, target) if target is not None else None
+    if side is None or side not in planned.input_map:
+        return
+    tensor = planned.input_map[side]
+    direct = model != planned.model
+    if direct:
+        if side in step.input_map:
+            del step.input_map[side]
+    else:
+        step.input_map[side] = tensor
+    others = [j for j, s in enumerate(ens.steps) if j != index and tensor in s.input_map.values()]
+    for i, producer in enumerate(ens.steps):
+        for out, mapped in producer.output_map.items():
+            if mapped != tensor or i == index:
+                continue
+            if not direct:
+                steps[i].output_map[out] = tensor
+            elif not others and tensor not in ens.outputs and out in steps[i].output_map:
+                del steps[i].output_map[out]  # Triton refuses an ensemble tensor nobody uses
+
+
 def ensemble_folder(spec: DeploySpec, name: str, io: ModelIO, flavor: FlavorName) -> ModelFolder:
     ens = spec.ensembles[name]
     steps = [step_model_name(ens, flavor, s.model) for s in ens.steps]
     config = ensemble_config(name, ens, io, steps)
     routers = spec.routers()
-    for step in config.ensemble_scheduling.step:
+    for index, step in enumerate(config.ensemble_scheduling.step):
         target = routers.get(step.model_name)
         version = None if target is None else direct_version(
             build_weights(spec.models[target]), router_bypass(spec, target))
         if target is not None and version is not None:
             # One version takes all the traffic: call it directly (control.rollout switches it back).
-            step.model_name, step.model_version = target, version
+            route_step(config, spec, name, index, target, version)
     # Ensembles need an (empty) version folder to load.
     return ModelFolder(name, config, {"1/.keep": b"", **io.files})
 
@@ -486,7 +524,7 @@ def flavor_folders(spec: DeploySpec, flavor: FlavorName, ios: Interfaces) -> lis
     for router, target in spec.routers().items():
         model = spec.models[target]
         config = router_config(router, target, model, ios[router], build_weights(model),
-                               router_bypass(spec, target))
+                               router_bypass(spec, target), router_original_size_input(spec, target))
         files = {"1/model.py": ROUTER_SOURCE, **ios[router].files}
         # The router is a Python-backend model in both flavors: it watches its target on ngc too.
         if watched(spec, target):

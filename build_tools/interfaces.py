@@ -329,6 +329,12 @@ def warmup_filename(warmup_name: str, input_name: str) -> str:
 Interfaces = dict[str, ModelIO]
 
 
+def router_original_size_input(spec: DeploySpec, target: str) -> str | None:
+    """The router's own optional input carrying each image's original size (monitoring), if any."""
+    watched = spec.monitoring.models.get(target)
+    return watched.original_size_input if watched is not None else None
+
+
 def resolve_interfaces(spec: DeploySpec) -> Interfaces:
     """Every model's, then every ensemble's interface (findings inside each ModelIO)."""
     ios: Interfaces = {name: resolve_model_io(spec, name) for name in spec.models}
@@ -337,7 +343,16 @@ def resolve_interfaces(spec: DeploySpec) -> Interfaces:
         # target) and its labels, not its warmup data.
         t = ios[target]
         labels = {k: v for k, v in t.files.items() if not k.startswith("warmup/")}
-        ios[router] = ModelIO(t.inputs, t.outputs, files=labels)
+        inputs, findings = list(t.inputs), []
+        side = router_original_size_input(spec, target)
+        if side is not None:
+            # The router keeps this one (the monitoring's original_size); the target never sees it.
+            if side in {i.name for i in inputs}:
+                findings.append(f"monitoring.models.{target}.original_size_input: {side!r} is already an input "
+                                f"of {target}; pick a name its inputs {[i.name for i in inputs]} do not use")
+            else:
+                inputs.append(TensorIO(side, "FP32", (1,), optional=True))
+        ios[router] = ModelIO(inputs, t.outputs, findings, files=labels)
     for name in spec.ensembles:
         ios[name] = resolve_ensemble_io(spec, name, ios)
     return ios

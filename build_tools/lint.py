@@ -232,7 +232,8 @@ def lint_spec(spec: DeploySpec) -> tuple[list[str], Interfaces]:
         _lint_formats(name, model, spec, findings)
         _lint_torchscript(name, model, spec, findings)
         _lint_evaluation(name, model, io, spec, findings)
-    for target in spec.routers().values():
+    for router, target in spec.routers().items():
+        findings.extend(ios[router].findings)
         _lint_gate(target, spec.models[target], ios[target], spec, findings)
     # Models a substitution may name: every model, its router, and every plan and TorchScript variant the
     # spec builds.

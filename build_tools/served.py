@@ -66,10 +66,14 @@ def classifier_names(spec: DeploySpec) -> ClassifierNames:
         if not producer or step_model not in spec.models or spec.models[step_model].kind != "onnx":
             raise SpecError(f"{where}.outputs.{out_name}", "expected it to be produced by an ONNX model's step")
         i, step, classifier_output = producer[0]
-        if len(step.input_map) != 1:
+        # The router's own monitoring input (original sizes from preprocessing) is not a classifier input.
+        watched = spec.monitoring.models.get(step_model)
+        side = watched.original_size_input if watched is not None and step.model in routers else None
+        tensor_inputs = [t for t in step.input_map if t != side]
+        if len(tensor_inputs) != 1:
             raise SpecError(
                 f"{where}.steps[{i}].input_map",
-                f"the classifier step maps {sorted(step.input_map)}; expected exactly one input",
+                f"the classifier step maps {sorted(tensor_inputs)}; expected exactly one input",
             )
         produced = {t for s in ens.steps for t in s.output_map.values()}
         unproduced = sorted({t for s in ens.steps for t in s.input_map.values()} - produced)
@@ -86,7 +90,7 @@ def classifier_names(spec: DeploySpec) -> ClassifierNames:
         )
         return ClassifierNames(
             classifier=step_model,
-            classifier_input=next(iter(step.input_map)),
+            classifier_input=tensor_inputs[0],
             classifier_output=classifier_output,
             ensemble=ens_name,
             ensemble_input=unproduced[0],

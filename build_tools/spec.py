@@ -480,6 +480,15 @@ class MonitoredModelSpec(_Strict):
     input: str | None = None  # default: the model's first input
     output: str | None = None  # default: the first output with a labels file
     reference: ReferenceDataSpec | None = None
+    # An optional FP32 [1] input the model's lifecycle router takes besides its target's inputs (never
+    # forwarded to the target): sqrt(height * width) of each image as the client sent it, which only an
+    # ensemble's preprocessing step knows. The router writes it into the prediction log's records
+    # (`original_size`); a request without it (model-ready tensors) records the input's own size.
+    original_size_input: Annotated[str, Field(min_length=1)] | None = None
+    # The drift scenario (`make drift-demo`) sends data the reference never saw, then the same data with
+    # this shift applied: a function named in the adapter's SHIFTS (lifecycle.finetune.adapter), which
+    # also supplies the data and how a request is encoded.
+    shift: Annotated[str, Field(min_length=1)] | None = None
 
 
 class DriftSpec(_Strict):

@@ -38,12 +38,14 @@ from google.protobuf.json_format import MessageToJson
 from tritonclient.grpc import model_config_pb2 as mc
 
 from build_tools import config as cfg
-from build_tools.errors import ClientError, ModelInspectionError, RolloutError
+from build_tools.errors import ClientError, ModelInspectionError, RepositoryError, RolloutError
 from build_tools.folder_lock import folder_lock
 from build_tools.onnx_io import read_interface
 from build_tools.runner_params import ROUTER_PARAM_BYPASS, ROUTER_PARAM_WEIGHTS
 from build_tools.spec import DeploySpec, LifecycleSpec, ModelSpec
 from control.gate import FinetuneGateResult, GateResult, load_gate_data, run_gate
+from control.monitor.contract import Reference
+from control.monitor.reference import write_version_reference
 from control.registry import Registry, VersionRecord
 from triton_api import TritonClient
 
@@ -282,7 +284,7 @@ class Rollout:
             step = config.ensemble_scheduling.step[index]
             if (step.model_name, step.model_version) == (model, version):
                 continue
-            step.model_name, step.model_version = model, version
+            cfg.route_step(config, self.spec, name, index, model, version)
             t = time.monotonic()
             _load(self.client, name, config)
             _write_config(path, config)
@@ -372,8 +374,10 @@ class Rollout:
         folder = self.model_dir / str(version)
         if folder.exists():
             shutil.rmtree(folder)
+        # Not the champion's reference.json: the new version gets its own, as a built version does, so
+        # the drift monitor compares it with its own held-out figures once it serves.
         shutil.copytree(self.model_file(champion.version).parent, folder,
-                        ignore=shutil.ignore_patterns(cfg.ONNX_FILENAME, "__pycache__"))
+                        ignore=shutil.ignore_patterns(cfg.ONNX_FILENAME, Reference.FILENAME, "__pycache__"))
         shutil.copyfile(source, folder / cfg.ONNX_FILENAME)
         before = self.loaded_versions()
         t_load = time.monotonic()
@@ -394,6 +398,15 @@ class Rollout:
                 raise reject(f"served check: {problem}", gate)
             lines.append(f"served check: {SMOKE_SAMPLES} samples through {self.router} pinned to version "
                          f"{version} match ONNX Runtime")
+        # Written once Triton has loaded the version (a file it cannot load is refused by the load, above).
+        try:
+            ref = write_version_reference(self.spec, self.model, version, folder / cfg.ONNX_FILENAME, folder)
+        except RepositoryError as e:
+            self._restore_target(before)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise reject(f"monitoring reference: {e}", gate) from e
+        if ref is not None:
+            lines.append(f"reference: {Reference.FILENAME} from {ref.n} held-out samples (accuracy {ref.accuracy:.4f})")
         record = self.registry.add(self.model, version, sha, str(source), reason, "staged", gate, self.actor)
         lines.append(f"registered {self.model} version {version} as staged (sha256 {sha[:12]}), no traffic")
         return record, StepResult(tuple(lines), time.monotonic() - started)

@@ -3,8 +3,10 @@ held-out data (the spec's `monitoring.models.<name>.reference`), by the same sta
 serving side uses (control.monitor.stats) and the version's own predictions (ONNX Runtime, offline).
 
 Written as `reference.json` (contract.Reference) into each version folder by the build step in
-build_tools/build.py. Bins: ~10 per statistic at the held-out quantiles, open at both ends, so live
-values outside the held-out range still land in a bin.
+build_tools/build.py, and by the lifecycle (control/rollout.py) into the folder of a version staged at
+runtime (a fine-tuned one, say): `write_version_reference`, one function for both. Bins: ~10 per
+statistic at the held-out quantiles, open at both ends, so live values outside the held-out range
+still land in a bin.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from build_tools.errors import RepositoryError
+from build_tools.spec import DeploySpec
 from control.monitor.contract import STAT_NAMES, Reference
 from control.monitor.stats import PIXEL_STATS, image_stats
 
@@ -87,3 +90,27 @@ def compute_reference(
     accuracy = float((predicted == labels).mean()) if labels is not None else float("nan")
     return Reference(model=model, version=str(version), n=len(inputs), accuracy=accuracy,
                      classes=[float(c) for c in classes], stats=stats)
+
+
+def write_version_reference(spec: DeploySpec, model: str, version: int | str, onnx_file: Path,
+                            folder: Path) -> Reference | None:
+    """`reference.json` of one version of `model` into `folder`, from the held-out data the spec names
+    (`monitoring.models.<model>.reference`) run through `onnx_file`; None when the model has no reference
+    (monitoring off, not monitored, or no reference data)."""
+    watched = spec.monitoring.models.get(model)
+    if not spec.monitoring.enabled or watched is None or watched.reference is None:
+        return None
+    labels = spec.resolve(watched.reference.labels) if watched.reference.labels else None
+    inputs, truth = load_reference_data(spec.resolve(watched.reference.data), labels)
+    inputs_spec = spec.models[model].inputs
+    override = inputs_spec.get(watched.input or "") if isinstance(inputs_spec, dict) else None
+    if override is None and isinstance(inputs_spec, dict) and len(inputs_spec) == 1:
+        override = next(iter(inputs_spec.values()))
+    # Full ink: the top of the input's declared range (raw 0-255 pixels when none is declared).
+    scale = override.range[1] if override is not None and override.range is not None else 255.0
+    scores = predict_onnx(onnx_file, watched.input, inputs, watched.output)
+    ref = compute_reference(model, str(version), scores, inputs, truth, scale)
+    ref.write(folder)
+    logger.info("%s version %s: %s from %d held-out samples (accuracy %.4f)", model, version, Reference.FILENAME,
+                ref.n, ref.accuracy)
+    return ref

@@ -8,6 +8,13 @@ about MNIST. The network and its training helpers are train.py's (the script tha
     replay_data() -> (uint8 inputs, int64 labels)  the original training data, model-ready
     augment(batch, generator) -> batch             the training augmentation (optional)
 
+The drift scenario (`make drift-demo`, clients/drift_demo.py, generic too) calls these:
+
+    stream_data() -> (uint8 inputs, int64 labels)  labelled data the monitoring reference never saw
+    SHIFTS: {name: fn(uint8 inputs) -> inputs}     the shifts the spec may choose
+                                                   (monitoring.models.<name>.shift)
+    encode_request(input) -> bytes                 one model-ready input as the ensemble's raw request
+
 `thicker_pen` is the showcase's shift for the tests and the measurement: the same digits written with a
 thicker pen (grey-level dilation), which the champion reads much worse.
 """
@@ -71,6 +78,34 @@ def thicker_pen(images: np.ndarray, radius: int = 2) -> np.ndarray:
         for dx in range(-radius, radius + 1):
             np.maximum(out, pad[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w], out=out)
     return out
+
+
+def thicker_pen_1px(images: np.ndarray) -> np.ndarray:
+    """The drift scenario's shift: a pen 1 px thicker on every side (3x3 dilation). Through the served
+    ensemble (raw PNG bytes) the preprocessing still reads every such digit; at 2 px some digits are
+    mostly ink and it refuses them as 'no digit' (measured with the drift demo)."""
+    return thicker_pen(images, radius=1)
+
+
+SHIFTS = {"thicker_pen": thicker_pen_1px, "thicker_pen_2px": thicker_pen}
+
+
+def stream_data() -> tuple[np.ndarray, np.ndarray]:
+    """The drift scenario's traffic: the training split (the reference is the held-out split), as
+    [N, 1, 28, 28] uint8 and int64 labels."""
+    return replay_data()
+
+
+def encode_request(image: np.ndarray) -> bytes:
+    """A model-ready digit (28x28 uint8, any leading dims of size 1) as the PNG a client would send."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    pixels = np.asarray(image, dtype=np.uint8).reshape(image.shape[-2:])
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_shifted_sets(folder: Path, feedback: int = 500, seed: int = 13, radius: int = 2) -> list[Path]:

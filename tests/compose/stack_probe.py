@@ -264,8 +264,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
     """The drift monitor in the stack: scraped, and its input-drift alert fires after a shifted stream."""
     import tritonclient.http as httpclient
 
-    from clients.datasets import mnist_train
-    from clients.drift_demo import png, thick_pen
+    from build_tools.served import classifier_names, default_spec_path
+    from build_tools.spec import load_spec
+    from clients.drift_demo import scenario_data
 
     base = args.prometheus.rstrip("/")
     deadline = time.monotonic() + args.timeout
@@ -279,18 +280,20 @@ def cmd_drift(args: argparse.Namespace) -> int:
                              f"tdk_monitor_threshold series {len(thresholds)}")
         time.sleep(2)
     _say(f"Prometheus scrapes the drift monitor ({len(thresholds)} threshold series)")
-    train = mnist_train()
-    images = thick_pen(np.asarray(train.images[: args.count], dtype=np.uint8).reshape(-1, 28, 28))
+    # The spec's shift of its model's data, from the model's adapter (as make drift-demo sends it).
+    spec = load_spec(default_spec_path())
+    data = scenario_data(spec, classifier_names(spec).classifier)
+    images = data.shift(data.inputs[: args.count])
     client = httpclient.InferenceServerClient(args.url)
     started = time.monotonic()
     try:
         for i, image in enumerate(images):
             inp = httpclient.InferInput("image_bytes", [1, 1], "BYTES")
-            inp.set_data_from_numpy(np.array([[png(image)]], dtype=np.object_))
+            inp.set_data_from_numpy(np.array([[data.encode(image)]], dtype=np.object_))
             client.infer(args.model, [inp], request_id=f"ci-shift-{i}")
     finally:
         client.close()
-    _say(f"sent {len(images)} thicker-pen digits to {args.model!r} in {time.monotonic() - started:.0f} s")
+    _say(f"sent {len(images)} {data.shift_name} inputs to {args.model!r} in {time.monotonic() - started:.0f} s")
     deadline = time.monotonic() + args.timeout
     state = None
     while time.monotonic() < deadline:

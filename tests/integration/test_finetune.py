@@ -146,6 +146,12 @@ def test_finetune_stages_a_canary_that_recovers_the_shifted_stream_when_feedback
     assert record.gate["finetune"]["feedback_accuracy"] == rows["held-back feedback"]["candidate_accuracy"]
     assert f"registered {MODEL} version {record.version} as staged" in out and "10%" in out
 
+    # Its own reference.json (the drift monitor's baseline once it serves), not the champion's copied one.
+    ref = contract.Reference.read(env.repository / MODEL / str(record.version))
+    assert ref.version == str(record.version) and ref.n == 500
+    assert ref.accuracy == pytest.approx(rows["held-out set"]["candidate_accuracy"])
+    assert "reference: reference.json from 500 held-out samples" in out
+
     # Served through the router, pinned to the new version: the offline figure, and the same answers.
     candidate = env.repository / MODEL / str(record.version) / "model.onnx"
     offline = ort.InferenceSession(str(candidate)).run(None, {"image": shifted["holdout"].astype(np.float32)})[0]

@@ -134,12 +134,54 @@ def test_prediction_metrics_count_exactly_the_requests_when_digits_go_through_th
         rec = records[request_id]
         assert (rec.model, rec.version, rec.predicted) == ("mnist_classifier", "1", int(cls))
         assert 0.0 < rec.top_prob <= 1.0
-        assert set(rec.stats) == {"mean_intensity", "ink_fraction", "bbox_size", "com_offset"}
+        assert set(rec.stats) == {"mean_intensity", "ink_fraction", "bbox_size", "com_offset", "original_size"}
+        assert rec.stats["original_size"] == 28.0  # the 28x28 PNG as sent
         assert rec.stats["mean_intensity"] == pytest.approx(float(image.mean()) / 255.0, rel=1e-5)
         if rec.input is not None:  # kept for a sample: the model-ready input, byte for byte
             assert rec.input == image.tobytes()
     assert total(scrape(url), LOG_RECORDS, model="mnist_classifier", outcome="written") - total(
         before, LOG_RECORDS, model="mnist_classifier", outcome="written") >= N
+
+
+def logged_records(served_root: Path, prefix: str, n: int,
+                   timeout_s: float = 15.0) -> dict[str, contract.PredictionRecord]:
+    """The session server's prediction log records whose request id starts with `prefix` (waits for n)."""
+    with Database(f"sqlite:///{served_root / 'monitoring' / 'predictions.db'}") as db:
+        rows: list = []
+        deadline = time.monotonic() + timeout_s
+        while len(rows) < n and time.monotonic() < deadline:
+            rows = db.query("SELECT * FROM predictions WHERE request_id LIKE ? ORDER BY id", (prefix + "%",))
+            time.sleep(0.2)
+    return {r.request_id: r for r in map(contract.prediction_from_row, rows)}
+
+
+def test_prediction_log_records_carry_the_size_sent_when_images_of_several_sizes_go_through_the_ensemble(
+    embedded_server: TritonServer, served_root: Path, digits
+) -> None:
+    """original_size travels from preprocessing (the image's header) to the router, which writes the
+    record: each record holds sqrt(width x height) of the image as the client sent it."""
+    from PIL import Image
+
+    images, _ = digits
+    sizes = [(28, 28), (56, 56), (90, 40), (200, 150), (64, 256)]
+    run = uuid.uuid4().hex[:8]
+    sent: dict[str, float] = {}
+    with TritonClient(embedded_server.http_url) as client:
+        for i, (w, h) in enumerate(sizes):
+            digit = Image.fromarray(np.asarray(images[i], dtype=np.uint8), mode="L").resize((w, h), Image.BILINEAR)
+            request_id = f"size-{run}-{i}"
+            client.infer("mnist", {"image_bytes": bytes_batch([encode_png(np.asarray(digit))])}, request_id=request_id)
+            sent[request_id] = float(np.sqrt(w * h))
+        # Several images in one request: one record each, each with its own size.
+        pair = [encode_png(np.asarray(Image.fromarray(images[7], mode="L").resize((w, w)))) for w in (33, 120)]
+        client.infer("mnist", {"image_bytes": bytes_batch(pair)}, request_id=f"size-{run}-pair")
+        sent[f"size-{run}-pair"], sent[f"size-{run}-pair/1"] = 33.0, 120.0
+        # A model-ready tensor straight to the router: no preprocessing, its own size.
+        client.infer("mnist_classifier_router", {"image": images[8].astype(np.float32)[None, None]},
+                     request_id=f"size-{run}-tensor")
+        sent[f"size-{run}-tensor"] = 28.0
+    records = logged_records(served_root, f"size-{run}-", len(sent))
+    assert {rid: rec.stats.get("original_size") for rid, rec in records.items()} == pytest.approx(sent)
 
 
 def test_rejected_images_are_counted_by_reason_when_preprocessing_refuses_them(embedded_server: TritonServer) -> None:

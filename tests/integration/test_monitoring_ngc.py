@@ -178,7 +178,10 @@ def test_ngc_router_and_preprocess_export_metrics_and_log_when_served_without_th
         rows = [contract.prediction_from_row(r) for r in db.query("SELECT * FROM predictions ORDER BY id")]
     assert sorted(r.request_id for r in rows) == sorted(ids)
     assert all(r.model == "mnist_classifier" and r.version == "1" for r in rows)
-    assert all(set(r.stats) == {"mean_intensity", "ink_fraction", "bbox_size", "com_offset"} for r in rows)
+    assert all(set(r.stats) == {"mean_intensity", "ink_fraction", "bbox_size", "com_offset", "original_size"}
+               for r in rows)
+    # Sent to the router as model-ready tensors (no size input): each record holds the tensor's own size.
+    assert all(r.stats["original_size"] == 28.0 for r in rows)
     # The log's classes are the classifier's answers: the held-out digits' labels for nearly all.
     accuracy = np.mean([r.predicted == int(holdout.labels[int(r.request_id.split("-")[1])]) for r in rows])
     assert accuracy >= 0.9

@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from build_tools.build import build_repositories
 from build_tools.config import parse_pbtxt, read_config, to_pbtxt
 from build_tools.errors import SpecError
+from build_tools.lint import lint_spec
 from build_tools.repository import MARKER, check_drift
 from build_tools.spec import DeploySpec, load_spec, parse_spec
 from tests.support.onnx_models import models_spec
@@ -133,7 +134,9 @@ def test_ensemble_wired_from_steps_when_built() -> None:
     # The classifier is watched, and its router is where that happens (ngc too): the router step stays.
     assert [(s.model_name, s.model_version) for s in steps] == [("mnist_preprocess", -1),
                                                                  ("mnist_classifier_router", -1)]
-    assert dict(steps[1].input_map) == {"image": "preprocessed_image"}
+    # original_size: the router's own input (monitoring), from the preprocessing step.
+    assert dict(steps[1].input_map) == {"image": "preprocessed_image", "size": "size"}
+    assert dict(steps[0].output_map) == {"image": "preprocessed_image", "size": "size"}
 
 
 def test_ensemble_runs_the_router_when_the_spec_turns_the_bypass_off() -> None:
@@ -166,6 +169,9 @@ def test_ensemble_bypasses_the_router_only_where_its_predictions_are_not_watched
         step = folders["mnist"].ensemble_scheduling.step[1]
         want = ("mnist_classifier", 1) if bypass else ("mnist_classifier_router", -1)
         assert (step.model_name, step.model_version) == want, flavor
+        # The router's own input goes with it: the classifier has none, so its tensor is not produced either.
+        first = folders["mnist"].ensemble_scheduling.step[0]
+        assert ("size" in step.input_map, "size" in first.output_map) == (not bypass,) * 2
         params = folders["mnist_classifier_router"].parameters
         assert params["bypass_when_single_version"].string_value == ("true" if bypass else "false")
         assert "monitoring.enabled" not in folders["mnist_classifier"].parameters
@@ -253,7 +259,11 @@ def test_router_config_mirrors_its_target_and_holds_weights_when_a_model_has_a_l
         # Parsed back from text, as Triton would read it.
         cfg = parse_pbtxt(to_pbtxt(router.config))
         assert cfg.backend == "python" and cfg.max_batch_size == target.max_batch_size
-        assert list(cfg.input) == list(target.input) and list(cfg.output) == list(target.output)
+        # The target's inputs, plus the router's own optional one (monitoring's original sizes).
+        assert list(cfg.input)[:-1] == list(target.input) and list(cfg.output) == list(target.output)
+        side = cfg.input[-1]
+        assert (side.name, side.data_type, list(side.dims), side.optional) == ("size", mc.TYPE_FP32, [1], True)
+        assert cfg.parameters["original_size_input"].string_value == "size"
         assert cfg.parameters["target_model"].string_value == "mnist_classifier"
         assert cfg.parameters["weights"].string_value == '{"1":100.0}'
         assert cfg.parameters["pin_parameter"].string_value == "version"
@@ -387,6 +397,14 @@ def test_router_config_batches_only_when_its_target_batches() -> None:
     assert plain.max_batch_size == 0 and not plain.HasField("dynamic_batching")
 
 
+def test_lint_names_the_field_when_original_size_input_clashes_with_a_target_input() -> None:
+    data = yaml.safe_load((ROOT / "deploy.yaml").read_text())
+    data["monitoring"]["models"]["mnist_classifier"]["original_size_input"] = "image"
+    findings, _ = lint_spec(parse_spec(data, ROOT))
+    assert any(f.startswith("monitoring.models.mnist_classifier.original_size_input: 'image' is already an input")
+               for f in findings), findings
+
+
 def test_embedded_configs_take_the_embedded_groups_when_called_directly_for_onnx_and_torchscript() -> None:
     """onnx_config_embedded and torchscript_config_embedded called on their own (not through the
     module's shared build, which a mutation run only attributes to the first test that uses it): the
@@ -426,6 +444,11 @@ def test_embedded_monitoring_parameters_say_what_the_spec_says_when_the_watched_
     data["monitoring"].update(queue_size=1234, sample_rate=0.5, keep_inputs_rate=0.25)
     data["ensembles"]["mnist"].pop("substitutions", None)
     data["ensembles"]["mnist"]["steps"][1]["model"] = "mnist_classifier"
+    # No router, so no router input for the images' original sizes (monitoring.models.*.original_size_input).
+    del data["monitoring"]["models"]["mnist_classifier"]["original_size_input"]
+    for step in data["ensembles"]["mnist"]["steps"]:
+        step["input_map"].pop("size", None)
+        step["output_map"].pop("size", None)
     spec = parse_spec(data, ROOT)
     folders = {f.name: f for f in plan_flavor(spec, "embedded", lint_or_raise(spec)).models}
     assert "mnist_classifier_router" not in folders

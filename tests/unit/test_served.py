@@ -70,7 +70,6 @@ GENERIC_PACKAGES = ("build_tools", "clients", "control", "loadtest", "mutation",
 SHOWCASE_ALLOWED = {
     "clients/datasets.py": "the data loader: it knows the labelled sets by name",
     "clients/captures.py": "the photo-like capture set, made from MNIST-layout digits (data, like the loader)",
-    "clients/drift_demo.py": "its digit shift is being moved into the model adapter by another issue",
     "mutation/accepted.yaml": "mutmut names each reviewed mutant by its module's import path (data, not code)",
 }
 # Generated from the spec (a test checks they match what loadtest/perf_inputs.py writes).

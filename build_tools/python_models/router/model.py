@@ -7,6 +7,8 @@ change loses no request). Everything comes from config parameters, read once in 
   target_model   the model whose versions it routes to
   weights        JSON {"version": percent, ...}; the percents sum to 100
   pin_parameter  a request parameter that sends the request to one version (for testing a version)
+  original_size_input  (optional) the router's own input: each image's size as the client sent it (an
+                 ensemble's preprocessing fills it); kept for monitoring, never forwarded to the target
 
 Routing, per request: the pin parameter if present; otherwise a hash of the request id (so the same id
 always lands on the same version while the weights stay put), otherwise a low-discrepancy counter. Each
@@ -58,6 +60,7 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.target = _param(config, "target_model")
         self.pin_parameter = _param(config, "pin_parameter", "version")
+        self.original_size_input = _param(config, "original_size_input", "") or None
         try:
             raw = json.loads(_param(config, "weights"))
             weights = sorted((int(v), float(p)) for v, p in raw.items() if float(p) > 0)
@@ -170,6 +173,8 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(error=err)
 
     def _send(self, version: int, tensors: list[Any]) -> Any:
+        if self.original_size_input is not None:
+            tensors = [t for t in tensors if t.name() != self.original_size_input]  # the router's own
         bls = pb_utils.InferenceRequest(
             model_name=self.target, model_version=version, inputs=tensors, requested_output_names=self.outputs
         )
@@ -192,7 +197,7 @@ class TritonPythonModel:
         sizes = [next(iter(a.values())).shape[0] for a in arrays]
         names = list(arrays[0])
         concatenated = {n: np.concatenate([a[n] for a in arrays]) for n in names}
-        merged = [pb_utils.Tensor(n, concatenated[n]) for n in names]
+        merged = [pb_utils.Tensor(n, concatenated[n]) for n in names if n != self.original_size_input]
         response = self._send(version, merged)
         if response.has_error():
             # Retry one by one: only the request at fault gets the error.
@@ -207,7 +212,8 @@ class TritonPythonModel:
             watched = dict(outs).get(self.monitor.settings.output)
             if watched is not None:
                 self._watch(self.monitor.observe_batch, str(version), [r.request_id() for _, r in members], sizes,
-                            concatenated.get(self.monitor.settings.input), watched)
+                            concatenated.get(self.monitor.settings.input), watched, False,
+                            concatenated.get(self.original_size_input or ""))
         offset = 0
         for (i, _), size in zip(members, sizes):
             responses[i] = pb_utils.InferenceResponse(
@@ -257,7 +263,7 @@ class TritonPythonModel:
     def _observe(self, version: int, members: list[tuple[int, Any]], responses: list[Any]) -> None:
         """Hand the answered requests answered one by one to the monitor."""
         settings = self.monitor.settings
-        ids, inputs, outputs = [], [], []
+        ids, inputs, outputs, original = [], [], [], []
         for i, request in members:
             if responses[i].has_error():
                 continue
@@ -269,7 +275,11 @@ class TritonPythonModel:
             # Without batching a request is one item with no batch dimension: give it one.
             inputs.append(inp.as_numpy() if self.batching else inp.as_numpy()[None])
             outputs.append(out.as_numpy() if self.batching else out.as_numpy()[None])
-        self.monitor.observe(str(version), ids, inputs, outputs)
+            size = (pb_utils.get_input_tensor_by_name(request, self.original_size_input)
+                    if self.original_size_input else None)
+            original.append(None if size is None else size.as_numpy().reshape(-1))
+        sizes = original if original and all(o is not None for o in original) else None
+        self.monitor.observe(str(version), ids, inputs, outputs, sizes)
 
     def finalize(self) -> None:
         self._stop.set()

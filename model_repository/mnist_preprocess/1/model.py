@@ -41,6 +41,8 @@ if _VENDORED.is_dir() and str(_VENDORED) not in sys.path:
     sys.path.insert(0, str(_VENDORED))
 from pixels import SIDE, BadImageError, decode, to_mnist  # noqa: E402
 
+ORIGINAL_SIZE = "size"
+
 
 class BudgetError(BadImageError):
     """A request asks for more work than one request may: refused before (or while) decoding."""
@@ -132,6 +134,11 @@ class TritonPythonModel:
         if "image" not in outputs or [int(d) for d in outputs["image"]["dims"]] != [1, SIDE, SIDE]:
             raise pb_utils.TritonModelException(f"{self.name}: needs an output 'image' with dims [1, 28, 28]")
         self.batching = int(self.config.get("max_batch_size", 0)) > 0
+        # Optional output: sqrt(height * width) of each image as sent (its header), for the router's
+        # prediction log records (the spec's monitoring.models.<classifier>.original_size_input).
+        self.original_size = ORIGINAL_SIZE in outputs
+        if self.original_size and [int(d) for d in outputs[ORIGINAL_SIZE]["dims"]] != [1]:
+            raise pb_utils.TritonModelException(f"{self.name}: output {ORIGINAL_SIZE!r} must have dims [1]")
         # Pillow's own bomb check would only warn below 2x its limit; ours runs on the header first.
         Image.MAX_IMAGE_PIXELS = self.max_pixels
         self.monitor = None
@@ -163,8 +170,11 @@ class TritonPythonModel:
                 raise BadImageError(f"{where}: {e}", e.reason) from e
         stacked = np.stack(images)
         batch = stacked if self.batching else images[0]
-        response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", batch.astype(np.float32))])
-        return response, stacked, sizes
+        tensors = [pb_utils.Tensor("image", batch.astype(np.float32))]
+        if self.original_size:
+            side = np.sqrt(np.asarray(sizes, dtype=np.float32)).reshape(-1, 1)
+            tensors.append(pb_utils.Tensor(ORIGINAL_SIZE, side if self.batching else side[0]))
+        return pb_utils.InferenceResponse(output_tensors=tensors), stacked, sizes
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []

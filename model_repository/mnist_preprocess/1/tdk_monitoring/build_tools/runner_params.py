@@ -16,6 +16,8 @@ RUNNER_PARAM_TORCH_THREADS = "torch_threads"
 ROUTER_PARAM_TARGET = "target_model"
 ROUTER_PARAM_WEIGHTS = "weights"
 ROUTER_PARAM_PIN = "pin_parameter"
+# The router's own optional input (each image's original size, for monitoring): never sent to the target.
+ROUTER_PARAM_ORIGINAL_SIZE = "original_size_input"
 # "true": while one version takes all the traffic, the ensembles call it directly (no BLS hop through the
 # router); control.rollout switches them back through the router when a split starts.
 ROUTER_PARAM_BYPASS = "bypass_when_single_version"

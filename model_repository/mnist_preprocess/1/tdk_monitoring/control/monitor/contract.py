@@ -30,7 +30,8 @@ METRIC_PREFIXES: dict[str, str] = {
 # The cheap per-image statistics computed while preprocessing, in this order. Units: intensities are
 # in [0, 1] on the model-ready input image (ink bright); sizes are pixels; the offset is the distance in
 # pixels between the ink's centre of mass and the image centre; original_size is sqrt(height * width)
-# of the decoded image before resizing (0 when the request sent model-ready tensors, not bytes).
+# of the image as the client sent it (from the preprocessing step, through the router's
+# original_size_input; a model-ready tensor sent straight to the router: its own size).
 STAT_NAMES: tuple[str, ...] = (
     "mean_intensity", "ink_fraction", "bbox_size", "com_offset", "original_size",
 )

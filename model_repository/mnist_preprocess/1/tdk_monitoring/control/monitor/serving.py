@@ -54,6 +54,9 @@ from control.monitor.stats import (
 
 logger = logging.getLogger(__name__)
 
+# A log record's statistics: the pixel ones, then the image's original size (contract.STAT_NAMES order).
+RECORD_STATS: tuple[str, ...] = (*PIXEL_STATS, "original_size")
+
 # Overrides the spec's database for every monitored model of a server (tests, compose stacks).
 DATABASE_ENV = "TDK_MONITORING_DATABASE_URL"
 DEFAULT_DATABASE = "sqlite:///monitoring/predictions.db"
@@ -287,8 +290,9 @@ class ServingMonitor:
         self._random = random.Random()
         self._np_random = np.random.default_rng()
         self._lock = threading.Lock()
-        # (version, request ids, rows per request, inputs, outputs, time answered)
-        self._pending: list[tuple[str, list[str], list[int], np.ndarray | None, np.ndarray, float]] = []
+        # (version, request ids, rows per request, inputs, outputs, time answered, original sizes)
+        self._pending: list[tuple[str, list[str], list[int], np.ndarray | None, np.ndarray, float,
+                                  np.ndarray | None]] = []
         self._pending_rows = 0
         self.dropped = 0  # images never accounted for: the pending list was full
         self.writer = PredictionLogWriter(
@@ -302,19 +306,23 @@ class ServingMonitor:
         return str(index)
 
     def observe(self, version: str, request_ids: Sequence[str], inputs: Sequence[np.ndarray],
-                outputs: Sequence[np.ndarray]) -> None:
+                outputs: Sequence[np.ndarray], original_sizes: Sequence[np.ndarray] | None = None) -> None:
         """Account for answered requests of one version (per request: its id, its input rows, its output
-        rows). Copies the arrays (the backend's buffers are released after the response) and returns."""
+        rows, and optionally each row's original image size). Copies the arrays (the backend's buffers are
+        released after the response) and returns."""
         if not outputs:
             return
         sizes = [len(o) for o in outputs]
         # np.concatenate copies, even of a single array.
         self.observe_batch(version, request_ids, sizes, np.concatenate(inputs) if len(inputs) == len(outputs)
-                           else None, np.concatenate(outputs), copied=True)
+                           else None, np.concatenate(outputs), copied=True,
+                           original_sizes=np.concatenate(original_sizes) if original_sizes else None)
 
     def observe_batch(self, version: str, request_ids: Sequence[str], sizes: Sequence[int],
-                      inputs: np.ndarray | None, outputs: np.ndarray, copied: bool = False) -> None:
-        """The same for requests already concatenated (rows of request k follow those of request k-1)."""
+                      inputs: np.ndarray | None, outputs: np.ndarray, copied: bool = False,
+                      original_sizes: np.ndarray | None = None) -> None:
+        """The same for requests already concatenated (rows of request k follow those of request k-1).
+        `original_sizes`: sqrt(height * width) of each row's image as sent (the router's side input)."""
         rows = len(outputs)
         with self._lock:
             if self._pending_rows + rows > self.settings.queue_size:
@@ -324,7 +332,11 @@ class ServingMonitor:
         if not copied:
             inputs = None if inputs is None else np.array(inputs)
             outputs = np.array(outputs)
-        item = (str(version), list(request_ids), list(sizes), inputs, outputs, time.time())
+        if original_sizes is not None:
+            original_sizes = np.array(original_sizes, dtype=np.float64).reshape(-1)
+            if len(original_sizes) != rows:
+                original_sizes = None  # not one per image: left out rather than misattributed
+        item = (str(version), list(request_ids), list(sizes), inputs, outputs, time.time(), original_sizes)
         with self._lock:
             self._pending.append(item)
 
@@ -349,6 +361,12 @@ class ServingMonitor:
         predicted = probs.argmax(axis=1)
         top = probs[np.arange(len(probs)), predicted].astype(np.float64)
         stats = image_stats(images, s.input_scale) if images is not None and images.ndim >= 3 else None
+        if stats is not None:
+            # original_size: the image as the client sent it, when the router was told (an ensemble's
+            # preprocessing); a model-ready tensor was sent at its own size.
+            own = float(np.sqrt(images.shape[-1] * images.shape[-2]))
+            original = np.concatenate([it[6] if it[6] is not None else np.full(len(it[4]), own) for it in items])
+            stats = np.column_stack([stats, original])
         base = (("model", s.model), ("version", version))
         counts = np.bincount(predicted, minlength=probs.shape[1])
         for index in np.flatnonzero(counts):
@@ -367,7 +385,7 @@ class ServingMonitor:
         rows: list[int] = []
         stamps: list[float] = []
         row = 0
-        for _, request_ids, sizes, _, _, ts in items:
+        for _, request_ids, sizes, _, _, ts, _ in items:
             for request_id, size in zip(request_ids, sizes):
                 if s.sample_rate >= 1.0 or self._random.random() < s.sample_rate:
                     ids.append(request_id)
@@ -391,7 +409,7 @@ class ServingMonitor:
                 kept = {int(c): raw[j].tobytes() for j, c in enumerate(chosen)}
         self.writer.offer_batch(LogBatch(
             s.model, version, ids, np.asarray(stamps, dtype=np.float64), predicted[index].astype(np.int64),
-            top[index], PIXEL_STATS if stats is not None else (),
+            top[index], RECORD_STATS if stats is not None else (),
             stats[index] if stats is not None else np.zeros((len(index), 0)), kept,
         ))
 
