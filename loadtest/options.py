@@ -39,6 +39,8 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--max-fail-ratio", float, 0.01, "fail the run above this share of failed requests"),
     ("--max-p95-ms", float, 500.0, "fail the run when the 95th percentile latency is above this (ms; 0 = off)"),
     ("--max-p99-ms", float, 1000.0, "fail the run when the 99th percentile latency is above this (ms; 0 = off)"),
+    ("--request-timeout", float, 60.0,
+     "seconds one request may take before it counts as failed (connect and answer; gRPC deadline)"),
 )
 
 

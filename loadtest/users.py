@@ -86,7 +86,8 @@ class TritonUser(User):
             self.url = grpc_address(self.host, self._option("grpc_host", None))
         else:
             self.url = http_address(self.host)
-        self.client = TritonClient(self.url, "grpc" if self.protocol == "grpc" else "http", timeout_s=60.0)
+        self.client = TritonClient(self.url, "grpc" if self.protocol == "grpc" else "http",
+                                   timeout_s=float(self._option("request_timeout", 60.0)))
         self.requests = self._build_requests()
         # Users start at different points of the sample, so concurrent users send different digits.
         self.position = (next(_user_numbers) * 7) % len(self.requests)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +28,26 @@ logger = logging.getLogger(__name__)
 
 Protocol = Literal["http", "grpc"]
 PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
+
+
+class _GrpcClient(grpcclient.InferenceServerClient):
+    """tritonclient's gRPC client, closed once. Its ``__del__`` closes the channel again, and when the
+    garbage collector runs that at interpreter exit, ``Channel.close`` can block forever on a gRPC mutex:
+    a Locust run that had closed every client hung at exit (py-spy: ``gc_collect_main`` ->
+    ``InferenceServerClient.__del__`` -> ``Channel._close`` -> ``pthread_mutex_lock``). At exit the
+    process's sockets go with it, so nothing is left to close there."""
+
+    _closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        super().close()
+
+    def __del__(self) -> None:
+        if not self._closed and not sys.is_finalizing():
+            self.close()
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,7 @@ class TritonClient:
                     url, concurrency=concurrency, connection_timeout=timeout_s, network_timeout=timeout_s
                 )
             else:
-                self._client = grpcclient.InferenceServerClient(url)
+                self._client = _GrpcClient(url)
         except InferenceServerException as e:
             raise ClientError(f"cannot create a {protocol} client for {url}: {e.message()}") from e
 

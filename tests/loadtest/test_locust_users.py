@@ -169,8 +169,8 @@ def test_locust_users_back_off_when_the_server_cannot_be_reached(tmp_path: Path)
         holder.bind(("127.0.0.1", 0))
         closed = holder.getsockname()[1]
         cmd = _locust_cmd("-f", str(LOCUSTFILE), "--host", f"http://127.0.0.1:{closed}", "--grpc-host",
-                          f"127.0.0.1:{closed}", "--json-file", str(tmp_path / "run"), "HttpClassifierUser",
-                          "GrpcClassifierUser", seconds=12, users=4)
+                          f"127.0.0.1:{closed}", "--json-file", str(tmp_path / "run"), "--request-timeout", "5",
+                          "HttpClassifierUser", "GrpcClassifierUser", seconds=12, users=4)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]  # every request failed: the thresholds fail the run
     requests, failures = _json_stats(tmp_path / "run")["total"]
