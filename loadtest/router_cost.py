@@ -41,6 +41,7 @@ from typing import Any
 from build_tools import config as cfg
 from build_tools.build import build_repositories
 from build_tools.config import ROUTER_SOURCE
+from build_tools.interfaces import router_original_size_input
 from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
 from loadtest import ab_cost, loadgen
@@ -99,9 +100,18 @@ def build(out: Path, spec_path: Path, paths: Paths) -> Path:
     # with nothing watched the deployed ensemble bypasses the router while one version takes all the traffic.
     data.setdefault("monitoring", {})["enabled"] = False
     direct = copy.deepcopy(data["ensembles"][paths.ensemble])
+    side = router_original_size_input(parse_spec(data, base_dir=spec_path.resolve().parent), paths.classifier)
+    dropped = set()
     for step in direct["steps"]:
         if step["model"] == paths.router:
             step["model"] = paths.classifier
+            # The router's own side input is not the classifier's: unmap it, and its producer's output.
+            if side is not None and side in step.get("input_map", {}):
+                dropped.add(step["input_map"].pop(side))
+    for step in direct["steps"]:
+        output_map = step.get("output_map", {})
+        for name in [k for k, v in output_map.items() if v in dropped]:
+            del output_map[name]
     data["ensembles"][paths.direct_ensemble] = direct
     spec = parse_spec(data, base_dir=spec_path.resolve().parent)
     build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(out))}}), ["embedded"])
@@ -110,8 +120,7 @@ def build(out: Path, spec_path: Path, paths: Paths) -> Path:
     routed.name = paths.routed_ensemble
     for i, step in enumerate(spec.ensembles[paths.ensemble].steps):
         if step.model == paths.router:
-            routed.ensemble_scheduling.step[i].model_name = paths.router
-            routed.ensemble_scheduling.step[i].model_version = step.model_version
+            cfg.route_step(routed, spec, paths.ensemble, i, paths.router, step.model_version)
     shutil.copytree(out / paths.ensemble, out / paths.routed_ensemble)
     (out / paths.routed_ensemble / "config.pbtxt").write_text(cfg.to_pbtxt(routed))
     return out
