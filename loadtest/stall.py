@@ -9,8 +9,9 @@ mechanism is in docs/stall.md.
 Variants (``--variant``) are the spec as committed (``spec``) and named changes of it:
 
 * ``queue-policy``: the classifier's dynamic batcher with a default queue policy (``max_queue_size:
-  4096``), the setting that turns Triton's payload prefetching off and exposes the lost wake-up: the
-  classifier as committed before the fix (the rest of the spec unchanged).
+  4096``), the setting that turns Triton's payload prefetching off and exposes the lost wake-up, with
+  three instances and no queue delay: the classifier as committed before the fix (the rest of the spec
+  unchanged).
 * ``one-instance-queue-policy``: the same with one classifier instance, where the stall is frequent.
 * ``one-instance``: the spec with one classifier instance (with the fix, the instance count no longer
   matters for the stall).
@@ -44,8 +45,10 @@ logger = logging.getLogger("loadtest.stall")
 CLASSIFIER = "{classifier}"
 VARIANTS: dict[str, dict[str, Any]] = {
     "spec": {},
-    "queue-policy": {CLASSIFIER: {"dynamic_batching": {
-        "max_queue_delay_microseconds": 0, "max_queue_size": 4096}}},
+    "queue-policy": {CLASSIFIER: {
+        "dynamic_batching": {"max_queue_delay_microseconds": 0, "max_queue_size": 4096},
+        "instance_groups": {"ngc": [{"kind": "KIND_GPU", "count": 1}],
+                            "embedded": [{"kind": "KIND_CPU", "count": 3}]}}},
     "one-instance-queue-policy": {CLASSIFIER: {
         "dynamic_batching": {"max_queue_delay_microseconds": 0, "max_queue_size": 4096},
         "instance_groups": {"ngc": [{"kind": "KIND_GPU", "count": 1}],

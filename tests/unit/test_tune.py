@@ -38,13 +38,16 @@ def test_write_back_keeps_comments_and_changes_only_tuned_fields_when_spec_is_th
     for rel in ("models",):
         (tmp_path / rel).symlink_to(ROOT / rel)
     before = spec_path.read_text()
-    write_back(spec_path, "mnist_classifier", Settings(instances=2, intra_op_threads=2, max_queue_delay_us=100,
-                                                       max_batch_size=64))
+    # Every field differs from the committed settings, so each of the four lines must change.
+    committed = current_settings(load_spec(ROOT / "deploy.yaml"), "mnist_classifier")
+    tuned = Settings(instances=committed.instances + 1, intra_op_threads=committed.intra_op_threads + 1,
+                     max_queue_delay_us=committed.max_queue_delay_us + 100, max_batch_size=64)
+    write_back(spec_path, "mnist_classifier", tuned)
     after = spec_path.read_text()
     comments = [line.strip() for line in before.splitlines() if line.strip().startswith("#")]
     assert comments and all(c in after for c in comments)
     spec = load_spec(spec_path)
-    assert current_settings(spec, "mnist_classifier") == Settings(2, 2, 100, 64)
+    assert current_settings(spec, "mnist_classifier") == tuned
     # Everything else is as it was: the other models, and the lines the tuner does not own.
     assert current_settings(spec, "mnist_preprocess") == current_settings(
         load_spec(ROOT / "deploy.yaml"), "mnist_preprocess")
