@@ -41,7 +41,6 @@ from typing import Any
 from build_tools import config as cfg
 from build_tools.build import build_repositories
 from build_tools.config import ROUTER_SOURCE
-from build_tools.interfaces import router_original_size_input
 from build_tools.served import classifier_names
 from build_tools.spec import DeploySpec, FlavorSpec, load_spec, parse_spec
 from loadtest import ab_cost, loadgen
@@ -99,30 +98,19 @@ def build(out: Path, spec_path: Path, paths: Paths) -> Path:
     # Monitoring off: the router's hop alone is measured (what monitoring costs: loadtest.monitor_cost), and
     # with nothing watched the deployed ensemble bypasses the router while one version takes all the traffic.
     data.setdefault("monitoring", {})["enabled"] = False
-    direct = copy.deepcopy(data["ensembles"][paths.ensemble])
-    side = router_original_size_input(parse_spec(data, base_dir=spec_path.resolve().parent), paths.classifier)
-    dropped = set()
-    for step in direct["steps"]:
-        if step["model"] == paths.router:
-            step["model"] = paths.classifier
-            # The router's own side input is not the classifier's: unmap it, and its producer's output.
-            if side is not None and side in step.get("input_map", {}):
-                dropped.add(step["input_map"].pop(side))
-    for step in direct["steps"]:
-        output_map = step.get("output_map", {})
-        for name in [k for k, v in output_map.items() if v in dropped]:
-            del output_map[name]
-    data["ensembles"][paths.direct_ensemble] = direct
     spec = parse_spec(data, base_dir=spec_path.resolve().parent)
     build_repositories(spec.model_copy(update={"flavors": {"embedded": FlavorSpec(output=str(out))}}), ["embedded"])
-    # The routed copy: the deployed ensemble's config with its step back on the router (the build bypasses it).
-    routed = cfg.read_config(out / paths.ensemble / "config.pbtxt")
-    routed.name = paths.routed_ensemble
-    for i, step in enumerate(spec.ensembles[paths.ensemble].steps):
-        if step.model == paths.router:
-            cfg.route_step(routed, spec, paths.ensemble, i, paths.router, step.model_version)
-    shutil.copytree(out / paths.ensemble, out / paths.routed_ensemble)
-    (out / paths.routed_ensemble / "config.pbtxt").write_text(cfg.to_pbtxt(routed))
+    # Both copies start from the deployed ensemble's config: route_step points the router's step at the
+    # classifier (direct) or back at the router (routed; the build bypasses it) and wires the router's
+    # own side input to match.
+    for name, model in ((paths.direct_ensemble, paths.classifier), (paths.routed_ensemble, paths.router)):
+        config = cfg.read_config(out / paths.ensemble / "config.pbtxt")
+        config.name = name
+        for i, step in enumerate(spec.ensembles[paths.ensemble].steps):
+            if step.model == paths.router:
+                cfg.route_step(config, spec, paths.ensemble, i, model, step.model_version)
+        shutil.copytree(out / paths.ensemble, out / name)
+        (out / name / "config.pbtxt").write_text(cfg.to_pbtxt(config))
     return out
 
 
