@@ -11,6 +11,8 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from build_tools import repository
+from build_tools.config import monitored_here
+from build_tools.interfaces import torchscript_model_name
 from build_tools.repository import BuildContext, BuildStep, FlavorPlan
 from build_tools.resources import shm_note
 from build_tools.spec import DeploySpec, FlavorName
@@ -29,14 +31,29 @@ def shm_note_step(ctx: BuildContext) -> list[str]:
 
 def reference_step(ctx: BuildContext) -> list[str]:
     """Write each monitored model's reference.json (the drift monitor's baseline) into every version
-    folder, from the held-out data named in `monitoring.models.<name>.reference`."""
+    folder, from the held-out data named in `monitoring.models.<name>.reference`. A TorchScript twin
+    that watches its own predictions (embedded flavor) gets one too, computed through the ONNX file of
+    the same version: the twin was checked against it at export."""
     from control.monitor.reference import write_version_reference
 
     spec = ctx.spec
+    notes: list[str] = []
     for name in spec.monitoring.models:
-        for version, src in spec.models[name].version_sources.items():
+        model = spec.models[name]
+        for version, src in model.version_sources.items():
             write_version_reference(spec, name, version, spec.resolve(src), ctx.staging / name / str(version))
-    return []
+        if "torchscript" not in model.formats or not monitored_here(spec, name, ctx.plan.flavor):
+            continue
+        twin = torchscript_model_name(name, model)
+        for version in model.torchscript_sources:
+            src = model.version_sources.get(version)
+            if src is None:
+                notes.append(f"{twin} version {version}: no ONNX version {version} of {name} to compute its "
+                             "reference.json from; its drift is not measured")
+                continue
+            write_version_reference(spec, name, version, spec.resolve(src), ctx.staging / twin / str(version),
+                                    served_as=twin)
+    return notes
 
 
 STANDARD_STEPS: tuple[BuildStep, ...] = (shm_note_step, plan_step, reference_step)

@@ -197,3 +197,9 @@ def test_router_watches_and_runner_behind_it_does_not_when_monitoring_is_built(t
     for repo in (emb, tmp_path / "ngc"):
         ref = Reference.read(repo / "mnist_classifier" / "1")
         assert ref.n == 500 and ref.accuracy == pytest.approx(0.986)
+    # The embedded TorchScript twin logs its own predictions (as itself), so it has its own reference;
+    # on ngc it runs in the PyTorch backend, watches nothing and needs none.
+    twin = Reference.read(emb / "mnist_classifier_torchscript" / "1")
+    assert twin.model == "mnist_classifier_torchscript" and twin.version == "1"
+    assert twin.n == 500 and twin.classes == ref.classes
+    assert not (tmp_path / "ngc" / "mnist_classifier_torchscript" / "1" / Reference.FILENAME).exists()
