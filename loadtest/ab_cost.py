@@ -2,7 +2,7 @@
 
 Shared by the commands that measure a cost (`loadtest.router_cost`, `loadtest.monitor_cost`, and the
 smaller in-process ones, `loadtest.preprocess_cost` and `loadtest.oversize`): the interleaved rounds
-(every side of a comparison measured in each round, the order alternating round by round, so the
+(every side of a comparison measured in each round, the order rotating round by round, so the
 machine's load hits all sides alike), the server's CPU per answered request (every process of its
 tree, from /proc: on a shared machine far less disturbed than requests per second), the medians of
 per-round ratios, the per-round plot, the report's footer (command, load average, CPU pinning) and
@@ -41,9 +41,12 @@ class Side:
 
 
 def interleaved(labels: Sequence[str], round_index: int) -> list[str]:
-    """The order of the sides in a round: as given in odd rounds (1, 3, ...), reversed in even ones, so
-    no side always follows (or always precedes) another."""
-    return list(labels) if round_index % 2 else list(labels)[::-1]
+    """The order of the sides in round `round_index` (from 1): the list rotated by one place a round, so
+    over n rounds each of n sides runs once in every position (two sides: as given, then reversed).
+    Reversing alone kept the middle one of three sides in the middle in every round."""
+    items = list(labels)
+    k = (round_index - 1) % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
 def _tree_cpu_s(pid: int | None) -> float:

@@ -15,6 +15,7 @@ import pytest
 
 from build_tools.errors import ServerError
 from build_tools.server import ServerOptions, TritonServer
+from tests.support import serve_cli
 from tests.support.python_models import CRASH_ON_UNLOAD, python_model_repository
 
 pytestmark = pytest.mark.server
@@ -125,33 +126,13 @@ def test_server_dies_with_parent_when_parent_killed(tmp_path: Path, test_reposit
     assert not [p for p in group if _alive(p)], "server or stubs outlived their parent"
 
 
-def _serve(tmp: Path, repo: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    """`triton-repo serve` as a user runs it (a real subprocess), ready when it prints its banner."""
-    cmd = [str(Path(sys.executable).with_name("triton-repo")), "serve", "--model-repository", str(repo),
-           "--timeout", "120", "--health-port", "0", *args]
-    return subprocess.Popen(cmd, cwd=cwd or tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
-def _wait_banner(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("Press Ctrl-C"):
-            return "".join(seen)
-    raise AssertionError(f"serve ended (rc {proc.wait()}) before it was ready: {''.join(seen)}{proc.stderr.read()}")
+def _serve(tmp: Path, repo: Path, *args: str) -> subprocess.Popen[str]:
+    return serve_cli.serve(tmp, repo, *args)
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    return proc.returncode, err
+    rc, err, _ = serve_cli.stop(proc)
+    return rc, err
 
 
 def test_serve_restarts_on_same_ports_when_previous_server_left_connections_in_time_wait(tmp_path: Path) -> None:
@@ -168,14 +149,14 @@ def test_serve_restarts_on_same_ports_when_previous_server_left_connections_in_t
     ports = [str(free_port()) for _ in range(3)]
     flags = ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
     first = _serve(tmp_path, repo, *flags)
-    _wait_banner(first)
+    serve_cli.wait_banner(first)
     with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=10) as response:
         assert response.status == 200
     rc, err = _stop(first)
     assert rc == 0, err
     second = _serve(tmp_path, repo, *flags)
     try:
-        _wait_banner(second)
+        serve_cli.wait_banner(second)
     finally:
         rc, err = _stop(second)
     assert rc == 0, err
@@ -187,11 +168,11 @@ def test_serve_runs_two_servers_when_they_share_the_default_work_folder(tmp_path
     first = _serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                    "--log-file", str(tmp_path / "first.log"))
     try:
-        _wait_banner(first)
+        serve_cli.wait_banner(first)
         second = _serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                         "--log-file", str(tmp_path / "second.log"))
         try:
-            banner = _wait_banner(second)
+            banner = serve_cli.wait_banner(second)
         finally:
             rc, err = _stop(second)
         assert "Triton is ready" in banner
@@ -206,7 +187,7 @@ def test_serve_exits_1_with_one_line_when_server_crashes_while_unloading(tmp_pat
     """Issue 16 (3): a server that crashed during unload was logged at INFO and serve returned 0."""
     repo = python_model_repository(tmp_path / "repo", "crash_on_unload", CRASH_ON_UNLOAD)
     proc = _serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
-    _wait_banner(proc)
+    serve_cli.wait_banner(proc)
     rc, err = _stop(proc)
     assert rc == 1, err
     lines = err.strip().splitlines()

@@ -24,6 +24,7 @@ import tritonclient.grpc as grpcclient
 
 from build_tools.proxy import nginx_binary, njs_module
 from build_tools.server import free_port
+from tests.support import serve_cli
 from tests.support.python_models import python_model_repository
 from tests.support.tools import tool_missing
 
@@ -41,34 +42,8 @@ def _need_nginx() -> None:
 
 
 def _serve(tmp: Path, repo: Path, ports: list[int], *args: str) -> subprocess.Popen[str]:
-    cmd = [str(Path(sys.executable).with_name("triton-repo")), "serve", "--model-repository", str(repo),
-           "--timeout", "120", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-           "--metrics-port", "0", "--health-port", "0", *args]
-    env = {**os.environ, "TRITON_ADMIN_KEY": KEY}
-    return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-
-
-def _wait_banner(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("Press Ctrl-C"):
-            return "".join(seen)
-    raise AssertionError(f"serve ended (rc {proc.wait()}) before it was ready: {''.join(seen)}{proc.stderr.read()}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, float]:
-    started = time.monotonic()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    return proc.returncode, err, time.monotonic() - started
+    return serve_cli.serve(tmp, repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+                           "--metrics-port", "0", *args, env={**os.environ, "TRITON_ADMIN_KEY": KEY})
 
 
 def _post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
@@ -113,7 +88,7 @@ def test_serve_puts_proxy_in_front_and_stops_both_when_nginx_installed(tmp_path:
     ports = [free_port(), free_port()]
     proc = _serve(tmp_path, repo, ports)
     try:
-        banner = _wait_banner(proc)
+        banner = serve_cli.wait_banner(proc)
         print(f"\n{banner}")
         assert f"http://127.0.0.1:{ports[0]}   (front proxy, nginx" in banner
         triton = re.search(r"Triton  http 127\.0\.0\.1:(\d+), grpc 127\.0\.0\.1:(\d+)", banner)
@@ -147,7 +122,7 @@ def test_serve_puts_proxy_in_front_and_stops_both_when_nginx_installed(tmp_path:
         finally:
             client.close()
     finally:
-        rc, err, took = _stop(proc)
+        rc, err, took = serve_cli.stop(proc, timeout_s=90)
     print(f"serve stopped {took:.1f} s after Ctrl-C (rc {rc})")
     assert rc == 0, err
     assert took < STOP_BOUND_S
@@ -162,12 +137,12 @@ def test_serve_serves_triton_directly_when_no_proxy_asked(tmp_path: Path) -> Non
     ports = [free_port(), free_port()]
     proc = _serve(tmp_path, repo, ports, "--no-proxy")
     try:
-        banner = _wait_banner(proc)
+        banner = serve_cli.wait_banner(proc)
         assert f"http://127.0.0.1:{ports[0]}   (no front proxy)" in banner, banner
         status, answer, server = _post(ports[0], "/v2/models/identity/infer", b'{"inputs": [')
         assert status == 500 and server != "nginx", answer  # Triton 2.51's own answer, nothing in front
     finally:
-        rc, err, _ = _stop(proc)
+        rc, err, _ = serve_cli.stop(proc, timeout_s=90)
     assert rc == 0, err
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from build_tools import config as cfg
 from build_tools.interfaces import router_original_size_input
 from build_tools.spec import load_spec
-from loadtest import router_cost
+from loadtest import ab_cost, router_cost
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "deploy.yaml"
@@ -30,3 +30,13 @@ def test_router_cost_build_writes_direct_and_routed_ensembles_when_the_router_ha
     assert all(side not in s.input_map and side not in s.output_map for s in direct)
     assert side in routed[-1].input_map
     assert any(routed[-1].input_map[side] in s.output_map.values() for s in routed[:-1])
+
+
+def test_interleaved_puts_every_side_in_every_position_when_run_for_as_many_rounds_as_sides() -> None:
+    sides = ["direct", "deployed", "routed"]
+    orders = [ab_cost.interleaved(sides, r) for r in range(1, 4)]
+    assert all(sorted(o) == sorted(sides) for o in orders)
+    for position in range(3):
+        assert sorted(o[position] for o in orders) == sorted(sides), orders
+    # Two sides: as given, then reversed, round after round.
+    assert [ab_cost.interleaved(["a", "b"], r) for r in (1, 2, 3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
