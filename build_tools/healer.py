@@ -316,9 +316,7 @@ class Healer:
         if self._stop.is_set():
             return  # the server is being stopped: its stubs are going away on purpose
         now = time.monotonic()
-        # Every stub serving now belongs to an instance the reload replaces (a changed config: new
-        # instances for all), whether it is the broken one or a healthy sibling.
-        replaced_pids = {s.pid for s in self._stubs_of(model)}
+        hung_pids = {s.pid for s in self._stubs_of(model)} if problem else set()
         with self._lock:
             h = self.models[model]
             if h.unhealthy_since is None:
@@ -364,28 +362,22 @@ class Healer:
                         f"(heal {h.heals})")
         else:
             self._event(logging.ERROR, f"model {model}: reload failed; it stays unhealthy")
-        if ok and replaced_pids and self._reload is not None:
-            self._end_replaced(model, replaced_pids, hung=problem is not None)
-
-    def _end_replaced(self, model: str, replaced_pids: set[int], hung: bool) -> None:
-        """The replaced instances' stubs end on their own once their requests are done (a few seconds).
-        Triton keeps an old instance until its in-flight requests end, which a hung stub never does,
-        and after a dead stub's heal the old generation's healthy siblings were seen alive minutes
-        later (a stub process each, leaked at every heal). What is left after LEFTOVER_GRACE_S is
-        ended; Triton then fails those requests and finishes the swap."""
-        grace_end = time.monotonic() + LEFTOVER_GRACE_S
-        left = replaced_pids & {s.pid for s in self._stubs_of(model)}
-        while left and time.monotonic() < grace_end and not self._stop.is_set():
-            time.sleep(0.2)
-            left = replaced_pids & {s.pid for s in self._stubs_of(model)}
-        if not left or self._stop.is_set():
-            return
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        what = "hung stub(s)" if hung else "stub(s) of the replaced instances"
-        self._event(logging.WARNING, f"model {model}: killed {len(left)} {what} the reload left behind "
-                    f"(pids {sorted(left)})")
+        if ok and hung_pids:
+            # The replaced instances' stubs end on their own once their requests are done (a few
+            # seconds); one that is still there after LEFTOVER_GRACE_S is the hung one.
+            grace_end = time.monotonic() + LEFTOVER_GRACE_S
+            left = hung_pids & {s.pid for s in stubs_now}
+            while left and time.monotonic() < grace_end and not self._stop.is_set():
+                time.sleep(0.2)
+                left = hung_pids & {s.pid for s in self._stubs_of(model)}
+            if left and self._reload is not None:
+                # Triton keeps an old instance until its in-flight requests end, which a hung stub never
+                # does: end those stubs (Triton then fails their requests and finishes the swap).
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                self._event(logging.WARNING, f"model {model}: killed {len(left)} hung stub(s) the reload "
+                            f"left behind (pids {sorted(left)})")
 
     def _stubs_of(self, model: str) -> list[Stub]:
         pid = self._server_pid()
