@@ -162,9 +162,9 @@ recorded_engine() {
   [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == dockerd ]] && echo "$pid"
   return 0
 }
-DOCKER_ROOT="/var/lib/docker" # the data root of a dockerd started here (its default)
+DOCKER_ROOT="" # the engine's data root, from `docker info` once it answers (engine_facts)
 free_gb() {
-  local dir="$DOCKER_ROOT"
+  local dir="${DOCKER_ROOT:-$ROOT}"
   while [[ ! -d "$dir" ]]; do dir="$(dirname "$dir")"; done
   df -P -BG "$dir" | awk 'NR == 2 { sub("G", "", $4); print $4 }'
 }
@@ -214,7 +214,6 @@ ensure_engine() {
   local driver
   driver="$(storage_driver)"
   log "starting dockerd ($driver storage, no bridge, no iptables); log: $STATE/dockerd.log"
-  log "free disk under $DOCKER_ROOT: $(free_gb) GB"
   # shellcheck disable=SC2086  # DOCKERD_ARGS is a list of flags
   setsid dockerd ${DOCKERD_ARGS:---storage-driver=$driver --iptables=false --bridge=none} \
     >>"$STATE/dockerd.log" 2>&1 </dev/null &
@@ -230,7 +229,7 @@ ensure_engine() {
   log "engine up: $(docker version --format 'server {{.Server.Version}}')"
 }
 engine_facts() {
-  DOCKER_ROOT="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo "$DOCKER_ROOT")"
+  DOCKER_ROOT="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo "$ROOT")"
   STORAGE="$(docker info --format '{{.Driver}}' 2>/dev/null || echo unknown)"
   log "engine storage: $STORAGE under $DOCKER_ROOT"
 }
