@@ -229,8 +229,10 @@ ensure_engine() {
   log "engine up: $(docker version --format 'server {{.Server.Version}}')"
 }
 engine_facts() {
-  DOCKER_ROOT="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo "$ROOT")"
-  STORAGE="$(docker info --format '{{.Driver}}' 2>/dev/null || echo unknown)"
+  local facts
+  facts="$(docker info --format '{{.Driver}} {{.DockerRootDir}}' 2>/dev/null || echo "unknown $ROOT")"
+  STORAGE="${facts%% *}"
+  DOCKER_ROOT="${facts#* }"
   log "engine storage: $STORAGE under $DOCKER_ROOT"
 }
 

@@ -7,6 +7,7 @@ nothing depends on which module was imported first.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -32,27 +33,27 @@ def shm_note_step(ctx: BuildContext) -> list[str]:
 def reference_step(ctx: BuildContext) -> list[str]:
     """Write each monitored model's reference.json (the drift monitor's baseline) into every version
     folder, from the held-out data named in `monitoring.models.<name>.reference`. A TorchScript twin
-    that watches its own predictions (embedded flavor) gets one too, computed through the ONNX file of
-    the same version: the twin was checked against it at export."""
+    that watches its own predictions (embedded flavor) gets the ONNX version's reference under its own
+    name: the twin was checked against that ONNX file at export."""
     from control.monitor.reference import write_version_reference
 
     spec = ctx.spec
     notes: list[str] = []
     for name in spec.monitoring.models:
         model = spec.models[name]
-        for version, src in model.version_sources.items():
-            write_version_reference(spec, name, version, spec.resolve(src), ctx.staging / name / str(version))
+        refs = {version: write_version_reference(spec, name, version, spec.resolve(src),
+                                                 ctx.staging / name / str(version))
+                for version, src in model.version_sources.items()}
         if "torchscript" not in model.formats or not monitored_here(spec, name, ctx.plan.flavor):
             continue
         twin = torchscript_model_name(name, model)
         for version in model.torchscript_sources:
-            src = model.version_sources.get(version)
-            if src is None:
-                notes.append(f"{twin} version {version}: no ONNX version {version} of {name} to compute its "
-                             "reference.json from; its drift is not measured")
+            ref = refs.get(version)
+            if ref is None:
+                notes.append(f"{twin} version {version}: no reference.json of {name} version {version} to "
+                             "give it; its drift is not measured")
                 continue
-            write_version_reference(spec, name, version, spec.resolve(src), ctx.staging / twin / str(version),
-                                    served_as=twin)
+            dataclasses.replace(ref, model=twin).write(ctx.staging / twin / str(version))
     return notes
 
 

@@ -93,11 +93,10 @@ def compute_reference(
 
 
 def write_version_reference(spec: DeploySpec, model: str, version: int | str, onnx_file: Path,
-                            folder: Path, served_as: str | None = None) -> Reference | None:
+                            folder: Path) -> Reference | None:
     """`reference.json` of one version of `model` into `folder`, from the held-out data the spec names
     (`monitoring.models.<model>.reference`) run through `onnx_file`; None when the model has no reference
-    (monitoring off, not monitored, or no reference data). `served_as`: the name the predictions are
-    logged under when it is not `model` (a format twin that watches itself, e.g. the TorchScript one)."""
+    (monitoring off, not monitored, or no reference data)."""
     watched = spec.monitoring.models.get(model)
     if not spec.monitoring.enabled or watched is None or watched.reference is None:
         return None
@@ -110,8 +109,8 @@ def write_version_reference(spec: DeploySpec, model: str, version: int | str, on
     # Full ink: the top of the input's declared range (raw 0-255 pixels when none is declared).
     scale = override.range[1] if override is not None and override.range is not None else 255.0
     scores = predict_onnx(onnx_file, watched.input, inputs, watched.output)
-    ref = compute_reference(served_as or model, str(version), scores, inputs, truth, scale)
+    ref = compute_reference(model, str(version), scores, inputs, truth, scale)
     ref.write(folder)
-    logger.info("%s version %s: %s from %d held-out samples (accuracy %.4f)", ref.model, version,
-                Reference.FILENAME, ref.n, ref.accuracy)
+    logger.info("%s version %s: %s from %d held-out samples (accuracy %.4f)", model, version, Reference.FILENAME,
+                ref.n, ref.accuracy)
     return ref

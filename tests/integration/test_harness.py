@@ -126,10 +126,6 @@ def test_server_dies_with_parent_when_parent_killed(tmp_path: Path, test_reposit
     assert not [p for p in group if _alive(p)], "server or stubs outlived their parent"
 
 
-def _serve(tmp: Path, repo: Path, *args: str) -> subprocess.Popen[str]:
-    return serve_cli.serve(tmp, repo, *args)
-
-
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     rc, err, _ = serve_cli.stop(proc)
     return rc, err
@@ -148,13 +144,13 @@ def test_serve_restarts_on_same_ports_when_previous_server_left_connections_in_t
     repo = python_model_repository(tmp_path / "repo")
     ports = [str(free_port()) for _ in range(3)]
     flags = ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
-    first = _serve(tmp_path, repo, *flags)
+    first = serve_cli.serve(tmp_path, repo, *flags)
     serve_cli.wait_banner(first)
     with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=10) as response:
         assert response.status == 200
     rc, err = _stop(first)
     assert rc == 0, err
-    second = _serve(tmp_path, repo, *flags)
+    second = serve_cli.serve(tmp_path, repo, *flags)
     try:
         serve_cli.wait_banner(second)
     finally:
@@ -165,12 +161,12 @@ def test_serve_restarts_on_same_ports_when_previous_server_left_connections_in_t
 def test_serve_runs_two_servers_when_they_share_the_default_work_folder(tmp_path: Path) -> None:
     """Issue 16 (2): a second server copying the stub over the running one's died with ETXTBSY."""
     repo = python_model_repository(tmp_path / "repo")
-    first = _serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-                   "--log-file", str(tmp_path / "first.log"))
+    first = serve_cli.serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                            "--log-file", str(tmp_path / "first.log"))
     try:
         serve_cli.wait_banner(first)
-        second = _serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-                        "--log-file", str(tmp_path / "second.log"))
+        second = serve_cli.serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                             "--log-file", str(tmp_path / "second.log"))
         try:
             banner = serve_cli.wait_banner(second)
         finally:
@@ -186,7 +182,7 @@ def test_serve_runs_two_servers_when_they_share_the_default_work_folder(tmp_path
 def test_serve_exits_1_with_one_line_when_server_crashes_while_unloading(tmp_path: Path) -> None:
     """Issue 16 (3): a server that crashed during unload was logged at INFO and serve returned 0."""
     repo = python_model_repository(tmp_path / "repo", "crash_on_unload", CRASH_ON_UNLOAD)
-    proc = _serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    proc = serve_cli.serve(tmp_path, repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     serve_cli.wait_banner(proc)
     rc, err = _stop(proc)
     assert rc == 1, err
